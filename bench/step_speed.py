@@ -1,0 +1,118 @@
+"""Training-step speed and peak memory of NTM and DNC on the copy task.
+
+One training step = forward over a copy sequence of 20 8-bit vectors (41 time steps), the
+masked BCE loss, backward, and an optimizer step. Each configuration runs in its own
+process so its peak RSS is its own; times are medians over repeated steps after warm-up.
+
+    python bench/step_speed.py            # the whole table (run it alone on the machine)
+    python bench/step_speed.py --quick    # fewer repeats
+
+The reference column holds what the public implementations measured on this 2-core CPU
+machine (issue 2): pytorch-ntm for NTM, the `dnc` 1.1.0 package for DNC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # name: (model config, batch size, reference ms, reference peak MB or None)
+    "NTM 128x20 B=1": (dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100), 1, 89, None),
+    "NTM 128x20 B=16": (dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100), 16, 301, None),
+    "DNC 64x20 B=16": (
+        dict(arch="dnc", memory_size=64, word_size=20, hidden_size=64, num_layers=2, read_heads=4),
+        16, 182, None,
+    ),
+    "DNC 256x20 B=16": (
+        dict(arch="dnc", memory_size=256, word_size=20, hidden_size=64, num_layers=2, read_heads=4),
+        16, 508, 1240,
+    ),
+    "DNC 1024x32 B=8": (
+        dict(arch="dnc", memory_size=1024, word_size=32, hidden_size=64, num_layers=2, read_heads=4),
+        8, 10700, 3400,
+    ),
+}
+
+
+def measure(name: str, repeats: int) -> dict:
+    import torch
+
+    import mann
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    config_values, batch_size, _, _ = CONFIGS[name]
+    config = mann.ModelConfig(input_size=9, output_size=8, **config_values)
+    model = mann.build_model(config)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4, momentum=0.9)
+    length = 20
+    bits = torch.randint(0, 2, (batch_size, length, 8)).float()
+    inputs = torch.zeros(batch_size, 2 * length + 1, 9)
+    inputs[:, :length, :8] = bits
+    inputs[:, length, 8] = 1.0
+    targets = torch.zeros(batch_size, 2 * length + 1, 8)
+    targets[:, length + 1 :] = bits
+    mask = torch.zeros(batch_size, 2 * length + 1)
+    mask[:, length + 1 :] = 1.0
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits, _ = model(inputs)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, targets, reduction="none"
+        )
+        loss = (loss.sum(-1) * mask).sum() / batch_size
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+
+    warmup = 2
+    times = []
+    for index in range(warmup + repeats):
+        start = time.perf_counter()
+        train_step()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--only", help="run one configuration (used internally)")
+    parser.add_argument("--filter", default="", help="substring of the configurations to run")
+    args = parser.parse_args()
+    if args.only:
+        repeats = 3 if "1024" in args.only else (5 if args.quick else 15)
+        print(json.dumps(measure(args.only, repeats)))
+        return
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    rows = []
+    header = f"| {'configuration':<18} | {'ms/step':>8} | {'reference ms':>12} | {'speed-up':>8} | {'peak RSS MB':>11} | {'reference MB':>12} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for name, (_, _, reference_ms, reference_mb) in CONFIGS.items():
+        if args.filter not in name:
+            continue
+        command = [sys.executable, __file__, "--only", name] + (["--quick"] if args.quick else [])
+        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
+        rows.append((name, result))
+        reference_mb_text = f"{reference_mb:,}" if reference_mb else "-"
+        print(
+            f"| {name:<18} | {result['ms']:>8.1f} | {reference_ms:>12,} | "
+            f"{reference_ms / result['ms']:>7.1f}x | {result['peak_mb']:>11,.0f} | {reference_mb_text:>12} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Differentiable Neural Computer memory (Graves et al. 2016, Methods).
+
+One write head, R read heads. ``step`` owns the order of the equations (shared/MATH.md):
+usage from the previous step's weightings, allocation, write weighting, erase-and-write,
+temporal link and precedence, then the read weightings on the new memory.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mann import addressing
+from mann.access.base import require_positive
+
+
+class DNCState(NamedTuple):
+    memory: torch.Tensor  # M_t (B,N,W)
+    usage: torch.Tensor  # u_t (B,N)
+    link: torch.Tensor  # L_t (B,N,N)
+    precedence: torch.Tensor  # p_t (B,N)
+    read_weights: torch.Tensor  # w^r_t (B,R,N)
+    write_weights: torch.Tensor  # w^w_t (B,1,N)
+
+
+class DNCInterface(NamedTuple):
+    """The controller's interface vector split into the paper's named quantities."""
+
+    read_keys: torch.Tensor  # k^r (B,R,W)
+    read_strengths: torch.Tensor  # β^r = oneplus(·) (B,R)
+    write_key: torch.Tensor  # k^w (B,1,W)
+    write_strength: torch.Tensor  # β^w = oneplus(·) (B,1)
+    erase: torch.Tensor  # e = σ(·) (B,1,W)
+    write_vector: torch.Tensor  # v (B,1,W)
+    free_gates: torch.Tensor  # f^r = σ(·) (B,R)
+    allocation_gate: torch.Tensor  # g^a = σ(·) (B,)
+    write_gate: torch.Tensor  # g^w = σ(·) (B,)
+    read_modes: torch.Tensor  # π^r = softmax(·) over backward, content, forward (B,R,3)
+
+
+class DNCRecord(NamedTuple):
+    memory: torch.Tensor  # after this step's write (B,N,W)
+    read_weights: torch.Tensor  # (B,R,N)
+    write_weights: torch.Tensor  # (B,1,N)
+    read_vectors: torch.Tensor  # (B,R,W)
+    usage: torch.Tensor  # (B,N)
+    precedence: torch.Tensor  # (B,N)
+    link: torch.Tensor  # (B,N,N)
+    allocation: torch.Tensor  # (B,N)
+    write_content_weights: torch.Tensor  # (B,N)
+    read_content_weights: torch.Tensor  # (B,R,N)
+    forward_weights: torch.Tensor  # (B,R,N)
+    backward_weights: torch.Tensor  # (B,R,N)
+    read_modes: torch.Tensor  # (B,R,3)
+    free_gates: torch.Tensor  # (B,R)
+    allocation_gate: torch.Tensor  # (B,)
+    write_gate: torch.Tensor  # (B,)
+
+
+class DNCAccess(nn.Module):
+    """DNC memory: content lookup, dynamic allocation and temporal links."""
+
+    write_heads = 1
+
+    def __init__(self, memory_size: int = 64, word_size: int = 20, read_heads: int = 4) -> None:
+        super().__init__()
+        require_positive("memory_size", memory_size)
+        require_positive("word_size", word_size)
+        require_positive("read_heads", read_heads)
+        self.memory_size = memory_size
+        self.word_size = word_size
+        self.read_heads = read_heads
+        W, R = word_size, read_heads
+        # Sizes in the order of DNCInterface's fields.
+        self.interface_sizes = (R * W, R, W, 1, W, W, R, 1, 1, 3 * R)
+        self.interface_size = sum(self.interface_sizes)
+
+    def parse_interface(self, interface: torch.Tensor) -> DNCInterface:
+        batch = interface.shape[0]
+        W, R = self.word_size, self.read_heads
+        (
+            read_keys,
+            read_strengths,
+            write_key,
+            write_strength,
+            erase,
+            write_vector,
+            free_gates,
+            allocation_gate,
+            write_gate,
+            read_modes,
+        ) = interface.split(self.interface_sizes, dim=-1)
+        return DNCInterface(
+            read_keys=read_keys.view(batch, R, W),
+            read_strengths=addressing.oneplus(read_strengths),
+            write_key=write_key.view(batch, 1, W),
+            write_strength=addressing.oneplus(write_strength),
+            erase=torch.sigmoid(erase).view(batch, 1, W),
+            write_vector=write_vector.view(batch, 1, W),
+            free_gates=torch.sigmoid(free_gates),
+            allocation_gate=torch.sigmoid(allocation_gate).squeeze(-1),
+            write_gate=torch.sigmoid(write_gate).squeeze(-1),
+            read_modes=torch.softmax(read_modes.view(batch, R, 3), dim=-1),
+        )
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> DNCState:
+        N, W, R = self.memory_size, self.word_size, self.read_heads
+        zeros = torch.zeros
+        return DNCState(
+            memory=zeros(batch_size, N, W, device=device),
+            usage=zeros(batch_size, N, device=device),
+            link=zeros(batch_size, N, N, device=device),
+            precedence=zeros(batch_size, N, device=device),
+            read_weights=zeros(batch_size, R, N, device=device),
+            write_weights=zeros(batch_size, 1, N, device=device),
+        )
+
+    def initial_read_vectors(
+        self, batch_size: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        return torch.zeros(batch_size, self.read_heads, self.word_size, device=device)
+
+    def step(
+        self, interface: torch.Tensor, state: DNCState
+    ) -> tuple[torch.Tensor, DNCState, DNCRecord]:
+        io = self.parse_interface(interface)
+        prev_write_weights = state.write_weights.squeeze(1)
+
+        # Allocation from usage, which sees the previous step's reads and write.
+        usage = addressing.usage(
+            state.usage, prev_write_weights, state.read_weights, io.free_gates
+        )
+        allocation = addressing.allocation(usage)
+        write_content = addressing.content_weights(
+            state.memory, io.write_key, io.write_strength
+        ).squeeze(1)
+        write_weights = addressing.write_weighting(
+            allocation, write_content, io.allocation_gate, io.write_gate
+        )
+        memory = addressing.erase_and_write(
+            state.memory, write_weights.unsqueeze(1), io.erase, io.write_vector
+        )
+
+        # Temporal links record the order of writes; reads follow them.
+        link = addressing.temporal_link(state.link, state.precedence, write_weights)
+        precedence = addressing.precedence(state.precedence, write_weights)
+        forward, backward = addressing.directional_weights(link, state.read_weights)
+        read_content = addressing.content_weights(memory, io.read_keys, io.read_strengths)
+        read_weights = addressing.read_weighting(backward, read_content, forward, io.read_modes)
+        read_vectors = addressing.read(memory, read_weights)
+
+        write_weights = write_weights.unsqueeze(1)
+        new_state = DNCState(memory, usage, link, precedence, read_weights, write_weights)
+        record = DNCRecord(
+            memory=memory,
+            read_weights=read_weights,
+            write_weights=write_weights,
+            read_vectors=read_vectors,
+            usage=usage,
+            precedence=precedence,
+            link=link,
+            allocation=allocation,
+            write_content_weights=write_content,
+            read_content_weights=read_content,
+            forward_weights=forward,
+            backward_weights=backward,
+            read_modes=io.read_modes,
+            free_gates=io.free_gates,
+            allocation_gate=io.allocation_gate,
+            write_gate=io.write_gate,
+        )
+        return read_vectors, new_state, record

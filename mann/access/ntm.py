@@ -1,0 +1,153 @@
+"""Neural Turing Machine memory (Graves, Wayne, Danihelka 2014, section 3).
+
+Every head, read or write, addresses memory in four steps (NTM 3.3):
+content → interpolation with its previous weighting (g) → circular shift (s) → sharpening (γ).
+All heads are addressed together in one batched computation against M_{t-1}; read heads
+read M_{t-1} (before this step's write, as in Collier & Beel's reference implementation),
+then write heads erase and add to produce M_t.
+
+Heads are ordered read heads first, then write heads, wherever they are stacked (the
+interface, the state's weightings, the Trace's ``content_weights`` etc.).
+
+Initialisation follows Collier & Beel 2018: memory starts at a small constant; the initial
+weightings and read vectors are learned.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mann import addressing
+from mann.access.base import require_positive
+
+# Collier & Beel 2018: a small constant initial memory learns fastest.
+INITIAL_MEMORY_VALUE = 1e-6
+
+
+class NTMState(NamedTuple):
+    memory: torch.Tensor  # M_t (B,N,W)
+    read_weights: torch.Tensor  # w^r_t (B,R,N)
+    write_weights: torch.Tensor  # w^w_t (B,Hw,N)
+
+
+class NTMRecord(NamedTuple):
+    memory: torch.Tensor  # after this step's write (B,N,W)
+    read_weights: torch.Tensor  # (B,R,N)
+    write_weights: torch.Tensor  # (B,Hw,N)
+    read_vectors: torch.Tensor  # (B,R,W)
+    content_weights: torch.Tensor  # w^c, reads then writes (B,H,N)
+    interpolation_gate: torch.Tensor  # g (B,H)
+    shift: torch.Tensor  # s (B,H,S)
+    sharpening: torch.Tensor  # γ (B,H)
+    key_strength: torch.Tensor  # β (B,H)
+
+
+class NTMAccess(nn.Module):
+    """NTM memory with any number of read and write heads.
+
+    Per head the controller emits key k (W), strength β (1), gate g (1), shift s (S) and
+    sharpening γ (1); each write head also erase e (W) and add a (W).
+    """
+
+    def __init__(
+        self,
+        memory_size: int = 128,
+        word_size: int = 20,
+        read_heads: int = 1,
+        write_heads: int = 1,
+        shift_range: int = 3,
+    ) -> None:
+        super().__init__()
+        require_positive("memory_size", memory_size)
+        require_positive("word_size", word_size)
+        require_positive("read_heads", read_heads)
+        require_positive("write_heads", write_heads)
+        require_positive("shift_range", shift_range)
+        if shift_range % 2 != 1:
+            raise ValueError(
+                f"shift_range must be odd (offsets -s..s around 0), got {shift_range}"
+            )
+        if shift_range > memory_size:
+            raise ValueError(
+                f"shift_range must be at most memory_size={memory_size}, got {shift_range}"
+            )
+        self.memory_size = memory_size
+        self.word_size = word_size
+        self.read_heads = read_heads
+        self.write_heads = write_heads
+        self.shift_range = shift_range
+        heads = read_heads + write_heads
+        # Named sizes of each head's addressing block: k, β, g, s, γ.
+        self.address_sizes = (word_size, 1, 1, shift_range, 1)
+        self.address_size = sum(self.address_sizes)
+        # Then each write head's erase e and add a.
+        self.interface_size = heads * self.address_size + write_heads * 2 * word_size
+
+        # Learned initial weightings (as logits, so they stay normalised), focused on slot 0
+        # so location-based iteration has a definite start.
+        initial_logits = torch.zeros(heads, memory_size)
+        initial_logits[:, 0] = 5.0
+        self.initial_weight_logits = nn.Parameter(initial_logits)
+        self.initial_read = nn.Parameter(torch.randn(read_heads, word_size) * 0.01)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> NTMState:
+        memory = torch.full(
+            (batch_size, self.memory_size, self.word_size), INITIAL_MEMORY_VALUE, device=device
+        )
+        weights = torch.softmax(self.initial_weight_logits, dim=-1).to(device)
+        weights = weights.unsqueeze(0).expand(batch_size, -1, -1)
+        return NTMState(
+            memory=memory,
+            read_weights=weights[:, : self.read_heads],
+            write_weights=weights[:, self.read_heads :],
+        )
+
+    def initial_read_vectors(
+        self, batch_size: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        return self.initial_read.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+
+    def step(
+        self, interface: torch.Tensor, state: NTMState
+    ) -> tuple[torch.Tensor, NTMState, NTMRecord]:
+        batch = interface.shape[0]
+        heads = self.read_heads + self.write_heads
+        address, write = interface.split(
+            [heads * self.address_size, self.write_heads * 2 * self.word_size], dim=-1
+        )
+        key, strength, gate, shift, gamma = address.view(batch, heads, -1).split(
+            self.address_sizes, dim=-1
+        )
+        key_strength = nn.functional.softplus(strength.squeeze(-1))  # β >= 0
+        interpolation_gate = torch.sigmoid(gate.squeeze(-1))  # g ∈ (0,1)
+        shift = torch.softmax(shift, dim=-1)  # s over offsets -S//2..S//2
+        sharpening = addressing.oneplus(gamma.squeeze(-1))  # γ >= 1
+        erase, add = write.view(batch, self.write_heads, 2 * self.word_size).chunk(2, dim=-1)
+        erase = torch.sigmoid(erase)
+
+        previous = torch.cat([state.read_weights, state.write_weights], dim=1)
+        content = addressing.content_weights(state.memory, key, key_strength)
+        gated = addressing.interpolate(content, previous, interpolation_gate)
+        shifted = addressing.shift(gated, shift)
+        weights = addressing.sharpen(shifted, sharpening)
+        read_weights, write_weights = weights.split([self.read_heads, self.write_heads], dim=1)
+
+        read_vectors = addressing.read(state.memory, read_weights)
+        memory = addressing.erase_and_write(state.memory, write_weights, erase, add)
+
+        new_state = NTMState(memory, read_weights, write_weights)
+        record = NTMRecord(
+            memory=memory,
+            read_weights=read_weights,
+            write_weights=write_weights,
+            read_vectors=read_vectors,
+            content_weights=content,
+            interpolation_gate=interpolation_gate,
+            shift=shift,
+            sharpening=sharpening,
+            key_strength=key_strength,
+        )
+        return read_vectors, new_state, record

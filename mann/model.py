@@ -1,0 +1,221 @@
+"""A memory-augmented network: controller + memory access + output layer, and the time loop.
+
+At each step t (DNC Methods; the NTM is wired the same way):
+    h_t = controller([x_t ; r_{t-1}]),  clipped to ±clip_value
+    interface_t = W_ξ h_t,              clipped to ±clip_value
+    r_t, state_t = memory.step(interface_t, state_{t-1})
+    y_t = W_y [h_t ; r_t],              clipped to ±clip_value (logits)
+Clipping follows deepmind/dnc: it keeps a rare large activation from blowing up training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mann.access.base import require_positive
+from mann.controller import CONTROLLERS, build_controller
+from mann.trace import Trace
+
+ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    arch: str = "ntm"
+    input_size: int = 9
+    output_size: int = 8
+    controller: str = "lstm"
+    hidden_size: int = 100
+    num_layers: int = 1
+    memory_size: int = 128
+    word_size: int = 20
+    read_heads: int = 1
+    write_heads: int = 1
+    shift_range: int = 3
+    sparse_reads: int = 4
+    temporal_reads: int = 8
+    clip_value: float = 20.0
+
+    def validate(self) -> ModelConfig:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {self.arch!r}")
+        if self.controller not in CONTROLLERS:
+            raise ValueError(
+                f"controller must be one of {sorted(CONTROLLERS)}, got {self.controller!r}"
+            )
+        for name in (
+            "input_size", "output_size", "hidden_size", "num_layers", "memory_size",
+            "word_size", "read_heads", "write_heads", "shift_range", "sparse_reads",
+            "temporal_reads",
+        ):
+            require_positive(name, getattr(self, name))
+        if self.shift_range % 2 != 1:
+            raise ValueError(
+                f"shift_range must be odd (offsets -s..s around 0), got {self.shift_range}"
+            )
+        if self.arch == "ntm" and self.shift_range > self.memory_size:
+            raise ValueError(
+                f"shift_range must be at most memory_size={self.memory_size},"
+                f" got {self.shift_range}"
+            )
+        if self.arch != "ntm" and self.write_heads != 1:
+            raise ValueError(
+                f"write_heads must be 1 for arch={self.arch!r} (one write head), "
+                f"got {self.write_heads}"
+            )
+        if self.arch in ("sam", "sdnc") and self.sparse_reads > self.memory_size:
+            raise ValueError(
+                f"sparse_reads must be at most memory_size={self.memory_size},"
+                f" got {self.sparse_reads}"
+            )
+        if not (isinstance(self.clip_value, (int, float)) and self.clip_value > 0):
+            raise ValueError(f"clip_value must be a number > 0, got {self.clip_value!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values).validate()
+
+
+def build_access(config: ModelConfig) -> nn.Module:
+    if config.arch == "ntm":
+        from mann.access.ntm import NTMAccess
+
+        return NTMAccess(
+            config.memory_size, config.word_size, config.read_heads, config.write_heads,
+            config.shift_range,
+        )
+    if config.arch == "dnc":
+        from mann.access.dnc import DNCAccess
+
+        return DNCAccess(config.memory_size, config.word_size, config.read_heads)
+    if config.arch == "sam":
+        from mann.access.sam import SAMAccess
+
+        return SAMAccess(
+            config.memory_size, config.word_size, config.read_heads, config.sparse_reads
+        )
+    if config.arch == "sdnc":
+        from mann.access.sdnc import SDNCAccess
+
+        return SDNCAccess(
+            config.memory_size, config.word_size, config.read_heads, config.sparse_reads,
+            config.temporal_reads,
+        )
+    raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {config.arch!r}")
+
+
+class ModelState(NamedTuple):
+    controller: tuple[torch.Tensor, ...]
+    access: NamedTuple
+    read_vectors: torch.Tensor  # r_t (B,R,W)
+
+
+class MemoryAugmentedNetwork(nn.Module):
+    """Controller plus one memory; call it on inputs (B,T,X) to get logits (B,T,Y)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.access = build_access(config)
+        read_size = self.access.read_heads * config.word_size
+        self.controller = build_controller(
+            config.controller, config.input_size + read_size, config.hidden_size,
+            config.num_layers,
+        )
+        self.interface = nn.Linear(config.hidden_size, self.access.interface_size)
+        self.output = nn.Linear(config.hidden_size + read_size, config.output_size)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> ModelState:
+        return ModelState(
+            controller=self.controller.initial_state(batch_size, device),
+            access=self.access.initial_state(batch_size, device),
+            read_vectors=self.access.initial_read_vectors(batch_size, device),
+        )
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        state: ModelState | None = None,
+        record: bool = False,
+        trace_item: int = 0,
+    ):
+        """Run the model over ``inputs`` (B,T,X), batch first.
+
+        Returns ``(logits (B,T,Y), state)``; with ``record=True`` also a Trace of batch item
+        ``trace_item``. Passing the returned state to the next call continues the sequence.
+        """
+        self._check_inputs(inputs, trace_item if record else None)
+        batch, steps, _ = inputs.shape
+        if state is None:
+            state = self.initial_state(batch, inputs.device)
+        clip = self.config.clip_value
+        controller_state, access_state, read_vectors = state
+        hidden_outputs, read_outputs, records = [], [], []
+        for t in range(steps):
+            controller_input = torch.cat([inputs[:, t], read_vectors.flatten(1)], dim=-1)
+            hidden, controller_state = self.controller(controller_input, controller_state)
+            hidden = hidden.clamp(-clip, clip)
+            interface = self.interface(hidden).clamp(-clip, clip)
+            read_vectors, access_state, step_record = self.access.step(interface, access_state)
+            hidden_outputs.append(hidden)
+            read_outputs.append(read_vectors.flatten(1))
+            if record:
+                records.append(step_record)
+        # One output projection for all steps: fewer, larger operations.
+        output_input = torch.cat([torch.stack(hidden_outputs, 1), torch.stack(read_outputs, 1)], -1)
+        logits = self.output(output_input).clamp(-clip, clip)
+        new_state = ModelState(controller_state, access_state, read_vectors)
+        if not record:
+            return logits, new_state
+        return logits, new_state, self._trace(inputs, logits, records, trace_item)
+
+    def _check_inputs(self, inputs: torch.Tensor, trace_item: int | None) -> None:
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3:
+            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
+            raise ValueError(f"inputs must be a tensor of shape (batch, time, input_size), got {shape}")
+        if inputs.shape[-1] != self.config.input_size:
+            raise ValueError(
+                f"inputs have width {inputs.shape[-1]}, but input_size={self.config.input_size}"
+            )
+        if inputs.shape[1] < 1:
+            raise ValueError("inputs must have at least one time step")
+        if trace_item is not None and not 0 <= trace_item < inputs.shape[0]:
+            raise ValueError(
+                f"trace_item must be in [0, {inputs.shape[0] - 1}] for batch size "
+                f"{inputs.shape[0]}, got {trace_item}"
+            )
+
+    def _trace(self, inputs, logits, records, item: int) -> Trace:
+        def stacked(values) -> "numpy.ndarray":  # noqa: F821
+            return torch.stack([v[item] for v in values]).detach().float().cpu().numpy()
+
+        fields = {
+            name: stacked([getattr(r, name) for r in records]) for name in records[0]._fields
+        }
+        return Trace(
+            arch=self.config.arch,
+            inputs=inputs[item].detach().float().cpu().numpy(),
+            outputs=torch.sigmoid(logits[item]).detach().float().cpu().numpy(),
+            metadata={"config": self.config.to_dict()},
+            **fields,
+        )
+
+
+def build_model(config: ModelConfig) -> MemoryAugmentedNetwork:
+    """Make a freshly initialised model from a config (validated first)."""
+    return MemoryAugmentedNetwork(config)

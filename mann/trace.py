@@ -1,0 +1,220 @@
+"""The Trace: everything one run recorded for one batch item, as plain numpy data.
+
+A Trace is what the figures draw and the app shows. It is produced by
+``model(inputs, record=True)`` and never needs the model again: it can be saved to
+``.npz``, loaded, turned into a long pandas DataFrame, diffed.
+
+Every array is float32 with time first. Fields an architecture does not have are None.
+
+Head order: NTM fields indexed by ``H`` list the read heads first, then the write heads
+(``H = read_heads + write_heads``). ``read_modes`` is ordered backward, content, forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Names of the non-time axes of each array field, used by ``to_frame`` and the figures.
+AXES: dict[str, tuple[str, ...]] = {
+    # common
+    "inputs": ("channel",),
+    "targets": ("channel",),
+    "mask": (),
+    "outputs": ("channel",),
+    "memory": ("slot", "word"),
+    "read_weights": ("head", "slot"),
+    "write_weights": ("head", "slot"),
+    "read_vectors": ("head", "word"),
+    # DNC (and SDNC where it has them)
+    "usage": ("slot",),
+    "precedence": ("slot",),
+    "link": ("slot", "slot_from"),
+    "allocation": ("slot",),
+    "write_content_weights": ("slot",),
+    "read_content_weights": ("head", "slot"),
+    "forward_weights": ("head", "slot"),
+    "backward_weights": ("head", "slot"),
+    "read_modes": ("head", "mode"),
+    "free_gates": ("head",),
+    "allocation_gate": (),
+    "write_gate": (),
+    # NTM (H = read heads then write heads)
+    "content_weights": ("head", "slot"),
+    "interpolation_gate": ("head",),
+    "shift": ("head", "offset"),
+    "sharpening": ("head",),
+    "key_strength": ("head",),
+    # SAM / SDNC
+    "read_positions": ("head", "k"),
+    "least_used": (),
+    "link_positions": ("k",),
+}
+
+ARRAY_FIELDS: tuple[str, ...] = tuple(AXES)
+READ_MODES = ("backward", "content", "forward")
+
+
+@dataclass
+class Trace:
+    """One batch item's recording. Shapes are given with T = time steps.
+
+    Common: inputs (T,X), outputs (T,Y) as probabilities, memory (T,N,W) after the step's
+    write, read_weights (T,R,N), write_weights (T,Hw,N), read_vectors (T,R,W); targets (T,Y)
+    and mask (T,) when the run was given them.
+
+    DNC: usage, precedence, allocation, write_content_weights (T,N); link (T,N,N) with
+    ``link[t, i, j]`` the degree to which slot i was written right after slot j;
+    read_content_weights, forward_weights, backward_weights (T,R,N); read_modes (T,R,3);
+    free_gates (T,R); allocation_gate, write_gate (T,).
+
+    NTM: content_weights (T,H,N), interpolation_gate (T,H), shift (T,H,S), sharpening (T,H),
+    key_strength (T,H), heads ordered reads first, then writes.
+
+    SAM/SDNC: read_positions (T,R,K) slot indices (stored as float32 like the rest),
+    least_used (T,) the slot index chosen as least recently used; SDNC's link is dense only
+    while the memory is small enough to draw, otherwise link_positions (T,K) names the slots
+    of the touched sub-matrix stored in link (T,K,K).
+    """
+
+    arch: str
+    inputs: np.ndarray
+    outputs: np.ndarray
+    memory: np.ndarray
+    read_weights: np.ndarray
+    write_weights: np.ndarray
+    read_vectors: np.ndarray
+    targets: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    usage: np.ndarray | None = None
+    precedence: np.ndarray | None = None
+    link: np.ndarray | None = None
+    allocation: np.ndarray | None = None
+    write_content_weights: np.ndarray | None = None
+    read_content_weights: np.ndarray | None = None
+    forward_weights: np.ndarray | None = None
+    backward_weights: np.ndarray | None = None
+    read_modes: np.ndarray | None = None
+    free_gates: np.ndarray | None = None
+    allocation_gate: np.ndarray | None = None
+    write_gate: np.ndarray | None = None
+    content_weights: np.ndarray | None = None
+    interpolation_gate: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    sharpening: np.ndarray | None = None
+    key_strength: np.ndarray | None = None
+    read_positions: np.ndarray | None = None
+    least_used: np.ndarray | None = None
+    link_positions: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        steps = None
+        for name in ARRAY_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            array = np.asarray(value, dtype=np.float32)
+            expected_rank = 1 + len(AXES[name])
+            if array.ndim != expected_rank:
+                raise ValueError(
+                    f"Trace.{name} must have {expected_rank} axes (time, {', '.join(AXES[name])}),"
+                    f" got shape {array.shape}"
+                )
+            if steps is None:
+                steps = array.shape[0]
+            elif array.shape[0] != steps:
+                raise ValueError(
+                    f"Trace.{name} has {array.shape[0]} time steps, other fields have {steps}"
+                )
+            setattr(self, name, array)
+
+    # ---- sizes -------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def memory_size(self) -> int:
+        return self.memory.shape[1]
+
+    @property
+    def word_size(self) -> int:
+        return self.memory.shape[2]
+
+    @property
+    def read_heads(self) -> int:
+        return self.read_weights.shape[1]
+
+    @property
+    def write_heads(self) -> int:
+        return self.write_weights.shape[1]
+
+    def available(self) -> list[str]:
+        """Names of the array fields this trace has."""
+        return [name for name in ARRAY_FIELDS if getattr(self, name) is not None]
+
+    # ---- export ------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the trace to an ``.npz`` file (no pickles: metadata is stored as JSON)."""
+        arrays = {name: getattr(self, name) for name in self.available()}
+        header = json.dumps({"arch": self.arch, "metadata": self.metadata})
+        arrays["__header__"] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        self.save(buffer)  # type: ignore[arg-type]
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path: str | Path | io.BytesIO) -> Trace:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(bytes(data["__header__"]).decode("utf-8"))
+            arrays = {name: data[name] for name in data.files if name in AXES}
+        return cls(arch=header["arch"], metadata=header.get("metadata", {}), **arrays)
+
+    def to_frame(self, fields: list[str] | None = None):
+        """A long pandas DataFrame: one row per recorded number.
+
+        Columns: ``signal, step, head, slot, index, value``. ``head`` and ``slot`` are -1
+        where the signal has no such axis; ``index`` holds the remaining axis (word column,
+        input channel, shift offset, read mode, link source slot), -1 when absent.
+        """
+        import pandas as pd
+
+        frames = []
+        for name in fields or self.available():
+            array = getattr(self, name)
+            if array is None:
+                continue
+            axes = AXES[name]
+            grids = np.meshgrid(*[np.arange(n) for n in array.shape], indexing="ij")
+            columns = {"step": grids[0].ravel()}
+            head = slot = index = None
+            for axis_name, grid in zip(axes, grids[1:]):
+                if axis_name == "head":
+                    head = grid.ravel()
+                elif axis_name == "slot":
+                    slot = grid.ravel()
+                else:
+                    index = grid.ravel()
+            size = array.size
+            minus = np.full(size, -1)
+            columns["head"] = minus if head is None else head
+            columns["slot"] = minus if slot is None else slot
+            columns["index"] = minus if index is None else index
+            columns["value"] = array.ravel()
+            frame = pd.DataFrame(columns)
+            frame.insert(0, "signal", name)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+    def replace(self, **changes) -> Trace:
+        return dataclasses.replace(self, **changes)
