@@ -1,6 +1,8 @@
 """mann: memory-augmented neural networks (NTM, DNC, SAM, SDNC) you can watch at work."""
 
-from mann.model import ModelConfig, ModelState, MemoryAugmentedNetwork, build_model
+from mann.model import MemoryAugmentedNetwork, ModelConfig, ModelState, build_model, record_trace
 from mann.trace import Trace
 
-__all__ = ["ModelConfig", "ModelState", "MemoryAugmentedNetwork", "build_model", "Trace"]
+__all__ = [
+    "MemoryAugmentedNetwork", "ModelConfig", "ModelState", "Trace", "build_model", "record_trace",
+]

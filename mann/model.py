@@ -219,3 +219,37 @@ class MemoryAugmentedNetwork(nn.Module):
 def build_model(config: ModelConfig) -> MemoryAugmentedNetwork:
     """Make a freshly initialised model from a config (validated first)."""
     return MemoryAugmentedNetwork(config)
+
+
+@torch.no_grad()
+def record_trace(
+    model: MemoryAugmentedNetwork,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    item: int = 0,
+) -> Trace:
+    """Run ``model`` on a batch (B,T,X) without gradients and return item ``item``'s Trace.
+
+    When targets (B,T,Y) and mask (B,T) are given they are stored in the trace, with the
+    item's bit errors (outputs thresholded at 0.5 on scored steps) in its metadata.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _, trace = model(inputs, record=True, trace_item=item)
+    finally:
+        model.train(was_training)
+    if targets is None:
+        return trace
+    from mann.metrics import bit_errors
+
+    if mask is None:
+        mask = torch.ones(targets.shape[:2], dtype=targets.dtype, device=targets.device)
+    errors = float(bit_errors(logits[item : item + 1], targets[item : item + 1], mask[item : item + 1]))
+    metadata = dict(trace.metadata, bit_errors=errors)
+    return trace.replace(
+        targets=targets[item].float().cpu().numpy(),
+        mask=mask[item].float().cpu().numpy(),
+        metadata=metadata,
+    )
