@@ -233,5 +233,5 @@ def read_weighting(
     backward, content, forward (B,R,N), read_modes π (B,R,3) ordered backward, content,
     forward -> (B,R,N).
     """
-    modes = read_modes.unsqueeze(-1)
-    return modes[..., 0, :] * backward + modes[..., 1, :] * content + modes[..., 2, :] * forward
+    directions = torch.stack([backward, content, forward], dim=-2)  # (B,R,3,N)
+    return torch.matmul(read_modes.unsqueeze(-2), directions).squeeze(-2)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mann import addressing
+from mann import addressing, fused
 from mann.access.base import require_positive
 
 
@@ -29,11 +29,11 @@ class DNCInterface(NamedTuple):
     """The controller's interface vector split into the paper's named quantities."""
 
     read_keys: torch.Tensor  # k^r (B,R,W)
-    read_strengths: torch.Tensor  # β^r = oneplus(·) (B,R)
     write_key: torch.Tensor  # k^w (B,1,W)
+    write_vector: torch.Tensor  # v (B,1,W)
+    read_strengths: torch.Tensor  # β^r = oneplus(·) (B,R)
     write_strength: torch.Tensor  # β^w = oneplus(·) (B,1)
     erase: torch.Tensor  # e = σ(·) (B,1,W)
-    write_vector: torch.Tensor  # v (B,1,W)
     free_gates: torch.Tensor  # f^r = σ(·) (B,R)
     allocation_gate: torch.Tensor  # g^a = σ(·) (B,)
     write_gate: torch.Tensor  # g^w = σ(·) (B,)
@@ -73,35 +73,30 @@ class DNCAccess(nn.Module):
         self.word_size = word_size
         self.read_heads = read_heads
         W, R = word_size, read_heads
-        # Sizes in the order of DNCInterface's fields.
-        self.interface_sizes = (R * W, R, W, 1, W, W, R, 1, 1, 3 * R)
+        # The interface vector's layout: fields sharing a squashing function are adjacent,
+        # so each function is one operation (keys and write vector | oneplus | σ | softmax).
+        self.interface_sizes = (R * W + 2 * W, R + 1, W + R + 2, 3 * R)
         self.interface_size = sum(self.interface_sizes)
 
     def parse_interface(self, interface: torch.Tensor) -> DNCInterface:
         batch = interface.shape[0]
         W, R = self.word_size, self.read_heads
-        (
-            read_keys,
-            read_strengths,
-            write_key,
-            write_strength,
-            erase,
-            write_vector,
-            free_gates,
-            allocation_gate,
-            write_gate,
-            read_modes,
-        ) = interface.split(self.interface_sizes, dim=-1)
+        vectors, strengths, gates, read_modes = interface.split(self.interface_sizes, dim=-1)
+        read_keys, write_key, write_vector = vectors.split([R * W, W, W], dim=-1)
+        read_strengths, write_strength = addressing.oneplus(strengths).split([R, 1], dim=-1)
+        erase, free_gates, allocation_gate, write_gate = torch.sigmoid(gates).split(
+            [W, R, 1, 1], dim=-1
+        )
         return DNCInterface(
             read_keys=read_keys.view(batch, R, W),
-            read_strengths=addressing.oneplus(read_strengths),
             write_key=write_key.view(batch, 1, W),
-            write_strength=addressing.oneplus(write_strength),
-            erase=torch.sigmoid(erase).view(batch, 1, W),
             write_vector=write_vector.view(batch, 1, W),
-            free_gates=torch.sigmoid(free_gates),
-            allocation_gate=torch.sigmoid(allocation_gate).squeeze(-1),
-            write_gate=torch.sigmoid(write_gate).squeeze(-1),
+            read_strengths=read_strengths,
+            write_strength=write_strength,
+            erase=erase.view(batch, 1, W),
+            free_gates=free_gates,
+            allocation_gate=allocation_gate.squeeze(-1),
+            write_gate=write_gate.squeeze(-1),
             read_modes=torch.softmax(read_modes.view(batch, R, 3), dim=-1),
         )
 
@@ -144,9 +139,11 @@ class DNCAccess(nn.Module):
         )
 
         # Temporal links record the order of writes; reads follow them.
-        link = addressing.temporal_link(state.link, state.precedence, write_weights)
+        # addressing.temporal_link then addressing.directional_weights, fused (mann/fused.py).
+        link, forward, backward = fused.link_and_directions(
+            state.link, state.precedence, write_weights, state.read_weights
+        )
         precedence = addressing.precedence(state.precedence, write_weights)
-        forward, backward = addressing.directional_weights(link, state.read_weights)
         read_content = addressing.content_weights(memory, io.read_keys, io.read_strengths)
         read_weights = addressing.read_weighting(backward, read_content, forward, io.read_modes)
         read_vectors = addressing.read(memory, read_weights)
