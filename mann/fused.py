@@ -28,9 +28,10 @@ try:
     import numba
     from numba import njit, prange
 
-    # Streamlit and the trainer call kernels from several Python threads: numba's default
-    # "workqueue" layer is not thread-safe, OpenMP and TBB are.
-    numba.config.THREADING_LAYER = "threadsafe"
+    # numba's own thread pool: its OpenMP layer would load a second libgomp beside torch's
+    # and reset torch's thread count. The pool is not safe for concurrent launches (the app
+    # runs models in several threads), so launches are serialised by _KERNEL_LOCK.
+    numba.config.THREADING_LAYER = "workqueue"
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     HAVE_NUMBA = False
@@ -157,6 +158,7 @@ class _BufferPool:
 
 
 _POOL = _BufferPool()
+_KERNEL_LOCK = threading.Lock()
 
 
 class _FusedLink(torch.autograd.Function):
@@ -165,11 +167,12 @@ class _FusedLink(torch.autograd.Function):
         link = _POOL.empty(tuple(prev_link.shape), prev_link.dtype)
         forward = prev_read_weights.new_empty(prev_read_weights.shape)
         backward = prev_read_weights.new_empty(prev_read_weights.shape)
-        _set_threads(prev_link.numel())
-        _link_forward(
-            *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
-            link.numpy(), forward.numpy(), backward.numpy(),
-        )
+        with _KERNEL_LOCK:
+            _set_threads(prev_link.numel())
+            _link_forward(
+                *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
+                link.numpy(), forward.numpy(), backward.numpy(),
+            )
         ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights)
         return link, forward, backward
 
@@ -186,13 +189,14 @@ class _FusedLink(torch.autograd.Function):
         grad_precedence = torch.empty_like(prev_precedence)
         grad_write = torch.empty_like(write_weights)
         grad_read = torch.empty_like(prev_read_weights)
-        _set_threads(prev_link.numel())
-        _link_backward(
-            *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
-            *_arrays(grad_link, grad_forward, grad_backward),
-            grad_prev_link.numpy(), grad_precedence.numpy(), grad_write.numpy(),
-            grad_read.numpy(),
-        )
+        with _KERNEL_LOCK:
+            _set_threads(prev_link.numel())
+            _link_backward(
+                *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
+                *_arrays(grad_link, grad_forward, grad_backward),
+                grad_prev_link.numpy(), grad_precedence.numpy(), grad_write.numpy(),
+                grad_read.numpy(),
+            )
         return grad_prev_link, grad_precedence, grad_write, grad_read
 
 

@@ -57,6 +57,7 @@ AXES: dict[str, tuple[str, ...]] = {
 }
 
 ARRAY_FIELDS: tuple[str, ...] = tuple(AXES)
+HEADER_KEY = "__header__"  # the .npz entry holding the JSON header
 READ_MODES = ("backward", "content", "forward")
 
 
@@ -162,22 +163,28 @@ class Trace:
     # ---- export ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the trace to an ``.npz`` file (no pickles: metadata is stored as JSON)."""
-        arrays = {name: getattr(self, name) for name in self.available()}
-        header = json.dumps({"arch": self.arch, "metadata": self.metadata})
-        arrays["__header__"] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
-        with open(path, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+        Path(path).write_bytes(self.to_bytes())
 
     def to_bytes(self) -> bytes:
+        """The ``.npz`` file's contents, e.g. for a download button."""
+        arrays = {name: getattr(self, name) for name in self.available()}
+        header = json.dumps({"arch": self.arch, "metadata": self.metadata})
+        arrays[HEADER_KEY] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
         buffer = io.BytesIO()
-        self.save(buffer)  # type: ignore[arg-type]
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path | io.BytesIO) -> Trace:
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(bytes(data["__header__"]).decode("utf-8"))
-            arrays = {name: data[name] for name in data.files if name in AXES}
+        """Read a trace written by ``save``; ValueError if the file is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if HEADER_KEY not in data.files:
+                    raise ValueError(f"{path} is not a mann trace: it has no {HEADER_KEY} entry")
+                header = json.loads(bytes(data[HEADER_KEY]).decode("utf-8"))
+                arrays = {name: data[name] for name in data.files if name in AXES}
+        except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not a readable mann trace: {error}") from error
         return cls(arch=header["arch"], metadata=header.get("metadata", {}), **arrays)
 
     def to_frame(self, fields: list[str] | None = None):
@@ -189,6 +196,9 @@ class Trace:
         """
         import pandas as pd
 
+        unknown = sorted(set(fields or ()) - set(AXES))
+        if unknown:
+            raise ValueError(f"unknown trace fields {unknown}; known: {list(AXES)}")
         frames = []
         for name in fields or self.available():
             array = getattr(self, name)
