@@ -1,11 +1,19 @@
 """Controllers: the network that reads ``[x_t; r_{t-1}]`` and emits the hidden output h_t.
 
-Each controller advances one time step at a time (the model owns the time loop, because
-the next input depends on what memory returns). State is a tuple of tensors, passed in
-and out explicitly; a feed-forward controller has the empty tuple.
+The model owns the time loop, because each step's input includes what memory returned the
+step before. The part of the first layer that sees only x_t does not depend on memory, so
+it is computed for all steps in one matrix product (``project_inputs``) before the loop;
+each step then adds the contribution of r_{t-1} and the recurrent state. The cells are
+written out (rather than ``nn.LSTMCell``) to keep each step to a dozen operations: on a
+CPU, dispatch per operation, not arithmetic, is what a small controller costs.
+
+State is a tuple of tensors, passed in and out explicitly; a feed-forward controller has
+the empty tuple.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -15,76 +23,141 @@ from mann.access.base import require_positive
 ControllerState = tuple[torch.Tensor, ...]
 
 
-class LSTMController(nn.Module):
-    """A stack of LSTM cells; state is (h_1, c_1, h_2, c_2, ...)."""
+def _uniform(*shape: int, bound: float) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+
+class _Controller(nn.Module):
+    """Shared plumbing: the first layer's input projection W_x x_t + b for all steps."""
+
+    gates: int  # gate blocks per layer: 4 for LSTM, 3 for GRU, 1 for feed-forward
+
+    def __init__(self, input_size: int, read_size: int, hidden_size: int, num_layers: int):
         super().__init__()
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.cells = nn.ModuleList(nn.LSTMCell(size, hidden_size) for size in sizes)
+        require_positive("hidden_size", hidden_size)
+        require_positive("num_layers", num_layers)
         self.hidden_size = hidden_size
         self.output_size = hidden_size
+        self.num_layers = num_layers
+        bound = 1.0 / math.sqrt(hidden_size)
+        width = self.gates * hidden_size
+        self.input_weight = _uniform(width, input_size, bound=bound)  # W_x, first layer
+        self.read_weight = _uniform(width, read_size, bound=bound)  # W_r, first layer
+        self.bias = nn.ParameterList(_uniform(width, bound=bound) for _ in range(num_layers))
+
+    def project_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``W_x x_t + b`` for every step: inputs (B,T,X) -> (B,T,gates·hidden)."""
+        return torch.addmm(self.bias[0], inputs.flatten(0, 1), self.input_weight.t()).view(
+            inputs.shape[0], inputs.shape[1], -1
+        )
+
+
+class LSTMController(_Controller):
+    """Stacked LSTM; state is (h_1, c_1, h_2, c_2, ...). Gates ordered i, f, o, g."""
+
+    gates = 4
+
+    def __init__(self, input_size: int, read_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__(input_size, read_size, hidden_size, num_layers)
+        bound = 1.0 / math.sqrt(hidden_size)
+        H = hidden_size
+        self.hidden_weight = nn.ParameterList(_uniform(4 * H, H, bound=bound) for _ in range(num_layers))
+        self.layer_weight = nn.ParameterList(
+            _uniform(4 * H, H, bound=bound) for _ in range(num_layers - 1)
+        )
+        with torch.no_grad():
+            for bias in self.bias:  # forget gates start open: a common, helpful default
+                bias[H : 2 * H].fill_(1.0)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device)
-        return tuple(zeros for _ in range(2 * len(self.cells)))
+        return tuple(zeros for _ in range(2 * self.num_layers))
 
-    def forward(self, x: torch.Tensor, state: ControllerState):
-        new_state = []
-        for layer, cell in enumerate(self.cells):
-            hidden, cell_state = cell(x, (state[2 * layer], state[2 * layer + 1]))
-            new_state += [hidden, cell_state]
-            x = hidden
-        return x, tuple(new_state)
+    def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
+        """projected (B,4H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state)."""
+        H = self.hidden_size
+        new_state: list[torch.Tensor] = []
+        for layer in range(self.num_layers):
+            hidden, cell = state[2 * layer], state[2 * layer + 1]
+            if layer == 0:
+                gates = torch.addmm(projected, reads, self.read_weight.t())
+            else:
+                gates = torch.addmm(self.bias[layer], below, self.layer_weight[layer - 1].t())
+            gates = torch.addmm(gates, hidden, self.hidden_weight[layer].t())
+            input_gate, forget_gate, output_gate = torch.sigmoid(gates[:, : 3 * H]).chunk(3, 1)
+            candidate = torch.tanh(gates[:, 3 * H :])
+            cell = torch.addcmul(forget_gate * cell, input_gate, candidate)
+            below = output_gate * torch.tanh(cell)
+            new_state += [below, cell]
+        return below, tuple(new_state)
 
 
-class GRUController(nn.Module):
-    """A stack of GRU cells; state is (h_1, h_2, ...)."""
+class GRUController(_Controller):
+    """Stacked GRU; state is (h_1, h_2, ...). Gates ordered r, z, n."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
-        super().__init__()
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.cells = nn.ModuleList(nn.GRUCell(size, hidden_size) for size in sizes)
-        self.hidden_size = hidden_size
-        self.output_size = hidden_size
+    gates = 3
+
+    def __init__(self, input_size: int, read_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__(input_size, read_size, hidden_size, num_layers)
+        bound = 1.0 / math.sqrt(hidden_size)
+        H = hidden_size
+        self.hidden_weight = nn.ParameterList(_uniform(3 * H, H, bound=bound) for _ in range(num_layers))
+        self.hidden_bias = nn.ParameterList(_uniform(3 * H, bound=bound) for _ in range(num_layers))
+        self.layer_weight = nn.ParameterList(
+            _uniform(3 * H, H, bound=bound) for _ in range(num_layers - 1)
+        )
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device)
-        return tuple(zeros for _ in self.cells)
+        return tuple(zeros for _ in range(self.num_layers))
 
-    def forward(self, x: torch.Tensor, state: ControllerState):
-        new_state = []
-        for layer, cell in enumerate(self.cells):
-            x = cell(x, state[layer])
-            new_state.append(x)
-        return x, tuple(new_state)
+    def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
+        """projected (B,3H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state)."""
+        H = self.hidden_size
+        new_state: list[torch.Tensor] = []
+        for layer in range(self.num_layers):
+            hidden = state[layer]
+            if layer == 0:
+                from_input = torch.addmm(projected, reads, self.read_weight.t())
+            else:
+                from_input = torch.addmm(self.bias[layer], below, self.layer_weight[layer - 1].t())
+            from_hidden = torch.addmm(self.hidden_bias[layer], hidden, self.hidden_weight[layer].t())
+            reset, update = torch.sigmoid(from_input[:, : 2 * H] + from_hidden[:, : 2 * H]).chunk(2, 1)
+            candidate = torch.tanh(torch.addcmul(from_input[:, 2 * H :], reset, from_hidden[:, 2 * H :]))
+            below = torch.addcmul(candidate, update, hidden - candidate)  # (1-z) n + z h
+            new_state.append(below)
+        return below, tuple(new_state)
 
 
-class FeedForwardController(nn.Module):
-    """Layers of Linear + tanh with no recurrent state: memory is its only memory."""
+class FeedForwardController(_Controller):
+    """Layers of affine + tanh with no recurrent state: memory is its only memory."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
-        super().__init__()
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(size, hidden_size) for size in sizes)
-        self.hidden_size = hidden_size
-        self.output_size = hidden_size
+    gates = 1
+
+    def __init__(self, input_size: int, read_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__(input_size, read_size, hidden_size, num_layers)
+        bound = 1.0 / math.sqrt(hidden_size)
+        self.layer_weight = nn.ParameterList(
+            _uniform(hidden_size, hidden_size, bound=bound) for _ in range(num_layers - 1)
+        )
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         return ()
 
-    def forward(self, x: torch.Tensor, state: ControllerState):
-        for layer in self.layers:
-            x = torch.tanh(layer(x))
-        return x, ()
+    def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
+        """projected (B,H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, ())."""
+        hidden = torch.tanh(torch.addmm(projected, reads, self.read_weight.t()))
+        for layer in range(1, self.num_layers):
+            hidden = torch.tanh(torch.addmm(self.bias[layer], hidden, self.layer_weight[layer - 1].t()))
+        return hidden, ()
 
 
 CONTROLLERS = {"lstm": LSTMController, "gru": GRUController, "feedforward": FeedForwardController}
 
 
-def build_controller(kind: str, input_size: int, hidden_size: int, num_layers: int) -> nn.Module:
+def build_controller(
+    kind: str, input_size: int, read_size: int, hidden_size: int, num_layers: int
+) -> _Controller:
     if kind not in CONTROLLERS:
         raise ValueError(f"controller must be one of {sorted(CONTROLLERS)}, got {kind!r}")
-    require_positive("hidden_size", hidden_size)
-    require_positive("num_layers", num_layers)
-    return CONTROLLERS[kind](input_size, hidden_size, num_layers)
+    return CONTROLLERS[kind](input_size, read_size, hidden_size, num_layers)

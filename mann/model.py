@@ -134,7 +134,7 @@ class MemoryAugmentedNetwork(nn.Module):
         self.access = build_access(config)
         read_size = self.access.read_heads * config.word_size
         self.controller = build_controller(
-            config.controller, config.input_size + read_size, config.hidden_size,
+            config.controller, config.input_size, read_size, config.hidden_size,
             config.num_layers,
         )
         self.interface = nn.Linear(config.hidden_size, self.access.interface_size)
@@ -166,9 +166,12 @@ class MemoryAugmentedNetwork(nn.Module):
         clip = self.config.clip_value
         controller_state, access_state, read_vectors = state
         hidden_outputs, read_outputs, records = [], [], []
+        # The controller sees [x_t; r_{t-1}]; the x_t part is projected for all steps at once.
+        projected_inputs = self.controller.project_inputs(inputs).unbind(1)
         for t in range(steps):
-            controller_input = torch.cat([inputs[:, t], read_vectors.flatten(1)], dim=-1)
-            hidden, controller_state = self.controller(controller_input, controller_state)
+            hidden, controller_state = self.controller(
+                projected_inputs[t], read_vectors.flatten(1), controller_state
+            )
             hidden = hidden.clamp(-clip, clip)
             interface = self.interface(hidden).clamp(-clip, clip)
             read_vectors, access_state, step_record = self.access.step(interface, access_state)
