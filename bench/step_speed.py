@@ -24,19 +24,37 @@ import time
 
 CONFIGS = {
     # name: (model config, batch size, reference ms, reference peak MB or None)
-    "NTM 128x20 B=1": (dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100), 1, 89, None),
-    "NTM 128x20 B=16": (dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100), 16, 301, None),
+    "NTM 128x20 B=1": (
+        dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100),
+        1,
+        89,
+        None,
+    ),
+    "NTM 128x20 B=16": (
+        dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100),
+        16,
+        301,
+        None,
+    ),
     "DNC 64x20 B=16": (
         dict(arch="dnc", memory_size=64, word_size=20, hidden_size=64, num_layers=2, read_heads=4),
-        16, 182, None,
+        16,
+        182,
+        None,
     ),
     "DNC 256x20 B=16": (
         dict(arch="dnc", memory_size=256, word_size=20, hidden_size=64, num_layers=2, read_heads=4),
-        16, 508, 1240,
+        16,
+        508,
+        1240,
     ),
     "DNC 1024x32 B=8": (
-        dict(arch="dnc", memory_size=1024, word_size=32, hidden_size=64, num_layers=2, read_heads=4),
-        8, 10700, 3400,
+        dict(
+            arch="dnc", memory_size=1024, word_size=32, hidden_size=64, num_layers=2, read_heads=4
+        ),
+        8,
+        10700,
+        3400,
     ),
 }
 
@@ -97,23 +115,31 @@ def main() -> None:
         print(json.dumps(measure(args.only, repeats)))
         return
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    rows = []
-    header = f"| {'configuration':<18} | {'ms/step':>8} | {'reference ms':>12} | {'speed-up':>8} | {'peak RSS MB':>11} | {'reference MB':>12} |"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
+    )
+    columns = ["configuration", "ms/step", "reference ms", "speed-up", "peak RSS MB", "ref. MB"]
+    widths = [18, 8, 12, 8, 11, 8]
+    header = "| " + " | ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)) + " |"
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for name, (_, _, reference_ms, reference_mb) in CONFIGS.items():
         if args.filter not in name:
             continue
         command = [sys.executable, __file__, "--only", name] + (["--quick"] if args.quick else [])
-        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
-        rows.append((name, result))
-        reference_mb_text = f"{reference_mb:,}" if reference_mb else "-"
-        print(
-            f"| {name:<18} | {result['ms']:>8.1f} | {reference_ms:>12,} | "
-            f"{reference_ms / result['ms']:>7.1f}x | {result['peak_mb']:>11,.0f} | {reference_mb_text:>12} |",
-            flush=True,
+        result = json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
         )
+        reference_mb_text = f"{reference_mb:,}" if reference_mb else "-"
+        cells = [
+            f"{name:<18}",
+            f"{result['ms']:>8.1f}",
+            f"{reference_ms:>12,}",
+            f"{reference_ms / result['ms']:>7.1f}x",
+            f"{result['peak_mb']:>11,.0f}",
+            f"{reference_mb_text:>8}",
+        ]
+        print("| " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

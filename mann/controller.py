@@ -61,7 +61,9 @@ class LSTMController(_Controller):
         super().__init__(input_size, read_size, hidden_size, num_layers)
         bound = 1.0 / math.sqrt(hidden_size)
         H = hidden_size
-        self.hidden_weight = nn.ParameterList(_uniform(4 * H, H, bound=bound) for _ in range(num_layers))
+        self.hidden_weight = nn.ParameterList(
+            _uniform(4 * H, H, bound=bound) for _ in range(num_layers)
+        )
         self.layer_weight = nn.ParameterList(
             _uniform(4 * H, H, bound=bound) for _ in range(num_layers - 1)
         )
@@ -77,6 +79,7 @@ class LSTMController(_Controller):
         """projected (B,4H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state)."""
         H = self.hidden_size
         new_state: list[torch.Tensor] = []
+        below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden, cell = state[2 * layer], state[2 * layer + 1]
             if layer == 0:
@@ -101,7 +104,9 @@ class GRUController(_Controller):
         super().__init__(input_size, read_size, hidden_size, num_layers)
         bound = 1.0 / math.sqrt(hidden_size)
         H = hidden_size
-        self.hidden_weight = nn.ParameterList(_uniform(3 * H, H, bound=bound) for _ in range(num_layers))
+        self.hidden_weight = nn.ParameterList(
+            _uniform(3 * H, H, bound=bound) for _ in range(num_layers)
+        )
         self.hidden_bias = nn.ParameterList(_uniform(3 * H, bound=bound) for _ in range(num_layers))
         self.layer_weight = nn.ParameterList(
             _uniform(3 * H, H, bound=bound) for _ in range(num_layers - 1)
@@ -115,15 +120,22 @@ class GRUController(_Controller):
         """projected (B,3H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state)."""
         H = self.hidden_size
         new_state: list[torch.Tensor] = []
+        below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden = state[layer]
             if layer == 0:
                 from_input = torch.addmm(projected, reads, self.read_weight.t())
             else:
                 from_input = torch.addmm(self.bias[layer], below, self.layer_weight[layer - 1].t())
-            from_hidden = torch.addmm(self.hidden_bias[layer], hidden, self.hidden_weight[layer].t())
-            reset, update = torch.sigmoid(from_input[:, : 2 * H] + from_hidden[:, : 2 * H]).chunk(2, 1)
-            candidate = torch.tanh(torch.addcmul(from_input[:, 2 * H :], reset, from_hidden[:, 2 * H :]))
+            from_hidden = torch.addmm(
+                self.hidden_bias[layer], hidden, self.hidden_weight[layer].t()
+            )
+            reset, update = torch.sigmoid(from_input[:, : 2 * H] + from_hidden[:, : 2 * H]).chunk(
+                2, 1
+            )
+            candidate = torch.tanh(
+                torch.addcmul(from_input[:, 2 * H :], reset, from_hidden[:, 2 * H :])
+            )
             below = torch.addcmul(candidate, update, hidden - candidate)  # (1-z) n + z h
             new_state.append(below)
         return below, tuple(new_state)
@@ -148,7 +160,9 @@ class FeedForwardController(_Controller):
         """projected (B,H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, ())."""
         hidden = torch.tanh(torch.addmm(projected, reads, self.read_weight.t()))
         for layer in range(1, self.num_layers):
-            hidden = torch.tanh(torch.addmm(self.bias[layer], hidden, self.layer_weight[layer - 1].t()))
+            hidden = torch.tanh(
+                torch.addmm(self.bias[layer], hidden, self.layer_weight[layer - 1].t())
+            )
         return hidden, ()
 
 

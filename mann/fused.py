@@ -171,7 +171,9 @@ class _FusedLink(torch.autograd.Function):
             _set_threads(prev_link.numel())
             _link_forward(
                 *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
-                link.numpy(), forward.numpy(), backward.numpy(),
+                link.numpy(),
+                forward.numpy(),
+                backward.numpy(),
             )
         ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights)
         return link, forward, backward
@@ -194,7 +196,9 @@ class _FusedLink(torch.autograd.Function):
             _link_backward(
                 *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
                 *_arrays(grad_link, grad_forward, grad_backward),
-                grad_prev_link.numpy(), grad_precedence.numpy(), grad_write.numpy(),
+                grad_prev_link.numpy(),
+                grad_precedence.numpy(),
+                grad_write.numpy(),
                 grad_read.numpy(),
             )
         return grad_prev_link, grad_precedence, grad_write, grad_read
@@ -229,7 +233,9 @@ def link_and_directions(
     tensors = (prev_link, prev_precedence, write_weights, prev_read_weights)
     usable = (
         HAVE_NUMBA
-        and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+        and all(
+            t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
+        )
         and len({t.dtype for t in tensors}) == 1
     )
     if not usable:

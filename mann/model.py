@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,8 +52,16 @@ class ModelConfig:
                 f"controller must be one of {sorted(CONTROLLERS)}, got {self.controller!r}"
             )
         for name in (
-            "input_size", "output_size", "hidden_size", "num_layers", "memory_size",
-            "word_size", "read_heads", "write_heads", "shift_range", "sparse_reads",
+            "input_size",
+            "output_size",
+            "hidden_size",
+            "num_layers",
+            "memory_size",
+            "word_size",
+            "read_heads",
+            "write_heads",
+            "shift_range",
+            "sparse_reads",
             "temporal_reads",
         ):
             require_positive(name, getattr(self, name))
@@ -96,7 +105,10 @@ def build_access(config: ModelConfig) -> nn.Module:
         from mann.access.ntm import NTMAccess
 
         return NTMAccess(
-            config.memory_size, config.word_size, config.read_heads, config.write_heads,
+            config.memory_size,
+            config.word_size,
+            config.read_heads,
+            config.write_heads,
             config.shift_range,
         )
     if config.arch == "dnc":
@@ -113,7 +125,10 @@ def build_access(config: ModelConfig) -> nn.Module:
         from mann.access.sdnc import SDNCAccess
 
         return SDNCAccess(
-            config.memory_size, config.word_size, config.read_heads, config.sparse_reads,
+            config.memory_size,
+            config.word_size,
+            config.read_heads,
+            config.sparse_reads,
             config.temporal_reads,
         )
     raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {config.arch!r}")
@@ -134,7 +149,10 @@ class MemoryAugmentedNetwork(nn.Module):
         self.access = build_access(config)
         read_size = self.access.read_heads * config.word_size
         self.controller = build_controller(
-            config.controller, config.input_size, read_size, config.hidden_size,
+            config.controller,
+            config.input_size,
+            read_size,
+            config.hidden_size,
             config.num_layers,
         )
         self.interface = nn.Linear(config.hidden_size, self.access.interface_size)
@@ -190,7 +208,9 @@ class MemoryAugmentedNetwork(nn.Module):
     def _check_inputs(self, inputs: torch.Tensor, trace_item: int | None) -> None:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3:
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
-            raise ValueError(f"inputs must be a tensor of shape (batch, time, input_size), got {shape}")
+            raise ValueError(
+                f"inputs must be a tensor of shape (batch, time, input_size), got {shape}"
+            )
         if inputs.shape[-1] != self.config.input_size:
             raise ValueError(
                 f"inputs have width {inputs.shape[-1]}, but input_size={self.config.input_size}"
@@ -204,12 +224,10 @@ class MemoryAugmentedNetwork(nn.Module):
             )
 
     def _trace(self, inputs, logits, records, item: int) -> Trace:
-        def stacked(values) -> "numpy.ndarray":  # noqa: F821
+        def stacked(values) -> np.ndarray:
             return torch.stack([v[item] for v in values]).detach().float().cpu().numpy()
 
-        fields = {
-            name: stacked([getattr(r, name) for r in records]) for name in records[0]._fields
-        }
+        fields = {name: stacked([getattr(r, name) for r in records]) for name in records[0]._fields}
         return Trace(
             arch=self.config.arch,
             inputs=inputs[item].detach().float().cpu().numpy(),
@@ -249,7 +267,9 @@ def record_trace(
 
     if mask is None:
         mask = torch.ones(targets.shape[:2], dtype=targets.dtype, device=targets.device)
-    errors = float(bit_errors(logits[item : item + 1], targets[item : item + 1], mask[item : item + 1]))
+    errors = float(
+        bit_errors(logits[item : item + 1], targets[item : item + 1], mask[item : item + 1])
+    )
     metadata = dict(trace.metadata, bit_errors=errors)
     return trace.replace(
         targets=targets[item].float().cpu().numpy(),

@@ -208,7 +208,7 @@ class Trace:
             grids = np.meshgrid(*[np.arange(n) for n in array.shape], indexing="ij")
             columns = {"step": grids[0].ravel()}
             head = slot = index = None
-            for axis_name, grid in zip(axes, grids[1:]):
+            for axis_name, grid in zip(axes, grids[1:], strict=True):
                 if axis_name == "head":
                     head = grid.ravel()
                 elif axis_name == "slot":
