@@ -84,7 +84,8 @@ class ModelConfig:
                 f"sparse_reads must be at most memory_size={self.memory_size},"
                 f" got {self.sparse_reads}"
             )
-        if not (isinstance(self.clip_value, (int, float)) and self.clip_value > 0):
+        clip = self.clip_value
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
             raise ValueError(f"clip_value must be a number > 0, got {self.clip_value!r}")
         return self
 
@@ -93,6 +94,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
+        if not isinstance(values, dict):
+            raise ValueError(f"a ModelConfig needs a dict of fields, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

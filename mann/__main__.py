@@ -1,0 +1,325 @@
+"""The command line: ``python -m mann train ...`` and ``python -m mann evaluate ...``.
+
+Train a model (every option has a default except --arch and --out; see --help):
+
+    python -m mann train --arch ntm --task copy --min-length 1 --max-length 20 \\
+        --steps 3000 --out checkpoints/ntm-copy
+    python -m mann train --out checkpoints/ntm-copy --resume --steps 4000   # continue, longer
+
+With --resume, options not given on the command line are taken from the saved run. Ctrl-C
+stops at the end of the current step, saves, prints how to resume, and exits with status 130.
+
+Evaluate a checkpoint on the task stored in it, at lengths beyond its training range:
+
+    python -m mann evaluate checkpoints/ntm-copy --lengths 10,20,40,80 --sequences 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from typing import Any
+
+from mann import checkpoint
+from mann.controller import CONTROLLERS
+from mann.model import ARCHITECTURES, ModelConfig
+from mann.tasks import TASKS, make_task
+from mann.train import CURRICULA, OPTIMIZERS, Progress, TrainConfig, train
+
+MODEL_OPTIONS = (
+    "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
+    "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
+)
+TRAIN_OPTIONS = (
+    "steps", "batch_size", "lr", "optimizer", "momentum", "clip", "seed", "curriculum",
+    "curriculum_start", "curriculum_increment", "curriculum_threshold", "curriculum_window",
+    "checkpoint_every", "log_every",
+)
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:  # includes CheckpointError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mann", description="Train and evaluate memory-augmented networks."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    # Every default is None, so that "not given" can be told apart (for --resume).
+    trainer = commands.add_parser(
+        "train", help="train a model on a task",
+        description="Train a model on a task, saving checkpoints to --out.",
+    )
+    trainer.add_argument("--arch", choices=ARCHITECTURES, help="memory architecture")
+    trainer.add_argument("--task", choices=sorted(TASKS), help="task (default copy)")
+    model = trainer.add_argument_group("model (defaults: mann.ModelConfig)")
+    model.add_argument("--controller", choices=sorted(CONTROLLERS))
+    for name in MODEL_OPTIONS[1:-1]:
+        model.add_argument(_flag(name), type=int, metavar="N")
+    model.add_argument("--clip-value", type=float, metavar="X", help="activation clip")
+    task = trainer.add_argument_group("task")
+    task.add_argument("--min-length", type=int, metavar="N", help="shortest training length")
+    task.add_argument("--max-length", type=int, metavar="N", help="longest training length")
+    task.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="any task option, e.g. bits=6 (VALUE is read as JSON if it can be); repeatable",
+    )
+    training = trainer.add_argument_group("training (defaults: mann.train.TrainConfig)")
+    training.add_argument("--steps", type=int, metavar="N", help="total optimizer steps")
+    training.add_argument("--batch-size", type=int, metavar="N")
+    training.add_argument("--lr", type=float, metavar="X", help="learning rate")
+    training.add_argument("--optimizer", choices=OPTIMIZERS)
+    training.add_argument("--momentum", type=float, metavar="X", help="RMSprop momentum, Adam β1")
+    training.add_argument(
+        "--clip", type=_clip, metavar="X", help="gradient-norm clip, or 'none'"
+    )
+    training.add_argument("--seed", type=int, metavar="N")
+    training.add_argument("--curriculum", choices=CURRICULA)
+    training.add_argument("--curriculum-start", type=int, metavar="N")
+    training.add_argument("--curriculum-increment", type=int, metavar="N")
+    training.add_argument("--curriculum-threshold", type=float, metavar="X")
+    training.add_argument("--curriculum-window", type=int, metavar="N")
+    training.add_argument("--checkpoint-every", type=int, metavar="N")
+    training.add_argument("--log-every", type=int, metavar="N")
+    trainer.add_argument(
+        "--out", required=True, metavar="PATH",
+        help="checkpoint path without suffix, e.g. checkpoints/ntm-copy",
+    )
+    trainer.add_argument(
+        "--resume", action="store_true", help="continue the run saved at --out"
+    )
+    trainer.add_argument("--quiet", action="store_true", help="no progress bar")
+    trainer.set_defaults(run=run_train)
+
+    evaluator = commands.add_parser(
+        "evaluate", help="bit errors per sequence by length",
+        description="Evaluate a checkpoint on its task at several lengths; prints a table.",
+    )
+    evaluator.add_argument("checkpoint", metavar="CHECKPOINT")
+    evaluator.add_argument(
+        "--lengths", type=_lengths, default=[10, 20, 40, 80], metavar="L1,L2,...",
+        help="comma-separated lengths (default 10,20,40,80)",
+    )
+    evaluator.add_argument("--sequences", type=int, default=1000, metavar="N")
+    evaluator.add_argument("--seed", type=int, default=0, metavar="N")
+    evaluator.add_argument("--batch-size", type=int, default=100, metavar="N")
+    evaluator.add_argument("--task", choices=sorted(TASKS), help="override the stored task")
+    evaluator.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="override a stored task option; repeatable",
+    )
+    evaluator.set_defaults(run=run_evaluate)
+    return parser
+
+
+# --------------------------------------------------------------------------- train
+
+
+def run_train(args: argparse.Namespace) -> int:
+    model_config, train_config = configs_from_args(args)
+    start = 0
+    if args.resume:
+        start = checkpoint.read_training_metadata(args.out)["training"]["step"]
+    progress_bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        progress_bar = tqdm(
+            total=train_config.steps, initial=min(start, train_config.steps), unit="step",
+            dynamic_ncols=True, file=sys.stderr,
+        )
+
+    def on_progress(progress: Progress) -> None:
+        if progress_bar is None:
+            return
+        progress_bar.update(progress.step - progress_bar.n)
+        progress_bar.set_postfix(
+            loss=f"{progress.loss:.3f}",
+            bit_errors=f"{progress.bit_errors:.2f}",
+            lengths=f"{progress.min_length}-{progress.max_length}",
+            skipped=progress.skipped_steps,
+            refresh=False,
+        )
+
+    try:
+        result = train(model_config, train_config, on_progress=on_progress, resume=args.resume)
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+    metrics = result.metrics
+    summary = (
+        f"step {result.step}, {result.sequences} sequences, {result.seconds:.1f} s; "
+        f"loss {_number(metrics['loss'])}, bit errors/sequence {_number(metrics['bit_errors'])}"
+    )
+    if result.skipped_steps:
+        summary += f"; {result.skipped_steps} steps skipped (non-finite loss or gradient)"
+    print(f"saved {result.checkpoint} ({summary})")
+    if result.stopped:
+        resume = shlex.join(["python", "-m", "mann", "train", "--out", args.out, "--resume"])
+        print(f"stopped before step {train_config.steps}; continue with: {resume}")
+        return INTERRUPTED
+    return 0
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs the arguments ask for.
+
+    Starting afresh, options not given take the ModelConfig / TrainConfig defaults; with
+    --resume they take the values the saved run used.
+    """
+    if args.resume:
+        saved = checkpoint.read_training_metadata(args.out)["training"]
+        model_values = dict(saved["model_config"])
+        train_values = dict(saved["train_config"])
+    else:
+        if args.arch is None:
+            raise ValueError("--arch is required (one of " + ", ".join(ARCHITECTURES) + ")")
+        model_values = {}
+        train_values = {}
+    if args.arch is not None:
+        model_values["arch"] = args.arch
+    if args.task is not None:
+        if args.resume and args.task != train_values.get("task"):
+            train_values["task_options"] = {}
+        train_values["task"] = args.task
+    for name in MODEL_OPTIONS:
+        if getattr(args, name) is not None:
+            model_values[name] = getattr(args, name)
+    for name in TRAIN_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            train_values[name] = None if value == "none" else value
+    train_values["out"] = args.out
+
+    task_name = train_values.get("task", TrainConfig.task)
+    options = dict(train_values.get("task_options", {}))
+    options.update(parse_options(args.task_option))
+    options.update(length_options(task_name, options, args.min_length, args.max_length))
+    train_values["task_options"] = options
+    task = make_task(task_name, **options)
+    model_values["input_size"] = task.input_size
+    model_values["output_size"] = task.output_size
+    return ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+
+
+def length_options(
+    task_name: str, options: dict[str, Any], min_length: int | None, max_length: int | None
+) -> dict[str, Any]:
+    """The task options that --min-length / --max-length set (whatever the task calls them:
+    ``with_lengths`` knows; e.g. min_items / max_items for associative recall)."""
+    if min_length is None and max_length is None:
+        return {}
+    task = make_task(task_name, **options)
+    low = task.min_length if min_length is None else min_length
+    high = task.max_length if max_length is None else max_length
+    changed = dataclasses.asdict(task.with_lengths(low, high))
+    before = dataclasses.asdict(task)
+    return {key: value for key, value in changed.items() if before[key] != value}
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["bits=6", "name=x"]`` -> ``{"bits": 6, "name": "x"}``: values are read as JSON when
+    they can be, else kept as text."""
+    options = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--task-option must look like KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options[key.strip()] = value
+    return options
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from mann.evaluate import generalisation, markdown_table
+
+    model = checkpoint.load(args.checkpoint)
+    metadata = checkpoint.read_metadata(args.checkpoint)
+    task_name = args.task or metadata.get("task")
+    if task_name is None:
+        raise ValueError(
+            f"checkpoint {checkpoint.weights_path(args.checkpoint)} stores no task; pass --task"
+        )
+    options = {} if args.task and args.task != metadata.get("task") else dict(
+        metadata.get("task_options") or {}
+    )
+    options.update(parse_options(args.task_option))
+    task = make_task(task_name, **options)
+    frame = generalisation(
+        model, task, args.lengths, sequences=args.sequences, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    trained = metadata.get("task_options") or {}
+    print(
+        f"{checkpoint.weights_path(args.checkpoint)}: {model.config.arch} on {task_name}"
+        f" (trained on lengths {_trained_range(task_name, trained)}), seed {args.seed}\n"
+    )
+    print(markdown_table(frame))
+    return 0
+
+
+def _trained_range(task_name: str, options: dict) -> str:
+    try:
+        task = make_task(task_name, **options)
+    except (TypeError, ValueError):
+        return "?"
+    return f"{task.min_length}-{task.max_length}"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _clip(text: str) -> float | str:
+    if text.lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number > 0 or 'none', got {text!r}"
+        ) from None
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers such as 10,20,40, got {text!r}"
+        ) from None
+    if not lengths or min(lengths) < 1:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
+    return lengths
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
