@@ -23,18 +23,20 @@ import shlex
 import sys
 from typing import Any
 
+import torch
+
 from mann import checkpoint
 from mann.controller import CONTROLLERS
 from mann.model import ARCHITECTURES, ModelConfig
 from mann.tasks import TASKS, make_task
-from mann.train import CURRICULA, OPTIMIZERS, Progress, TrainConfig, train
+from mann.train import CURRICULA, LR_DECAYS, OPTIMIZERS, Progress, TrainConfig, train
 
 MODEL_OPTIONS = (
     "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
     "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
 )
 TRAIN_OPTIONS = (
-    "steps", "batch_size", "lr", "optimizer", "momentum", "clip", "seed", "curriculum",
+    "steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed", "curriculum",
     "curriculum_start", "curriculum_increment", "curriculum_threshold", "curriculum_window",
     "checkpoint_every", "log_every",
 )
@@ -44,6 +46,11 @@ INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except ValueError as error:  # includes CheckpointError
@@ -57,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mann", description="Train and evaluate memory-augmented networks."
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="torch threads (default: torch's choice; give parallel runs one each)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -87,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--momentum", type=float, metavar="X", help="RMSprop momentum, Adam β1")
     training.add_argument(
         "--clip", type=_clip, metavar="X", help="gradient-norm clip, or 'none'"
+    )
+    training.add_argument(
+        "--lr-decay", choices=LR_DECAYS,
+        help="cosine: anneal the learning rate to 1%% of --lr over the run",
     )
     training.add_argument("--seed", type=int, metavar="N")
     training.add_argument("--curriculum", choices=CURRICULA)

@@ -56,6 +56,8 @@ from mann.tasks import TASKS, make_task
 from mann.tasks.base import Task
 
 OPTIMIZERS = ("rmsprop", "adam")
+LR_DECAYS = ("none", "cosine")
+LR_FLOOR = 0.01  # the cosine schedule ends at this fraction of lr
 CURRICULA = ("none", "length")
 CSV_COLUMNS = (
     "step", "sequences", "loss", "bits", "bit_errors", "seconds", "skipped", "max_length",
@@ -80,6 +82,7 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 16
     lr: float = 1e-2
+    lr_decay: str = "none"  # "cosine": anneal to LR_FLOOR * lr over the run
     optimizer: str = "adam"
     momentum: float = 0.9  # RMSprop's momentum; Adam's β1
     clip: float | None = 10.0  # largest gradient norm; None: no clipping (still checked finite)
@@ -108,6 +111,8 @@ class TrainConfig:
         _require_int("seed", self.seed, 0)
         if not _is_number(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be one of {list(LR_DECAYS)}, got {self.lr_decay!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
@@ -282,6 +287,8 @@ def train(
             raise ValueError("pass either model or resume=True, not both")
         if not isinstance(model, MemoryAugmentedNetwork) or model.config != model_config:
             raise ValueError("model must be a MemoryAugmentedNetwork whose config is model_config")
+    # Saturated softmaxes underflow into subnormal floats, which x86 computes ~100x slower.
+    torch.set_flush_denormal(True)
     torch.manual_seed(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     curriculum = CURRICULUM_CLASSES[train_config.curriculum](train_config, task)
@@ -322,7 +329,7 @@ def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
     for key, value in train_config.task_options.items():
         parts += ["--task-option", f"{key}={_option_text(value)}"]
     train_values = train_config.to_dict()
-    for name in ("steps", "batch_size", "lr", "optimizer", "momentum", "clip", "seed",
+    for name in ("steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed",
                  "curriculum", "curriculum_start", "curriculum_increment",
                  "curriculum_threshold", "curriculum_window", "checkpoint_every", "log_every"):
         value = train_values[name]
@@ -420,6 +427,8 @@ class _Run:
             if applied and self.config.clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(self.parameters, self.config.clip, norm)
         if applied:
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.config, self.step)
             self.optimizer.step()
         else:
             # A non-finite loss or gradient never reaches the weights or the optimizer state.
@@ -575,6 +584,17 @@ class _StopOnCtrlC:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based): a function of the step alone, so a
+    resumed run follows the same schedule. A late low rate sharpens the learned addressing,
+    which is what lets a copy model generalise to sequences longer than it saw."""
+    if config.lr_decay == "none":
+        return config.lr
+    progress = min(step / max(config.steps - 1, 1), 1.0)
+    scale = LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * scale
 
 
 def _make_optimizer(config: TrainConfig, model: MemoryAugmentedNetwork) -> torch.optim.Optimizer:
