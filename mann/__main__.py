@@ -218,7 +218,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     for name in TRAIN_OPTIONS:
         value = getattr(args, name)
         if value is not None:
-            train_values[name] = None if value == "none" else value
+            # --clip none means no clipping; other "none"s (curriculum, lr-decay) are names.
+            train_values[name] = None if name == "clip" and value == "none" else value
     train_values["out"] = args.out
 
     task_name = train_values.get("task", TrainConfig.task)
