@@ -235,3 +235,296 @@ def read_weighting(
     """
     directions = torch.stack([backward, content, forward], dim=-2)  # (B,R,3,N)
     return torch.matmul(read_modes.unsqueeze(-2), directions).squeeze(-2)
+
+
+# ---------------------------------------------------------------------------------------
+# Sparse access (Rae et al. 2016)
+# ---------------------------------------------------------------------------------------
+# SAM and SDNC keep every weighting sparse. A sparse weighting over N slots is a pair of
+# tensors ``positions (..., P)`` (int64 slot indices) and ``values (..., P)``: the weighting is
+# ``Σ_p values[p] 1_{positions[p]}``. A position may repeat (its values add up). An empty
+# entry has position N (one past the last slot) and value 0, so fixed-size tensors can hold
+# a varying number of entries. Every function here costs O(P), never O(N), except
+# ``to_dense`` and ``sparse_erase_and_write`` (references for tests and traces).
+
+# δ: a slot counts as used at a step when its read or write weight there exceeds δ.
+USAGE_THRESHOLD = 0.005
+
+
+def to_dense(positions: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
+    """The dense weighting (..., N) of a sparse one (..., P); repeated positions add up."""
+    dense = values.new_zeros(*values.shape[:-1], size + 1)  # column N takes the empty entries
+    return dense.scatter_add(-1, positions, values)[..., :size]
+
+
+def merge_sparse(
+    positions: torch.Tensor, values: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add up the values of repeated positions: (..., P) -> (..., P), same weighting.
+
+    The result is sorted by position, each slot at most once; the entries freed by merging
+    are empty (position N = ``size``, value 0) and come last. Differentiable in ``values``.
+    """
+    sorted_positions, order = positions.sort(dim=-1)
+    sorted_values = values.gather(-1, order)
+    starts = torch.ones_like(sorted_positions, dtype=torch.bool)
+    starts[..., 1:] = sorted_positions[..., 1:] != sorted_positions[..., :-1]
+    group = starts.long().cumsum(-1) - 1  # which merged entry each sorted entry adds to
+    merged_values = torch.zeros_like(sorted_values).scatter_add(-1, group, sorted_values)
+    merged_positions = torch.full_like(sorted_positions, size).scatter(-1, group, sorted_positions)
+    return merged_positions, merged_values
+
+
+def top_k_sparse(
+    positions: torch.Tensor, values: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of a merged sparse weighting: (..., P) -> (..., k), largest first."""
+    top_values, order = values.topk(k, dim=-1)
+    return positions.gather(-1, order), top_values
+
+
+def sparse_lookup(
+    positions: torch.Tensor, values: torch.Tensor, queries: torch.Tensor
+) -> torch.Tensor:
+    """A merged sparse weighting (B,P) read at slots ``queries`` (B,Q) -> (B,Q), 0 where absent.
+
+    ``positions`` must be sorted along the last axis (as ``merge_sparse`` returns them).
+    """
+    index, found = sparse_lookup_index(positions, queries)
+    return torch.where(found, values.gather(-1, index), torch.zeros_like(values[..., :1]))
+
+
+def sparse_lookup_index(
+    positions: torch.Tensor, queries: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each query (B,Q) sits in sorted ``positions`` (B,P), and whether it is there."""
+    index = torch.searchsorted(positions, queries.contiguous()).clamp_max(positions.shape[-1] - 1)
+    return index, positions.gather(-1, index) == queries
+
+
+def sparse_content_weights(
+    rows: torch.Tensor, keys: torch.Tensor, strengths: torch.Tensor
+) -> torch.Tensor:
+    """Content weighting over each head's K nearest slots: softmax_k(β D(k, M[i_k])).
+
+    rows M[i_k] (B,H,K,W) gathered at the K slots a k-NN index found for each key,
+    keys (B,H,W), strengths β (B,H) -> (B,H,K), each head's weights summing to 1. Every other
+    slot has weight exactly 0 (Rae et al. 2016, sparse read). With K = N it is
+    ``content_weights``.
+    """
+    batch, heads, k, width = rows.shape
+    similarity = cosine_similarity(
+        rows.reshape(batch * heads, k, width), keys.reshape(batch * heads, 1, width)
+    ).view(batch, heads, k)
+    return torch.softmax(similarity * strengths.unsqueeze(-1), dim=-1)
+
+
+def sparse_read(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Read vectors ``r = Σ_k w[k] M[i_k]``: rows (B,H,K,W), weights (B,H,K) -> (B,H,W)."""
+    return torch.matmul(weights.unsqueeze(-2), rows).squeeze(-2)
+
+
+def sparse_write_weighting(
+    prev_read_positions: torch.Tensor,
+    prev_read_weights: torch.Tensor,
+    least_used: torch.Tensor,
+    write_gate: torch.Tensor,
+    interpolation_gate: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM write weighting ``w^w_t = α (γ w^r_{t-1} + (1 - γ) 1_U)``.
+
+    prev_read_positions (B,R,K) and prev_read_weights w^r_{t-1} (B,R,K), the slots the read
+    heads read last step; least_used U (B,) the least recently used slot; write_gate α and
+    interpolation_gate γ (B,) in [0,1]. With R read heads w^r_{t-1} is their mean, so the
+    weights sum to at most 1. Returns the sparse weighting ``(positions (B,RK+1),
+    weights (B,RK+1))``: the previously read slots, then U; positions may repeat.
+    """
+    batch, heads, k = prev_read_positions.shape
+    read_gate = (write_gate * interpolation_gate / heads).unsqueeze(-1)
+    unused_gate = (write_gate * (1.0 - interpolation_gate)).unsqueeze(-1)
+    positions = torch.cat([prev_read_positions.reshape(batch, heads * k), least_used[:, None]], -1)
+    weights = torch.cat([read_gate * prev_read_weights.reshape(batch, heads * k), unused_gate], -1)
+    return positions, weights
+
+
+def sparse_erase_and_write(
+    memory: torch.Tensor,
+    write_positions: torch.Tensor,
+    write_weights: torch.Tensor,
+    least_used: torch.Tensor,
+    add: torch.Tensor,
+) -> torch.Tensor:
+    """SAM write ``M_t = (1 - 1_U 1ᵀ) ∘ M_{t-1} + w^w aᵀ``: the least used row is zeroed first.
+
+    memory (B,N,W), write weighting (positions, weights) (B,P), least_used U (B,), add a (B,W)
+    -> (B,N,W). Dense and out of place: the reference the in-place sparse write is tested
+    against (the memories change only the P+1 touched rows).
+    """
+    slots = memory.shape[1]
+    keep = torch.ones_like(memory[..., 0]).scatter(-1, least_used[:, None], 0.0)
+    dense_weights = to_dense(write_positions, write_weights, slots)
+    return memory * keep.unsqueeze(-1) + dense_weights.unsqueeze(-1) * add.unsqueeze(-2)
+
+
+def sparse_precedence(
+    prev_positions: torch.Tensor,
+    prev_values: torch.Tensor,
+    write_positions: torch.Tensor,
+    write_weights: torch.Tensor,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDNC precedence ``p_t = (1 - Σ_i w[i]) p_{t-1} + w``, kept K_L-sparse.
+
+    prev p_{t-1} (positions, values) (B,K_L), write weighting w^w_t (positions, weights)
+    (B,P), size N -> p_t (positions, values) (B,K_L): the K_L largest entries.
+    """
+    written = write_weights.sum(-1, keepdim=True)
+    positions = torch.cat([prev_positions, write_positions], -1)
+    values = torch.cat([(1.0 - written) * prev_values, write_weights], -1)
+    positions, values = merge_sparse(positions, values, size)
+    return top_k_sparse(positions, values, prev_positions.shape[-1])
+
+
+def _keep_largest(values: torch.Tensor, capacity: int) -> torch.Tensor:
+    # (…, E) -> bool (…, E): the ``capacity`` largest positive entries of each row.
+    top = values.topk(capacity, dim=-1).indices
+    return torch.zeros_like(values, dtype=torch.bool).scatter(-1, top, True) & (values > 0)
+
+
+def _compact(
+    positions: torch.Tensor, values: torch.Tensor, capacity: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # (…, E) entries -> (…, capacity): the largest, empty ones as (N, 0).
+    values, order = values.topk(capacity, dim=-1)
+    positions = positions.gather(-1, order)
+    return torch.where(values > 0, positions, size), values
+
+
+def sparse_temporal_link(
+    written_rows: tuple[torch.Tensor, torch.Tensor],
+    preceding_columns: tuple[torch.Tensor, torch.Tensor],
+    write_positions: torch.Tensor,
+    write_weights: torch.Tensor,
+    precedence_positions: torch.Tensor,
+    precedence_values: torch.Tensor,
+    size: int,
+    capacity: int,
+    write_lookups: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """SDNC link ``L_t[i,j] = (1 - w[i] - w[j]) L_{t-1}[i,j] + w[i] p_{t-1}[j]``, K_L-sparse.
+
+    Only rows of written slots and columns of preceding slots can gain entries, so the
+    equation and the truncation to ``capacity`` (K_L) entries per row and column happen on
+    them: written_rows (columns j, values L_{t-1}[i,j]) (B,P,K_L) are the rows of L_{t-1} at
+    the written slots i, preceding_columns (rows i, values L_{t-1}[i,j]) (B,Q,K_L) its columns
+    at the slots j of p_{t-1}. write weighting w^w_t (positions, weights) (B,P) and
+    precedence p_{t-1} (positions, values) (B,Q) each hold a slot at most once, write
+    positions sorted (as ``merge_sparse`` returns them); empty entries are (N, 0).
+
+    Each written row keeps its K_L largest entries, then each preceding column its K_L
+    largest among the rows' survivors (Rae et al. 2016 keep K_L per row and column). The
+    diagonal is 0. Returns the new rows of L_t at the written slots (columns, values)
+    (B,P,K_L) and its new columns at the preceding slots (rows, values) (B,Q,K_L).
+    Entries elsewhere change only by decay, ``(1 - w[i] - w[j]) L[i,j]`` (``mann.access.sdnc``
+    applies it to the rows and columns that hold them). ``write_lookups`` may hold, computed
+    elsewhere, the three look-ups of the write weighting this needs: w^w_t at the preceding
+    slots (B,Q), w^w_t at the written rows' columns (B,P,K_L), and whether each preceding
+    column's row was written (B,Q,K_L) bool.
+    """
+    row_columns, row_values = written_rows
+    column_rows, column_values = preceding_columns
+    if write_lookups is None:
+        write_lookups = (
+            sparse_lookup(write_positions, write_weights, precedence_positions),
+            sparse_lookup(write_positions, write_weights, row_columns.flatten(1)).view_as(
+                row_values
+            ),
+            sparse_lookup_index(write_positions, column_rows.flatten(1))[1].view_as(column_rows),
+        )
+    write_at_preceding, write_at_columns, written = write_lookups
+    batch, writes, _ = row_columns.shape
+    preceding = precedence_positions.shape[-1]
+    write_row = write_weights.unsqueeze(-1)  # w[i] (B,P,1)
+
+    # The block of written rows × preceding columns: old entries there, plus w[i] p[j].
+    match = row_columns.unsqueeze(-1) == precedence_positions[:, None, None, :]  # (B,P,K_L,Q)
+    old_block = (match * row_values.unsqueeze(-1)).sum(-2)  # (B,P,Q)
+    decay = 1.0 - write_row - write_at_preceding.unsqueeze(1)
+    block = decay * old_block + write_row * precedence_values.unsqueeze(1)
+    rows_i, columns_j = write_positions.unsqueeze(-1), precedence_positions.unsqueeze(1)
+    on_block = (rows_i != columns_j) & (rows_i < size) & (columns_j < size)
+    block = torch.where(on_block, block, torch.zeros_like(block)).clamp_min(0.0)
+    # The written rows' other entries, and the preceding columns' entries in unwritten rows.
+    elsewhere = match.any(-1) | (row_columns >= size)
+    rest_of_rows = (1.0 - write_row - write_at_columns) * row_values
+    rest_of_rows = torch.where(elsewhere, torch.zeros_like(row_values), rest_of_rows)
+    rest_of_rows = rest_of_rows.clamp_min(0.0)
+    written = written | (column_rows >= size)
+    rest_of_columns = (1.0 - write_at_preceding.unsqueeze(-1)) * column_values
+    rest_of_columns = torch.where(written, torch.zeros_like(column_values), rest_of_columns)
+    rest_of_columns = rest_of_columns.clamp_min(0.0)
+
+    # Rows first, then columns, keep their K_L largest.
+    keep = _keep_largest(torch.cat([block, rest_of_rows], -1), capacity)
+    block = block * keep[..., :preceding]
+    rest_of_rows = rest_of_rows * keep[..., preceding:]
+    keep = _keep_largest(torch.cat([block.transpose(1, 2), rest_of_columns], -1), capacity)
+    block = block * keep[..., :writes].transpose(1, 2)
+    rest_of_columns = rest_of_columns * keep[..., writes:]
+
+    new_rows = _compact(
+        torch.cat([columns_j.expand(batch, writes, preceding), row_columns], -1),
+        torch.cat([block, rest_of_rows], -1), capacity, size,
+    )
+    new_columns = _compact(
+        torch.cat([rows_i.transpose(1, 2).expand(batch, preceding, writes), column_rows], -1),
+        torch.cat([block.transpose(1, 2), rest_of_columns], -1), capacity, size,
+    )
+    return new_rows, new_columns
+
+
+def sparse_directional_weights(
+    successor_positions: torch.Tensor,
+    successor_values: torch.Tensor,
+    predecessor_positions: torch.Tensor,
+    predecessor_values: torch.Tensor,
+    prev_read_weights: torch.Tensor,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """SDNC forward ``f = L w^r_{t-1}`` and backward ``b = Lᵀ w^r_{t-1}``, sparse.
+
+    For each head's previously read slot j (B,R,K): successor_* (B,R,K,K_L) are column j of
+    L_t (the slots i written right after j, L_t[i,j]), predecessor_* row j of L_t (the slots
+    written right before it, L_t[j,i]); prev_read_weights w^r_{t-1} (B,R,K).
+    Returns ``((forward positions, values), (backward positions, values))``, each
+    (B,R,K K_L), positions repeating where several read slots lead to the same slot.
+    """
+    weights = prev_read_weights.unsqueeze(-1)
+    forward = (successor_positions.flatten(-2), (successor_values * weights).flatten(-2))
+    backward = (predecessor_positions.flatten(-2), (predecessor_values * weights).flatten(-2))
+    return forward, backward
+
+
+def sparse_read_weighting(
+    backward: tuple[torch.Tensor, torch.Tensor],
+    content: tuple[torch.Tensor, torch.Tensor],
+    forward: tuple[torch.Tensor, torch.Tensor],
+    read_modes: torch.Tensor,
+    k: int,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """SDNC read weighting ``w^r = π[0] b + π[1] c + π[2] f``, kept to its K largest entries.
+
+    backward, content, forward: sparse weightings (positions, values) (B,R,·); read_modes π
+    (B,R,3) ordered backward, content, forward. Returns the read positions (B,R,K), their
+    weights (B,R,K) (the mixture's K largest; they sum to at most 1) and the whole merged
+    mixture (positions, values) before truncation.
+    """
+    modes = read_modes.unsqueeze(-1)
+    positions = torch.cat([backward[0], content[0], forward[0]], -1)
+    values = torch.cat(
+        [modes[..., 0, :] * backward[1], modes[..., 1, :] * content[1],
+         modes[..., 2, :] * forward[1]], -1,
+    )
+    mixture = merge_sparse(positions, values, size)
+    read_positions, read_weights = top_k_sparse(*mixture, k)
+    return read_positions, read_weights, mixture

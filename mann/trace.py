@@ -78,9 +78,16 @@ class Trace:
     key_strength (T,H), heads ordered reads first, then writes.
 
     SAM/SDNC: read_positions (T,R,K) slot indices (stored as float32 like the rest),
-    least_used (T,) the slot index chosen as least recently used; SDNC's link is dense only
-    while the memory is small enough to draw, otherwise link_positions (T,K) names the slots
-    of the touched sub-matrix stored in link (T,K,K).
+    least_used (T,) the slot index chosen as least recently used; usage (T,N) the steps since
+    each slot was last used (read or written with weight > δ); the write is explained with
+    the DNC's fields: w^w = g^w [g^a a + (1 - g^a) c^w] with write_gate g^w = α,
+    allocation_gate g^a = 1 - γ, allocation a = 1_U (the least used slot) and
+    write_content_weights c^w = the previous step's read weights (mean over heads). SDNC adds
+    precedence, read_content_weights, forward/backward_weights and read_modes as the DNC
+    (its read_weights are the mixture's K largest entries); its link is dense (T,N,N) only
+    while N <= 256 (``mann.access.sdnc.DENSE_LINK_LIMIT``), otherwise link_positions (T,S)
+    names the slots of the touched sub-matrix stored in link (T,S,S): the slots the step
+    wrote and those of the previous precedence, ascending, -1 padding.
     """
 
     arch: str

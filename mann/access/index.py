@@ -1,0 +1,281 @@
+"""k-nearest-neighbour search over memory rows, for the sparse memories (SAM, SDNC).
+
+A sparse read looks up, for each read key, the K slots whose rows are most similar to it by
+cosine similarity (Rae et al. 2016). Ranking by cosine is ranking by inner product with the
+normalised rows ``M[i] / |M[i]|`` (the key's norm is the same for every slot), so every
+index here searches by inner product over normalised rows; an all-zero row scores 0.
+
+Three indexes, one interface (``update(positions, rows)`` with the rows a step wrote, and
+``search(keys, k) -> positions``), one per batch item inside:
+
+- ``ExactIndex`` ("exact"): a normalised copy of memory and a torch ``bmm`` + ``topk``. Exact,
+  O(N W) per query, any dtype and device. The reference in tests, and the fallback when
+  faiss-cpu is not installed.
+- ``FaissExactIndex`` ("faiss-exact"): the same normalised copy (shared with numpy, no copy)
+  searched by faiss's brute-force inner-product k-NN. Exact; "auto" picks it up to
+  ``EXACT_LIMIT`` slots.
+- ``FaissIVFIndex`` ("faiss-ivf"): an inverted-file index (faiss ``IndexIVFFlat``) whose
+  lists are keyed by ``lists`` fixed random unit centroids (a data-independent partition of
+  the sphere, so nothing is trained and the same rows always land in the same lists). Only
+  written, non-zero rows are in it; a rewritten row is removed and re-added under its slot
+  number, so the index holds exactly the current rows and is never rebuilt, and what it
+  returns depends only on the rows, not on their history. A query scans the lists of its
+  ``probes`` nearest centroids, more while the index holds few rows, so it costs O(√N W)
+  rather than O(N W). Approximate: a near row in an unprobed list is missed. "auto" picks
+  it above ``EXACT_LIMIT`` slots.
+
+Every index returns exactly k distinct slots per query, ranked by cosine similarity on a grid
+of ``TIE_RESOLUTION``: similarities closer than that count as tied and the lower slot wins.
+Exact ties are common (a write adds the same vector a to several slots, which then point the
+same way), and without a fixed rule float noise of 1e-7 would decide them, so the same item
+would read other slots in a batch of 3 than alone. The faiss indexes fetch a few more
+candidates than k and rank them by that rule. When the IVF index finds fewer than k rows
+(memory nearly empty), the rest are the lowest-numbered slots not already returned.
+
+No gradient flows through an index: it returns integer positions; the memories gather the
+rows at those positions and compute the differentiable weights from them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+try:  # faiss-cpu is a dependency, but the exact torch index works without it.
+    import faiss
+except ImportError:  # pragma: no cover - exercised only where faiss is missing
+    faiss = None
+
+INDEX_KINDS = ("auto", "exact", "faiss-exact", "faiss-ivf")
+# "auto" searches exactly up to this many slots, approximately (IVF) above.
+EXACT_LIMIT = 2048
+# The IVF index probes enough lists to expect at least this many rows per query.
+IVF_MIN_CANDIDATES = 128
+# Cosine similarities are compared on a grid of this step (ties: the lower slot wins).
+TIE_RESOLUTION = 2.0**-12
+# The faiss indexes fetch k + this many candidates, then rank them by the rule above.
+EXTRA_CANDIDATES = 8
+
+
+def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``M[i] / |M[i]|`` along the last axis; an all-zero row stays zero (no NaN)."""
+    norms = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
+    return rows / norms.clamp_min(torch.finfo(rows.dtype).tiny)
+
+
+def ranking(similarity: torch.Tensor, positions: torch.Tensor, slots: int) -> torch.Tensor:
+    """Integer ranking keys, larger first: similarity on the ``TIE_RESOLUTION`` grid, then
+    the lower slot. similarity, positions (...,P) -> (...,P) int64."""
+    grid = torch.round(similarity.clamp(-2.0, 2.0) / TIE_RESOLUTION).long()
+    return grid * (slots + 1) + (slots - positions)
+
+
+def exact_top_k(normalized_rows: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+    """The k slots of largest cosine similarity to each key, exactly (the reference).
+
+    normalized_rows (B,N,W) as ``normalize_rows`` makes them, keys (B,H,W) -> (B,H,k) int64,
+    most similar first (ties on the ``TIE_RESOLUTION`` grid: the lower slot first, among
+    the k + ``EXTRA_CANDIDATES`` most similar).
+    """
+    queries = normalize_rows(keys.to(normalized_rows.dtype))
+    similarity = torch.bmm(queries, normalized_rows.transpose(1, 2))
+    slots = normalized_rows.shape[1]
+    similarity, candidates = similarity.topk(min(slots, k + EXTRA_CANDIDATES), dim=-1)
+    return best_candidates(similarity, candidates, k, slots)
+
+
+def best_candidates(
+    similarity: torch.Tensor, candidates: torch.Tensor, k: int, slots: int
+) -> torch.Tensor:
+    """The k best candidates (B,H,k') by ``ranking``; -1 candidates (none found) last.
+
+    Returns (B,H,k) int64 slots, -1 where there were fewer than k candidates.
+    """
+    similarity = similarity.double().masked_fill(candidates < 0, -2.0)
+    order = ranking(similarity, candidates.clamp_min(0), slots).topk(k, dim=-1).indices
+    return candidates.gather(-1, order)
+
+
+def resolve_index_kind(
+    kind: str, slots: int, dtype: torch.dtype, device: torch.device | str
+) -> str:
+    """The concrete index kind for ``kind`` ("auto" or one of ``INDEX_KINDS``).
+
+    faiss indexes need faiss-cpu, float32 and the CPU; "auto" falls back to "exact" otherwise.
+    """
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index must be one of {list(INDEX_KINDS)}, got {kind!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    faiss_usable = faiss is not None and dtype == torch.float32 and on_cpu
+    if kind == "auto":
+        if not faiss_usable:
+            return "exact"
+        return "faiss-exact" if slots <= EXACT_LIMIT else "faiss-ivf"
+    if kind != "exact" and not faiss_usable:
+        reason = "faiss-cpu is not installed" if faiss is None else "it needs float32 on the CPU"
+        raise ValueError(f"index={kind!r} is not available here: {reason}; use 'exact' or 'auto'")
+    return kind
+
+
+def build_index(kind: str, memory: torch.Tensor, empty: bool = False):
+    """A new index of ``kind`` over ``memory`` (B,N,W), filled from its current rows.
+
+    ``empty=True`` promises that memory is all zeros, which spares the approximate index a
+    scan of the rows.
+    """
+    kind = resolve_index_kind(kind, memory.shape[1], memory.dtype, memory.device)
+    if kind == "exact":
+        return ExactIndex(memory)
+    if kind == "faiss-exact":
+        return FaissExactIndex(memory)
+    return FaissIVFIndex(memory, empty=empty)
+
+
+class ExactIndex:
+    """Exact search by torch over a normalised copy of memory, kept up to date row by row."""
+
+    kind = "exact"
+
+    def __init__(self, memory: torch.Tensor) -> None:
+        self.normalized = normalize_rows(memory.detach())
+
+    def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
+        """Rows (B,P,W) were written at slots ``positions`` (B,P); repeats carry equal rows."""
+        batch = torch.arange(positions.shape[0], device=positions.device).unsqueeze(-1)
+        self.normalized[batch, positions] = normalize_rows(rows.detach()).to(self.normalized.dtype)
+
+    def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
+        """The k most similar slots to each key: keys (B,H,W) -> (B,H,k) int64."""
+        return exact_top_k(self.normalized, keys.detach(), k)
+
+
+class FaissExactIndex(ExactIndex):
+    """Exact search by faiss's brute-force inner-product k-NN over the normalised copy."""
+
+    kind = "faiss-exact"
+
+    def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
+        queries = normalize_rows(keys.detach().to(torch.float32)).contiguous().numpy()
+        database = self.normalized.numpy()  # shares memory with the torch copy
+        slots = database.shape[1]
+        wanted = min(slots, k + EXTRA_CANDIDATES)
+        similarity = np.empty(queries.shape[:2] + (wanted,), dtype=np.float32)
+        labels = np.empty(queries.shape[:2] + (wanted,), dtype=np.int64)
+        for item in range(queries.shape[0]):
+            similarity[item], labels[item] = faiss.knn(
+                queries[item], database[item], wanted, metric=faiss.METRIC_INNER_PRODUCT
+            )
+        return best_candidates(torch.from_numpy(similarity), torch.from_numpy(labels), k, slots)
+
+
+def _random_centroids(lists: int, width: int) -> np.ndarray:
+    # Fixed (seeded) random unit vectors: the same partition for every index of this shape.
+    generator = np.random.default_rng(lists * 1_000_003 + width)
+    centroids = generator.standard_normal((lists, width)).astype(np.float32)
+    return centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+
+class FaissIVFIndex:
+    """Approximate search: one faiss inverted-file index for the whole batch, updated in place.
+
+    Each batch item has its own ``lists`` lists (about √N by default), keyed by the same fixed
+    random centroids: item b's row of slot i has id ``b N + i`` and lives in list
+    ``b lists + c``, c its nearest centroid. The lists are assigned here (in torch) and handed
+    to faiss pre-assigned, so one call adds, one removes and one searches for all items.
+    ``probes`` lists are scanned per query once an item holds many rows.
+    """
+
+    kind = "faiss-ivf"
+
+    def __init__(
+        self,
+        memory: torch.Tensor,
+        lists: int | None = None,
+        probes: int = 8,
+        empty: bool = False,
+    ) -> None:
+        batch, slots, width = memory.shape
+        self.batch, self.slots = batch, slots
+        self.lists = lists or max(1, round(math.sqrt(slots)))
+        self.probes = min(probes, self.lists)
+        self.centroids = torch.from_numpy(_random_centroids(self.lists, width))
+        # faiss wants a quantizer; the pre-assigned calls never use it.
+        self.quantizer = faiss.IndexFlatIP(width)
+        self.index = faiss.IndexIVFFlat(
+            self.quantizer, width, batch * self.lists, faiss.METRIC_INNER_PRODUCT
+        )
+        self.index.is_trained = True  # the centroids are fixed, nothing to learn
+        self.index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove by id in O(1)
+        self.present = np.zeros(batch * slots, dtype=bool)  # which ids are in the index
+        self.rows = np.zeros(batch, dtype=np.int64)  # how many rows each item has in it
+        if not empty:
+            positions = torch.arange(slots).expand(batch, slots)
+            self.update(positions, memory.detach())
+
+    def _item_offsets(self, per_item: int) -> torch.Tensor:
+        return torch.arange(self.batch).unsqueeze(-1) * per_item
+
+    def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
+        """Rows (B,P,W) were written at slots ``positions`` (B,P); repeats carry equal rows."""
+        normalized = normalize_rows(rows.detach().to(torch.float32).cpu())
+        lists = (normalized @ self.centroids.T).argmax(-1) + self._item_offsets(self.lists)
+        ids = (positions.cpu() + self._item_offsets(self.slots)).flatten().numpy()
+        ids, first = np.unique(ids, return_index=True)
+        stale = ids[self.present[ids]]
+        if stale.size:
+            self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
+            np.subtract.at(self.rows, stale // self.slots, 1)
+        keep = (normalized.abs().sum(-1) > 0).flatten().numpy()[first]
+        fresh = np.ascontiguousarray(ids[keep])
+        if fresh.size:
+            vectors = np.ascontiguousarray(normalized.flatten(0, 1).numpy()[first[keep]])
+            assigned = np.ascontiguousarray(lists.flatten().numpy()[first[keep]])
+            self.index.add_core(
+                fresh.size,
+                faiss.swig_ptr(vectors),
+                faiss.swig_ptr(fresh),
+                faiss.swig_ptr(assigned),
+            )
+            np.add.at(self.rows, fresh // self.slots, 1)
+        self.present[ids] = keep
+
+    def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
+        """The k most similar slots to each key (approximately): keys (B,H,W) -> (B,H,k)."""
+        queries = normalize_rows(keys.detach().to(torch.float32).cpu())  # (B,H,W)
+        heads = queries.shape[1]
+        # Probe enough lists to expect IVF_MIN_CANDIDATES rows: all of them while few.
+        rows = torch.from_numpy(np.maximum(self.rows, 1))
+        probes = (self.lists * IVF_MIN_CANDIDATES + rows - 1) // rows
+        probes = probes.clamp(self.probes, self.lists)  # (B,)
+        most = int(probes.max())
+        nearest = (queries @ self.centroids.T).topk(most, dim=-1).indices  # (B,H,most)
+        lists = nearest + self._item_offsets(self.lists).unsqueeze(-1)
+        unused = torch.arange(most) >= probes.view(-1, 1, 1)
+        lists = lists.masked_fill(unused, -1)  # faiss skips list -1
+        wanted = min(self.slots, k + EXTRA_CANDIDATES)
+        self.index.nprobe = most
+        similarity, labels = self.index.search_preassigned(
+            queries.flatten(0, 1).contiguous().numpy(),
+            wanted,
+            lists.flatten(0, 1).contiguous().numpy(),
+            None,
+        )
+        labels = labels.reshape(self.batch, heads, wanted)
+        offsets = (np.arange(self.batch) * self.slots).reshape(-1, 1, 1)
+        labels = torch.from_numpy(np.where(labels >= 0, labels - offsets, -1))
+        similarity = torch.from_numpy(similarity.reshape(labels.shape))
+        found = best_candidates(similarity, labels, k, self.slots).numpy()
+        if (found < 0).any():
+            _fill_missing(found, self.slots)
+        return torch.from_numpy(found)
+
+
+def _fill_missing(found: np.ndarray, slots: int) -> None:
+    # Replace the -1s of each query by the lowest-numbered slots it does not already hold.
+    for position in zip(*np.nonzero((found < 0).any(-1)), strict=True):
+        row = found[position]
+        missing = row < 0
+        spare = np.setdiff1d(np.arange(min(slots, 2 * row.size)), row[~missing])
+        row[missing] = spare[: missing.sum()]
