@@ -1,7 +1,41 @@
-"""Streamlit entry point: ``streamlit run app.py``."""
+"""Streamlit entry point: ``streamlit run app.py``.
+
+Navigation over the pages in pages/, and the sidebar they share (model and input). Each page
+composes: it picks through ui.shared, calls mann, and hands the Trace to mann.figures.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="mann: memory-augmented networks", layout="wide")
-st.title("mann")
-st.write("Memory-augmented neural networks you can watch at work. The pages arrive soon.")
+from ui import shared
+
+st.set_page_config(
+    page_title="mann: watch memory-augmented networks at work",
+    page_icon=":material/memory:",
+    layout="wide",
+)
+
+navigation = st.navigation(
+    [
+        st.Page(shared.PAGES["home"], title="Home", icon=":material/home:", default=True),
+        st.Page(shared.PAGES["inspect"], title="Inspect", icon=":material/grid_on:",
+                url_path="inspect"),
+        st.Page(shared.PAGES["explain"], title="Explain", icon=":material/functions:",
+                url_path="explain"),
+        st.Page(shared.PAGES["compare"], title="Compare", icon=":material/compare:",
+                url_path="compare"),
+        st.Page(shared.PAGES["train"], title="Train", icon=":material/model_training:",
+                url_path="train"),
+        st.Page(shared.PAGES["generalisation"], title="Generalisation",
+                icon=":material/show_chart:", url_path="generalisation"),
+        st.Page(shared.PAGES["export"], title="Export", icon=":material/download:",
+                url_path="export"),
+    ]
+)
+# An upload is checked before the page runs, so the page already shows the uploaded model.
+shared.take_pending_upload()
+navigation.run()
+# The sidebar comes after the page: its widgets' values reach the page all the same (they are
+# read from the session at the start of the run), and the page's first lines show without
+# waiting for the sidebar's checkpoint loading. Pages end by returning, never by st.stop(),
+# so the sidebar is always drawn.
+shared.sidebar()

@@ -1,0 +1,223 @@
+"""How fast the app is where a user waits: first page, loading a model, scrubbing.
+
+    python bench/app_speed.py [--repeats 3] [--no-browser]
+
+Prints one table:
+
+- server up -> first page usable: ``streamlit run app.py`` is started afresh; from the moment
+  its health endpoint answers, Debian's chromium opens the home page; "content" is when the
+  page's heading is on screen, "finished" when the whole script (sidebar included) has run;
+- load checkpoint + record trace: ``mann.load`` of each shipped checkpoint plus
+  ``mann.demo.record`` of one sequence (41 steps for copy), in this process, cold file cache
+  aside; the scrub figure's build time beside it;
+- scrub step in the browser: the Inspect page's figure moved by its own slider (mouse events
+  on the slider), until the new frame is painted (two animation frames after plotly's
+  ``plotly_animated``), for ntm-copy and dnc-copy.
+
+Targets (issue 5): first page within 3 s, load + record within 0.5 s, scrub step within
+150 ms. Numbers depend on what else the machine runs; the table says the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+SCRUB_JS = """async (fractions) => {
+  const gd = document.querySelector('.js-plotly-plot');
+  const rail = gd.querySelector('.slider-rail-rect');
+  const times = [];
+  for (const fraction of fractions) {
+    const box = rail.getBoundingClientRect();
+    const x = box.left + box.width * fraction, y = box.top + box.height / 2;
+    const done = new Promise(resolve => gd.once('plotly_animated', resolve));
+    const start = performance.now();
+    document.elementFromPoint(x, y).dispatchEvent(
+      new MouseEvent('mousedown', {clientX: x, clientY: y, bubbles: true, view: window}));
+    gd.dispatchEvent(new MouseEvent('mouseup', {clientX: x, clientY: y, bubbles: true,
+                                                view: window}));
+    await done;
+    await new Promise(resolve => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+    times.push(performance.now() - start);
+  }
+  return times;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`streamlit run app.py` on a free port, stopped (with its process group) on exit."""
+
+    def __enter__(self) -> Server:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(self.port), "--server.address", "127.0.0.1",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=REPOSITORY, env=environment, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as reply:
+                    if reply.read() == b"ok":
+                        self.up = time.monotonic()
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("streamlit did not answer within 60 s")
+
+    def __exit__(self, *exc_info) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def finished(page, timeout: float = 60_000) -> None:
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                           timeout=timeout)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0",
+        timeout=timeout,
+    )
+
+
+def first_page(browser, repeats: int) -> tuple[list[float], list[float]]:
+    content, done = [], []
+    for _ in range(repeats):
+        with Server() as server:
+            page = browser.new_page()
+            page.goto(server.url)
+            page.wait_for_selector("h1", timeout=60_000)
+            content.append(time.monotonic() - server.up)
+            finished(page)
+            done.append(time.monotonic() - server.up)
+            page.close()
+    return content, done
+
+
+def scrub_steps(browser, checkpoint: str, moves: int = 20) -> list[float]:
+    with Server() as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        # A fresh server learns the page names from its first run: open home first, else a
+        # deep link shows a (harmless) "page not found" dialog over the right page.
+        page.goto(server.url)
+        finished(page)
+        page.goto(f"{server.url}/inspect")
+        finished(page)
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_role("combobox").first.click()
+        page.get_by_role("option", name=checkpoint, exact=True).click()
+        page.get_by_role("heading", name=checkpoint, exact=True).wait_for(timeout=30_000)
+        finished(page)
+        page.wait_for_function(
+            "() => { const gd = document.querySelector('.js-plotly-plot');"
+            " return gd && gd.once && gd.querySelector('.slider-rail-rect'); }",
+            timeout=30_000,
+        )
+        page.wait_for_timeout(500)
+        fractions = [((i * 7) % moves + 0.5) / moves for i in range(moves)]
+        times = page.evaluate(SCRUB_JS, fractions)
+        page.close()
+    return times
+
+
+def load_and_record(name: str, repeats: int) -> tuple[int, list[float], list[float]]:
+    import mann
+    from mann import demo, figures
+
+    path = REPOSITORY / "checkpoints" / name
+    task = demo.task_of(mann.checkpoint.read_metadata(path))
+    length = demo.training_lengths(task)[1]
+    batch = demo.sample_input(task, length, seed=0)
+    totals, builds = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model = mann.load(path)
+        trace = demo.record(model, batch)
+        totals.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        figures.scrub_figure(trace)
+        builds.append(time.perf_counter() - start)
+    return trace.steps, totals, builds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-browser", action="store_true")
+    arguments = parser.parse_args()
+    # Killed with SIGTERM (e.g. by `timeout`): unwind, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+    import torch
+
+    torch.set_num_threads(1)
+    from mann.demo import SHIPPED, list_checkpoints
+
+    rows: list[tuple[str, str, str]] = []
+    if not arguments.no_browser:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            content, done = first_page(browser, arguments.repeats)
+            rows.append(("server up -> home page content (s)",
+                         f"{statistics.median(content):.2f} (max {max(content):.2f})", "3"))
+            rows.append(("server up -> home page finished, sidebar too (s)",
+                         f"{statistics.median(done):.2f} (max {max(done):.2f})", ""))
+            available = list_checkpoints(REPOSITORY / "checkpoints")
+            for name in ("ntm-copy", "dnc-copy"):
+                if name not in available:
+                    continue
+                times = sorted(scrub_steps(browser, name))
+                p90 = times[int(0.9 * (len(times) - 1))]
+                rows.append((f"scrub step in the browser, {name} (ms)",
+                             f"{statistics.median(times):.0f} (p90 {p90:.0f})", "150"))
+            browser.close()
+
+    for name in list_checkpoints(REPOSITORY / "checkpoints"):
+        if name not in SHIPPED:
+            continue
+        steps, totals, builds = load_and_record(name, max(arguments.repeats, 3))
+        rows.append((f"load {name} + record {steps} steps (s)",
+                     f"{statistics.median(totals):.3f} (max {max(totals):.3f})", "0.5"))
+        rows.append(("  scrub figure for it, built once per trace (s)",
+                     f"{statistics.median(builds):.3f}", ""))
+
+    load = os.getloadavg()[0]
+    print(f"\napp speed on {os.cpu_count()} cores, load average {load:.1f} at the end\n")
+    width = max(len(row[0]) for row in rows)
+    print(f"| {'measure':<{width}} | {'median':>22} | target |")
+    print(f"|{'-' * (width + 2)}|{'-' * 24}:|-------:|")
+    for measure, value, target in rows:
+        print(f"| {measure:<{width}} | {value:>22} | {target:>6} |")
+
+
+if __name__ == "__main__":
+    main()

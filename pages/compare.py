@@ -1,0 +1,60 @@
+"""Compare: two to four models on the same input, one figure with a row each, one slider."""
+
+import pandas as pd
+import streamlit as st
+
+from ui import shared
+
+
+def main() -> None:
+    st.title("Compare")
+    st.caption(
+        "Every model runs on the sidebar's input; one slider moves all rows together. Only "
+        "models that take this task's inputs are offered (untrained ones are sized for it)."
+    )
+    try:
+        choice = shared.selected()
+        chosen = shared.current_input(choice)
+        task = shared.input_task(chosen)
+        options = shared.fitting_keys(task)
+    except ValueError as error:
+        st.error(str(error))
+        return
+
+    preferred = [f"checkpoint:{arch}-{task.name.replace('_', '-')}" for arch in ("ntm", "dnc")]
+    default = [key for key in preferred if key in options]
+    for key in (choice.key, "untrained:ntm", "untrained:dnc"):
+        if len(default) < 2 and key in options and key not in default:
+            default.append(key)
+    picked = st.multiselect(
+        "models (two to four)", options, default=default, format_func=shared.model_label,
+        max_selections=4, key=f"compare_models:{task.name}",
+    )
+    if len(picked) < 2:
+        st.info("Pick at least two models.")
+        return
+
+    try:
+        choices = [shared.resolve(key, task.name) for key in picked]
+        traces = [shared.trace_for(model, chosen) for model in choices]
+    except ValueError as error:
+        st.error(str(error))
+        return
+
+    names = tuple(model.label for model in choices)
+    key = "|".join(shared.trace_key(model, chosen) for model in choices)
+    st.plotly_chart(shared.compare_figure(key, tuple(traces), names), key="compare_figure")
+
+    rows = []
+    for model, trace in zip(choices, traces, strict=True):
+        rows.append({
+            "model": model.label,
+            "architecture": model.model.config.arch.upper(),
+            "memory": f"{trace.memory_size} × {trace.word_size}",
+            "trained": "yes" if model.trained else "no (random weights)",
+            "bit errors on this input": trace.metadata.get("bit_errors"),
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+main()

@@ -1,0 +1,63 @@
+"""Export: the trace as .npz and CSV, and the scrubbable figure as one offline HTML file."""
+
+import pandas as pd
+import streamlit as st
+
+from mann import figures
+from ui import shared
+
+
+def main() -> None:
+    st.title("Export")
+    st.caption("What the sidebar's model recorded on the sidebar's input (hand edits included).")
+    current = shared.current()
+    if current is None:
+        return
+    choice, chosen, trace = current
+    key = shared.trace_key(choice, chosen)
+    label = choice.label.replace(" ", "_").replace(":", "")
+    stem = f"{label}-{chosen.task_name}-{chosen.length}"
+
+    def trace_csv() -> str:
+        return trace.to_frame().to_csv(index=False)
+
+    def scrub_html() -> str:
+        return figures.figure_html(shared.figure("scrub_figure", key, trace))
+
+    def timeline_html() -> str:
+        return figures.figure_html(shared.figure("timeline_figure", key, trace))
+
+    first, second = st.columns(2)
+    with first:
+        st.download_button(
+            "Trace (.npz)", data=trace.to_bytes(), file_name=f"{stem}.npz",
+            mime="application/octet-stream", icon=":material/data_array:",
+            help="numpy arrays, one per field; load with mann.Trace.load (no pickles).",
+        )
+        st.download_button(
+            "Trace (CSV, one row per number)", data=trace_csv, file_name=f"{stem}.csv",
+            mime="text/csv", icon=":material/table:",
+            help="Columns signal, step, head, slot, index, value (Trace.to_frame).",
+        )
+    with second:
+        st.download_button(
+            "Scrubbable figure (HTML, works offline)", data=scrub_html,
+            file_name=f"{stem}-scrub.html", mime="text/html", icon=":material/animation:",
+            help="plotly.js is embedded: the file opens without a network.",
+            disabled=not figures.fits_in_browser(trace),
+        )
+        st.download_button(
+            "Timeline figure (HTML, works offline)", data=timeline_html,
+            file_name=f"{stem}-timeline.html", mime="text/html",
+            icon=":material/view_timeline:",
+        )
+
+    st.subheader("What the trace holds")
+    rows = [
+        {"field": name, "shape": " × ".join(str(n) for n in getattr(trace, name).shape)}
+        for name in trace.available()
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, height=35 * (len(rows) + 1) + 3)
+
+
+main()

@@ -1,0 +1,92 @@
+"""Home: what the app shows, a one-click demo (NTM against DNC on copy), where to go next."""
+
+import streamlit as st
+
+from ui import shared
+
+st.title("Watch memory-augmented networks at work")
+st.markdown(
+    """
+A **Neural Turing Machine** (NTM) and a **Differentiable Neural Computer** (DNC) are neural
+networks with an external memory: a matrix of slots they read from and write to through soft,
+differentiable *weightings*. This app runs them on algorithmic tasks and shows, step by step,
+what they write where, what they read back, and why: memory, read and write weightings, the
+DNC's usage, precedence and temporal links, and how each weighting was formed.
+
+An NTM walks through memory slot by slot (content lookup, then shifts); a DNC allocates
+whichever slot is least used and remembers the order of its writes in a link matrix, so it
+never overwrites what it still needs.
+"""
+)
+
+DEMO_PAIR = ("ntm", "dnc")
+
+
+def demo_keys() -> list[str]:
+    """The shipped copy checkpoints when they exist, else untrained models of each kind."""
+    names = shared.checkpoint_names()
+    return [
+        f"checkpoint:{arch}-copy" if f"{arch}-copy" in names else f"untrained:{arch}"
+        for arch in DEMO_PAIR
+    ]
+
+
+def demo() -> None:
+    """NTM against DNC on copy: the shipped checkpoints when they exist, else untrained ones."""
+    st.subheader("One-click demo: NTM against DNC on the copy task")
+    st.write(
+        "Both models read 12 random 8-bit vectors, see a delimiter, then must write the vectors "
+        "back. Drag the slider under the figure to move through time."
+    )
+    left, right = st.columns([1, 3])
+    if left.button("Run the demo", type="primary", icon=":material/play_arrow:"):
+        st.session_state["demo_seed"] = st.session_state.get("demo_seed", -1) + 1
+    if "demo_seed" in st.session_state:
+        if right.button("Another sequence", icon=":material/casino:"):
+            st.session_state["demo_seed"] += 1
+        from mann.tasks import make_task
+
+        task = make_task("copy")
+        chosen = shared.input_choice(task, 12, st.session_state["demo_seed"])
+        keys = demo_keys()
+        try:
+            choices = [shared.resolve(key, "copy") for key in keys]
+            traces = [shared.trace_for(choice, chosen) for choice in choices]
+        except ValueError as error:
+            st.error(str(error))
+            return
+        if any(not choice.trained for choice in choices):
+            st.warning(
+                "The shipped checkpoints ntm-copy and dnc-copy are not in "
+                f"`{shared.checkpoint_dir()}` yet, so the demo runs **untrained models with random "
+                "weights**: the memory mechanics are real, the behaviour is not learned. Train one "
+                "on the Train page to see the difference.",
+                icon=":material/warning:",
+            )
+        names = tuple(choice.label for choice in choices)
+        key = "|".join(shared.trace_key(choice, chosen) for choice in choices)
+        st.plotly_chart(shared.compare_figure(key, tuple(traces), names), key="demo_figure")
+        columns = st.columns(len(choices))
+        for column, choice, trace in zip(columns, choices, traces, strict=True):
+            errors = trace.metadata.get("bit_errors")
+            column.metric(f"{choice.label}: bit errors on this sequence",
+                          "n/a" if errors is None else f"{errors:g}")
+
+
+demo()
+
+st.subheader("Where next")
+st.page_link(shared.PAGES["inspect"], label="Inspect: scrub one model through time",
+             icon=":material/grid_on:")
+st.page_link(shared.PAGES["explain"], label="Explain: how one weighting was formed",
+             icon=":material/functions:")
+st.page_link(shared.PAGES["compare"], label="Compare: two to four models on the same input",
+             icon=":material/compare:")
+st.page_link(shared.PAGES["train"], label="Train: a model of your own, live",
+             icon=":material/model_training:")
+st.page_link(shared.PAGES["generalisation"], label="Generalisation: longer sequences",
+             icon=":material/show_chart:")
+st.page_link(shared.PAGES["export"], label="Export: the trace and an offline figure",
+             icon=":material/download:")
+st.caption("Choose the model and the input in the sidebar; every page uses that choice.")
+

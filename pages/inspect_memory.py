@@ -1,0 +1,103 @@
+"""Inspect: one model on one input, scrubbed through time; the timeline of its weightings."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mann import figures
+from ui import shared
+
+
+def edit_input(base_input: shared.InputChoice) -> bool:
+    """The hand-edit table; stores an edit under the input's key. False if the input fails."""
+    edits = st.session_state.setdefault("edits", {})
+    with st.expander("Edit the input by hand", icon=":material/edit:"):
+        try:
+            random_inputs = shared.random_inputs(base_input)
+        except ValueError as error:
+            st.error(str(error))
+            return False
+        current_inputs = edits.get(base_input.base_key, random_inputs)
+        binary = bool(np.isin(random_inputs, (0.0, 1.0)).all())
+        columns = [f"ch {c}" for c in range(random_inputs.shape[1])]
+        table = pd.DataFrame(current_inputs.astype(bool) if binary else current_inputs,
+                             columns=columns)
+        table.index.name = "step"
+        st.caption(
+            "Tick or untick bits (one row per step, one column per input channel). For copy "
+            "the targets follow from the bits; for other tasks an edited input is not scored."
+        )
+        edited = st.data_editor(table, key=f"editor:{base_input.base_key}", height=300)
+        edited_inputs = edited.to_numpy(dtype=np.float32)
+        if not np.array_equal(edited_inputs, random_inputs):
+            edits[base_input.base_key] = edited_inputs
+        else:
+            edits.pop(base_input.base_key, None)
+        if base_input.base_key in edits and st.button("Back to the random input"):
+            edits.pop(base_input.base_key, None)
+            st.session_state.pop(f"editor:{base_input.base_key}", None)
+            st.rerun()
+    return True
+
+
+def main() -> None:
+    st.title("Inspect")
+    st.caption(
+        "The model and the input come from the sidebar. Scrubbing runs in your browser: the "
+        "figure holds every step. Colours: memory blue (negative) to red (positive); "
+        "weightings dark (0) to yellow (the largest value in this run)."
+    )
+    try:
+        choice = shared.selected()
+        base_input = shared.current_input(choice)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    # The editor comes before the trace, so an edit shows at once.
+    if not edit_input(base_input):
+        return
+    current = shared.current()
+    if current is None:
+        return
+    choice, chosen, trace = current
+    key = shared.trace_key(choice, chosen)
+
+    st.subheader(choice.label)
+    first, second, third = st.columns(3)
+    first.metric("steps", trace.steps)
+    errors = trace.metadata.get("bit_errors")
+    second.metric("bit errors on this input", "not scored" if errors is None else f"{errors:g}")
+    third.metric("memory (slots × word)", f"{trace.memory_size} × {trace.word_size}")
+    if not choice.trained:
+        st.info("Untrained model (random weights): the mechanics are real, the behaviour is "
+                "not learned.", icon=":material/info:")
+    if chosen.edited is not None:
+        st.info("Showing your hand-edited input.", icon=":material/edit:")
+
+    scrub_tab, timeline_tab = st.tabs(["Scrub through time", "Timeline"])
+    with scrub_tab:
+        if figures.fits_in_browser(trace):
+            st.plotly_chart(shared.figure("scrub_figure", key, trace), key="scrub_figure")
+        else:
+            st.caption(
+                f"This trace is too big to send every step to the browser "
+                f"({figures.animation_size(trace):,} numbers): the slider below asks the "
+                "server for each step."
+            )
+            one_step(trace)
+    with timeline_tab:
+        st.caption(
+            "Every head's weighting over all steps, as in the NTM paper: an NTM writes along a "
+            "diagonal (contiguous slots), a DNC jumps to whichever slot allocation offers."
+        )
+        st.plotly_chart(shared.figure("timeline_figure", key, trace), key="timeline_figure")
+
+
+@st.fragment
+def one_step(trace) -> None:
+    """Server-side scrubbing for big traces: only this fragment reruns when the slider moves."""
+    step = st.slider("step", 0, trace.steps - 1, 0, key=f"server_step:{trace.steps}")
+    st.plotly_chart(figures.step_figure(trace, step), key="step_figure")
+
+
+main()

@@ -1,0 +1,378 @@
+"""The Streamlit app, page by page, through streamlit.testing.v1.AppTest.
+
+Every page renders without an exception; its main widgets change what it shows; the numbers in
+its charts are the numbers of a trace recorded independently here. Checkpoints live in a
+temporary directory (``MANN_CHECKPOINTS``), so nothing touches the repository's.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+import mann
+from mann import demo
+from mann.tasks import TASKS, make_task
+from ui import shared
+
+torch.set_num_threads(1)
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+COPY = make_task("copy")
+PAGES = [path for name, path in shared.PAGES.items() if name != "home"]
+
+
+def save_copy_model(directory: Path, name: str, arch: str, **sizes) -> Path:
+    config = mann.ModelConfig(
+        arch=arch, input_size=COPY.input_size, output_size=COPY.output_size, hidden_size=16,
+        memory_size=sizes.pop("memory_size", 16), word_size=6, **sizes,
+    )
+    torch.manual_seed(len(name))
+    model = mann.build_model(config)
+    return mann.save(
+        model, directory / name, task="copy", task_options=dataclasses.asdict(COPY),
+        metrics={"bit_errors": 0.05, "step": 100},
+    )
+
+
+@pytest.fixture(autouse=True)
+def navigation_like_the_server(monkeypatch):
+    """Run app.py (and its sidebar) on every AppTest run, as the server does.
+
+    AppTest (streamlit 1.67) resets ``PagesManager.uses_pages_directory`` before every run, so
+    an app with a ``pages/`` folder falls back to the old folder-based navigation from the
+    second run on and executes the page file alone, without app.py. The server sets the flag
+    to False once ``st.navigation`` has been called and never resets it; so do we.
+    """
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture
+def checkpoints(tmp_path, monkeypatch) -> Path:
+    save_copy_model(tmp_path, "ntm-copy", "ntm")
+    save_copy_model(tmp_path, "dnc-copy", "dnc", memory_size=12, read_heads=2)
+    monkeypatch.setenv("MANN_CHECKPOINTS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def no_checkpoints(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MANN_CHECKPOINTS", str(tmp_path / "none"))
+    return tmp_path
+
+
+def start(page: str | None = None) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    if page is not None:
+        app.switch_page(page).run()
+    assert not app.exception, [element.value for element in app.exception]
+    return app
+
+
+def decode(value) -> np.ndarray:
+    """A plotly JSON array: plain list, or base64 typed array ``{dtype, bdata, shape}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape)
+    return np.asarray(value, dtype=float)
+
+
+def charts(app: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in app.get("plotly_chart")]
+
+
+def frame_values(spec: dict, step: int, name: str, nth: int = 0) -> np.ndarray:
+    """z of the ``nth`` trace named ``name`` in frame ``step``."""
+    indices = [i for i, trace in enumerate(spec["data"]) if trace.get("name") == name]
+    frame = spec["frames"][step]
+    return decode(frame["data"][list(frame["traces"]).index(indices[nth])]["z"])
+
+
+def expected_trace(directory: Path, name: str, length: int = 20, seed: int = 0):
+    model = mann.load(directory / name)
+    return demo.record(model, demo.sample_input(COPY, length, seed))
+
+
+def test_the_sidebar_knows_every_task():
+    assert set(shared.TASK_NAMES) == set(TASKS)
+
+
+@pytest.mark.parametrize("page", [None, *PAGES])
+def test_every_page_renders_without_an_exception(checkpoints, page):
+    app = start(page)
+    assert app.title, "every page has a title"
+    assert not app.error, [element.value for element in app.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_untrained_models_only(no_checkpoints, page):
+    app = start(page)
+    assert app.sidebar.selectbox[0].value == "untrained:ntm"
+    assert not app.error, [element.value for element in app.error]
+
+
+def test_home_demo_compares_the_shipped_copy_models(checkpoints):
+    app = start()
+    assert not charts(app)
+    app.button[0].click().run()
+    (spec,) = charts(app)
+    ntm = expected_trace(checkpoints, "ntm-copy", length=12)
+    dnc = expected_trace(checkpoints, "dnc-copy", length=12)
+    assert len(spec["frames"]) == ntm.steps == 25
+    np.testing.assert_array_equal(frame_values(spec, 7, "memory", 0), ntm.memory[7].T)
+    np.testing.assert_array_equal(frame_values(spec, 7, "memory", 1), dnc.memory[7].T)
+    metrics = [metric.value for metric in app.metric]
+    assert metrics == [f"{ntm.metadata['bit_errors']:g}", f"{dnc.metadata['bit_errors']:g}"]
+    assert not app.warning
+
+
+def test_home_demo_says_when_it_runs_untrained_models(no_checkpoints):
+    app = start()
+    app.button[0].click().run()
+    assert charts(app)
+    assert "untrained models with random weights" in app.warning[0].value
+
+
+def test_inspect_chart_is_the_trace_and_follows_seed_and_length(checkpoints):
+    app = start(shared.PAGES["inspect"])
+    scrub, timeline = charts(app)
+    trace = expected_trace(checkpoints, "ntm-copy")
+    assert len(scrub["frames"]) == trace.steps
+    for step in (0, 20, trace.steps - 1):
+        np.testing.assert_array_equal(frame_values(scrub, step, "memory"), trace.memory[step].T)
+        weights = frame_values(scrub, step, "weightings")
+        np.testing.assert_array_equal(weights[0], trace.write_weights[step, 0])
+        np.testing.assert_array_equal(weights[1], trace.read_weights[step, 0])
+    timeline_write = next(t for t in timeline["data"] if t["name"] == "write 0")
+    np.testing.assert_array_equal(decode(timeline_write["z"]), trace.write_weights[:, 0].T)
+    errors = app.metric[1].value
+    assert errors == f"{trace.metadata['bit_errors']:g}"
+
+    app.sidebar.number_input(key="input_seed").set_value(5).run()
+    (scrub, _) = charts(app)
+    other = expected_trace(checkpoints, "ntm-copy", seed=5)
+    np.testing.assert_array_equal(frame_values(scrub, 10, "memory"), other.memory[10].T)
+    assert not np.array_equal(other.memory[10], trace.memory[10])
+
+    app.sidebar.number_input(key="length:copy").set_value(7).run()
+    (scrub, _) = charts(app)
+    assert len(scrub["frames"]) == 15
+    assert app.metric[0].value == "15"
+
+
+def test_inspect_shows_the_dnc_link_matrix(checkpoints):
+    app = start(shared.PAGES["inspect"])
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
+    scrub, _ = charts(app)
+    trace = expected_trace(checkpoints, "dnc-copy")
+    for step in (3, 30):
+        np.testing.assert_array_equal(frame_values(scrub, step, "link"), trace.link[step])
+        weights = frame_values(scrub, step, "weightings")
+        np.testing.assert_array_equal(weights[-3], trace.usage[step])
+    assert app.subheader[0].value == "dnc-copy"
+
+
+def test_a_trace_too_big_for_frames_is_scrubbed_on_the_server(checkpoints, monkeypatch):
+    from mann import figures
+
+    monkeypatch.setattr(figures, "MAX_ANIMATION_VALUES", 1000)
+    app = start(shared.PAGES["inspect"])
+    assert any("too big to send every step" in caption.value for caption in app.caption)
+    scrub, _ = charts(app)
+    assert not scrub.get("frames")
+    app.slider(key="server_step:41").set_value(17).run()
+    scrub, _ = charts(app)
+    memory = next(t for t in scrub["data"] if t["name"] == "memory")
+    trace = expected_trace(checkpoints, "ntm-copy")
+    np.testing.assert_array_equal(decode(memory["z"]), trace.memory[17].T)
+
+
+def test_inspect_runs_a_hand_edited_input(checkpoints):
+    app = start(shared.PAGES["inspect"])
+    inputs = demo.sample_input(COPY, 20, 0).inputs[0].numpy().copy()
+    inputs[:20, :8] = 1.0  # all ones: the answer must be all ones too
+    base_key = f"copy|{shared.task_json(COPY)}|20|0"
+    app.session_state["edits"] = {base_key: inputs}
+    app.run()
+    assert not app.exception
+    scrub, _ = charts(app)
+    strip = decode(next(t for t in scrub["data"] if t["name"] == "strip")["z"])
+    np.testing.assert_array_equal(strip[:9], inputs.T)
+    model = mann.load(checkpoints / "ntm-copy")
+    edited = demo.record(model, demo.edited_input(COPY, inputs))
+    assert app.metric[1].value == f"{edited.metadata['bit_errors']:g}"
+    assert any("hand-edited" in info.value for info in app.info)
+
+
+def test_explain_follows_step_and_head(checkpoints):
+    app = start(shared.PAGES["explain"])
+    trace = expected_trace(checkpoints, "ntm-copy")
+    app.slider[0].set_value(9).run()
+    app.selectbox[0].set_value("write 0").run()
+    (spec,) = charts(app)
+    bars = [decode(t["y"]) for t in spec["data"] if t["type"] == "bar"]
+    assert len(bars) == 4
+    np.testing.assert_allclose(bars[-1], trace.write_weights[9, 0], atol=1e-5)
+    np.testing.assert_array_equal(bars[0], trace.content_weights[9, 1])  # H: read 0, write 0
+    assert not app.warning  # the stages reproduce the recorded weighting
+    gates = {metric.label: metric.value for metric in app.metric}
+    assert gates["g"] == f"{trace.interpolation_gate[9, 1]:.3f}"
+
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
+    dnc = expected_trace(checkpoints, "dnc-copy")
+    app.selectbox[0].set_value("read 1").run()
+    (spec,) = charts(app)
+    bars = [decode(t["y"]) for t in spec["data"] if t["type"] == "bar"]
+    step = app.slider[0].value
+    np.testing.assert_allclose(bars[-1], dnc.read_weights[step, 1], atol=1e-5)
+    np.testing.assert_array_equal(bars[1], dnc.read_content_weights[step, 1])
+
+
+def test_compare_rows_and_bit_errors_are_each_models(checkpoints):
+    app = start(shared.PAGES["compare"])
+    assert app.multiselect[0].value == ["checkpoint:ntm-copy", "checkpoint:dnc-copy"]
+    (spec,) = charts(app)
+    ntm = expected_trace(checkpoints, "ntm-copy")
+    dnc = expected_trace(checkpoints, "dnc-copy")
+    np.testing.assert_array_equal(frame_values(spec, 12, "memory", 0), ntm.memory[12].T)
+    np.testing.assert_array_equal(frame_values(spec, 12, "memory", 1), dnc.memory[12].T)
+    table = app.dataframe[0].value
+    assert list(table["bit errors on this input"]) == [
+        ntm.metadata["bit_errors"], dnc.metadata["bit_errors"]
+    ]
+    app.multiselect[0].select("untrained:dnc").run()
+    (spec,) = charts(app)
+    assert len([t for t in spec["data"] if t.get("name") == "memory"]) == 3
+    app.multiselect[0].set_value(["checkpoint:ntm-copy"]).run()
+    assert not charts(app) and "at least two" in app.info[0].value
+
+
+@pytest.mark.slow
+def test_train_page_trains_saves_and_selects_the_model(checkpoints):
+    app = start(shared.PAGES["train"])
+    for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_word", 4),
+                       ("train_steps", 4), ("train_batch", 2)):
+        app.number_input(key=key).set_value(value)
+    app.button[0].click().run()  # the form's submit button
+    assert not app.error, [element.value for element in app.error]
+    training = app.session_state["training"]
+    assert training.wait(timeout=60) and training.error is None
+    app.run()
+    assert app.get("plotly_chart"), "the loss curves are drawn"
+    app.text_input(key="train_name").set_value("from-the-app").run()
+    save = next(button for button in app.button if button.label.startswith("Save"))
+    save.click().run()
+    assert (checkpoints / "from-the-app.safetensors").exists()
+    assert app.session_state["model_key"] == "checkpoint:from-the-app"
+    assert mann.checkpoint.read_metadata(checkpoints / "from-the-app")["metrics"]["step"] == 4
+
+
+def test_train_page_reports_impossible_parameters(checkpoints):
+    app = start(shared.PAGES["train"])
+    app.number_input(key="train_memory").set_value(1)  # an NTM needs room for its shifts
+    app.button[0].click().run()
+    assert "shift_range must be at most memory_size=1" in app.error[0].value
+    assert "training" not in app.session_state
+    app.number_input(key="train_memory").set_value(8)
+    app.number_input(key="train_hidden").set_value(8)
+    app.number_input(key="train_steps").set_value(2)
+    app.button[0].click().run()  # the page still works: corrected, it trains
+    assert not app.error and app.session_state["training"].wait(timeout=60)
+
+
+def test_generalisation_plots_each_model(checkpoints):
+    app = start(shared.PAGES["generalisation"])
+    assert app.multiselect[0].value == ["checkpoint:ntm-copy", "checkpoint:dnc-copy"]
+    app.text_input[0].set_value("2, 4").run()
+    app.number_input(key="generalisation_sequences").set_value(10).run()
+    app.button[0].click().run()
+    (spec,) = charts(app)
+    lines = {trace["name"]: trace for trace in spec["data"]}
+    assert set(lines) == {"ntm-copy", "dnc-copy"}
+    expected = demo.generalisation_frame(
+        {"ntm-copy": mann.load(checkpoints / "ntm-copy")}, COPY, [2, 4], sequences=10, seed=0
+    )
+    np.testing.assert_allclose(decode(lines["ntm-copy"]["y"]), expected["mean_bit_errors"])
+    app.text_input[0].set_value("2, x").run()
+    app.button[0].click().run()
+    assert "lengths must be whole numbers" in app.error[0].value
+    assert charts(app), "the previous result stays"
+
+
+def test_export_offers_the_trace_and_the_figures(checkpoints):
+    app = start(shared.PAGES["export"])
+    labels = [button.label for button in app.get("download_button")]
+    assert labels == [
+        "Trace (.npz)", "Trace (CSV, one row per number)",
+        "Scrubbable figure (HTML, works offline)", "Timeline figure (HTML, works offline)",
+    ]
+    trace = expected_trace(checkpoints, "ntm-copy")
+    fields = list(app.dataframe[0].value["field"])
+    assert fields == trace.available()
+
+
+def test_a_bad_upload_is_an_error_and_the_app_keeps_working(checkpoints, monkeypatch):
+    app = start(shared.PAGES["inspect"])
+    before = charts(app)
+    app.session_state["pending_upload"] = ("junk.safetensors", b"\x00" * 64)
+    app.run()
+    assert "junk.safetensors" in app.sidebar.error[0].value
+    assert app.session_state["model_key"] == "checkpoint:ntm-copy"
+    assert len(charts(app)) == len(before) and not app.exception
+
+    app.session_state["pending_upload"] = ("notes.txt", b"hello")
+    app.run()
+    assert "is not a checkpoint" in app.sidebar.error[0].value
+
+    monkeypatch.setattr(demo, "MAX_UPLOAD_BYTES", 1000)
+    data = (checkpoints / "dnc-copy.safetensors").read_bytes()
+    app.session_state["pending_upload"] = ("big.safetensors", data)
+    app.run()
+    assert "at most 0 MB" in app.sidebar.error[0].value
+
+
+def test_an_uploaded_checkpoint_becomes_the_chosen_model(checkpoints, tmp_path):
+    upload_dir = tmp_path / "elsewhere"
+    path = save_copy_model(upload_dir, "mine", "dnc", memory_size=10)
+    app = start(shared.PAGES["inspect"])
+    app.session_state["pending_upload"] = ("mine.safetensors", path.read_bytes())
+    app.run()
+    assert not app.sidebar.error
+    assert app.session_state["model_key"].startswith("session:")
+    assert app.subheader[0].value == "uploaded: mine.safetensors"
+    scrub, _ = charts(app)
+    model = mann.load(path)
+    trace = demo.record(model, demo.sample_input(COPY, 20, 0))
+    np.testing.assert_array_equal(frame_values(scrub, 5, "link"), trace.link[5])
+
+
+@pytest.mark.parametrize("arch", ["sam", "sdnc"])
+def test_inspect_marks_the_sparse_reads_of_untrained_sparse_memories(checkpoints, arch):
+    if f"untrained:{arch}" not in [f"untrained:{a}" for a in shared.untrained_architectures()]:
+        pytest.skip(f"mann.access.{arch} is not in this checkout")
+    app = start()
+    app.session_state["model_key"] = f"untrained:{arch}"
+    app.switch_page(shared.PAGES["inspect"]).run()
+    assert not app.exception and not app.error
+    scrub, _ = charts(app)
+    trace = demo.record(demo.untrained_model(arch, COPY), demo.sample_input(COPY, 20, 0))
+    index = [i for i, t in enumerate(scrub["data"]) if t.get("name") == "read positions"][0]
+    frame = scrub["frames"][9]
+    marks = frame["data"][list(frame["traces"]).index(index)]
+    np.testing.assert_array_equal(sorted(decode(marks["x"])),
+                                  sorted(trace.read_positions[9, 0]))

@@ -1,0 +1,276 @@
+"""The app in a real browser: Debian's chromium, driven by Playwright, against `streamlit run`.
+
+Opens every page, waits until the script has finished and no skeleton remains, checks there is
+no exception and that the charts rendered, moves the in-figure slider, and saves screenshots
+of the main pages to docs/screenshots/. It uses the repository's checkpoints/ (the shipped
+models, or untrained ones while there are none) and never trains or saves anything.
+Timings are printed (run with -s to see them), never asserted; bench/app_speed.py measures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPOSITORY = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPOSITORY / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
+                       "/usr/bin/chromium (apt-get install chromium); no browser is downloaded"),
+]
+
+# Moves the figure's own slider with mouse events and waits for the frame to be painted.
+SCRUB_JS = """async ([selector, fractions]) => {
+  const gd = document.querySelectorAll('.js-plotly-plot')[selector];
+  const rail = gd.querySelector('.slider-rail-rect');
+  const times = [];
+  for (const fraction of fractions) {
+    const box = rail.getBoundingClientRect();
+    const x = box.left + box.width * fraction, y = box.top + box.height / 2;
+    const done = new Promise(resolve => gd.once('plotly_animated', resolve));
+    const start = performance.now();
+    document.elementFromPoint(x, y).dispatchEvent(
+      new MouseEvent('mousedown', {clientX: x, clientY: y, bubbles: true, view: window}));
+    gd.dispatchEvent(new MouseEvent('mouseup', {clientX: x, clientY: y, bubbles: true,
+                                                view: window}));
+    const outcome = await Promise.race([done.then(() => 'ok'),
+      new Promise(resolve => setTimeout(() => resolve('timeout'), 5000))]);
+    if (outcome !== 'ok') { times.push(null); continue; }
+    await new Promise(resolve => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+    times.push(performance.now() - start);
+  }
+  return times;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`streamlit run app.py` on a free port; yields (base URL, seconds until healthy)."""
+    port = free_port()
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    environment.pop("MANN_CHECKPOINTS", None)
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as reply:
+                    if reply.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read().decode() if process.stdout else ""
+                pytest.fail(f"streamlit did not start: {output[-2000:]}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def settle(tab, timeout: float = 60_000) -> None:
+    """Wait until the script run has finished and nothing is still loading."""
+    tab.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                          timeout=timeout)
+    tab.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0",
+        timeout=timeout,
+    )
+    tab.wait_for_timeout(300)  # let plotly finish drawing what the last message carried
+
+
+def open_page(tab, url: str) -> None:
+    tab.goto(url)
+    settle(tab)
+    exceptions = tab.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+
+
+def charts(tab, at_least: int = 1):
+    tab.wait_for_function(
+        f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {at_least}",
+        timeout=30_000,
+    )
+    return tab.locator(".js-plotly-plot")
+
+
+def shoot(tab, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def slider_state(tab, index: int) -> dict:
+    return tab.evaluate(
+        """(index) => { const gd = document.querySelectorAll('.js-plotly-plot')[index];
+             return {active: gd._fullLayout.sliders[0].active,
+                     memory: JSON.stringify(gd._fullData[0].z.map(row => Array.from(row)))};
+           }""",
+        index,
+    )
+
+
+def drag_slider(tab, index: int, fraction: float) -> None:
+    """Click the figure's own slider rail like a user."""
+    rail = tab.locator(".js-plotly-plot").nth(index).locator(".slider-rail-rect")
+    box = rail.bounding_box()
+    tab.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+
+
+def test_every_page_in_a_real_browser(server, page):
+    timings: dict[str, float] = {}
+
+    started = time.monotonic()
+    page.goto(server)
+    page.wait_for_selector("h1", timeout=60_000)
+    timings["server up -> first page's content (s)"] = time.monotonic() - started
+    settle(page)
+    timings["server up -> first page finished, sidebar too (s)"] = time.monotonic() - started
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Watch memory-augmented networks" in page.locator("h1").first.inner_text()
+    page.get_by_role("button", name="Run the demo").click()
+    settle(page)
+    charts(page)
+    shoot(page, "home")
+
+    # Inspect: the scrub figure, moved by its own slider, without a server round trip.
+    open_page(page, f"{server}/inspect")
+    assert charts(page).count() >= 1
+    before = slider_state(page, 0)
+    drag_slider(page, 0, 0.6)
+    page.wait_for_function(
+        "(old) => document.querySelectorAll('.js-plotly-plot')[0]._fullLayout.sliders[0].active"
+        " !== old", arg=before["active"], timeout=10_000,
+    )
+    after = slider_state(page, 0)
+    assert after["active"] > before["active"]
+    assert after["memory"] != before["memory"], "the frame changed the memory heatmap"
+    assert page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').count()
+    shoot(page, "inspect")
+    times = [t for t in page.evaluate(SCRUB_JS, [0, [(i * 7 % 20 + 0.5) / 20
+                                                      for i in range(15)]]) if t is not None]
+    assert times, "the slider moved the figure"
+    times.sort()
+    timings["scrub step in the browser, median (ms)"] = times[len(times) // 2]
+    timings["scrub step in the browser, slowest (ms)"] = times[-1]
+    page.get_by_role("tab", name="Timeline").click()
+    page.wait_for_timeout(500)
+    shoot(page, "timeline")
+
+    # The DNC, chosen in the shared sidebar: links, usage, allocation.
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("combobox").first.click()
+    options = page.get_by_role("option")
+    names = options.all_inner_texts()
+    dnc = next((name for name in names if name.startswith("dnc-")), None) or next(
+        name for name in names if name.startswith("untrained DNC"))
+    page.get_by_role("option", name=dnc).click()
+    page.get_by_role("heading", name=dnc, exact=True).wait_for(timeout=30_000)
+    settle(page)
+    page.get_by_role("tab", name="Scrub through time").click()
+    charts(page)
+    drag_slider(page, 0, 0.3)
+    page.wait_for_timeout(300)
+    shoot(page, "inspect-dnc")
+
+    open_page(page, f"{server}/explain")
+    charts(page)
+    shoot(page, "explain")
+
+    open_page(page, f"{server}/compare")
+    charts(page)
+    drag_slider(page, 0, 0.7)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot')[0]._fullLayout.sliders[0].active > 0",
+        timeout=10_000,
+    )
+    shoot(page, "compare")
+
+    open_page(page, f"{server}/train")
+    assert page.get_by_role("button", name="Start training").count() == 1
+    shoot(page, "train")
+
+    open_page(page, f"{server}/generalisation")
+    lengths = page.get_by_label("lengths (comma-separated)", exact=True).and_(page.locator("input"))
+    lengths.fill("5,10,20,30")
+    lengths.press("Enter")
+    settle(page)
+    sequences = page.get_by_label("sequences per length", exact=True).and_(page.locator("input"))
+    sequences.fill("20")
+    sequences.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    charts(page)  # drawn when the evaluation is done; then the sidebar finishes
+    settle(page, timeout=90_000)
+    shoot(page, "generalisation")
+
+    open_page(page, f"{server}/export")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Scrubbable figure (HTML, works offline)").click()
+    html = Path(download.value.path()).read_text()
+    assert "Plotly.newPlot" in html and "addFrames" in html and len(html) > 3_000_000
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Trace (.npz)").click()
+    from mann.trace import Trace
+
+    trace = Trace.load(download.value.path())
+    assert trace.steps > 0 and trace.memory is not None
+    shoot(page, "export")
+
+    print("\nmeasured in the browser test")
+    for name, value in timings.items():
+        print(f"  {name:<48} {value:8.2f}")
