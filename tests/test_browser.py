@@ -218,7 +218,7 @@ def test_every_page_in_a_real_browser(server, page):
     names = options.all_inner_texts()
     dnc = next((name for name in names if name.startswith("dnc-")), None) or next(
         name for name in names if name.startswith("untrained DNC"))
-    page.get_by_role("option", name=dnc).click()
+    page.get_by_role("option", name=dnc, exact=True).click()
     page.get_by_role("heading", name=dnc, exact=True).wait_for(timeout=30_000)
     settle(page)
     page.get_by_role("tab", name="Scrub through time").click()
