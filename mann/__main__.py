@@ -29,16 +29,47 @@ from mann import checkpoint
 from mann.controller import CONTROLLERS
 from mann.model import ARCHITECTURES, ModelConfig
 from mann.tasks import TASKS, make_task
-from mann.train import CURRICULA, LR_DECAYS, OPTIMIZERS, Progress, TrainConfig, train
+from mann.train import (
+    CURRICULA,
+    LR_DECAYS,
+    OPTIMIZERS,
+    Progress,
+    TrainConfig,
+    best_path,
+    train,
+)
 
 MODEL_OPTIONS = (
-    "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
-    "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
+    "controller",
+    "hidden_size",
+    "num_layers",
+    "memory_size",
+    "word_size",
+    "read_heads",
+    "write_heads",
+    "shift_range",
+    "sparse_reads",
+    "temporal_reads",
+    "clip_value",
 )
 TRAIN_OPTIONS = (
-    "steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed", "curriculum",
-    "curriculum_start", "curriculum_increment", "curriculum_threshold", "curriculum_window",
-    "checkpoint_every", "log_every",
+    "steps",
+    "batch_size",
+    "lr",
+    "lr_decay",
+    "optimizer",
+    "momentum",
+    "clip",
+    "seed",
+    "curriculum",
+    "curriculum_start",
+    "curriculum_increment",
+    "curriculum_threshold",
+    "curriculum_window",
+    "checkpoint_every",
+    "log_every",
+    "keep_best",
+    "validation_size",
 )
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C
 
@@ -66,14 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mann", description="Train and evaluate memory-augmented networks."
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N",
+        "--threads",
+        type=int,
+        metavar="N",
         help="torch threads (default: torch's choice; give parallel runs one each)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     # Every default is None, so that "not given" can be told apart (for --resume).
     trainer = commands.add_parser(
-        "train", help="train a model on a task",
+        "train",
+        help="train a model on a task",
         description="Train a model on a task, saving checkpoints to --out.",
     )
     trainer.add_argument("--arch", choices=ARCHITECTURES, help="memory architecture")
@@ -87,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--min-length", type=int, metavar="N", help="shortest training length")
     task.add_argument("--max-length", type=int, metavar="N", help="longest training length")
     task.add_argument(
-        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="any task option, e.g. bits=6 (VALUE is read as JSON if it can be); repeatable",
     )
     training = trainer.add_argument_group("training (defaults: mann.train.TrainConfig)")
@@ -96,11 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--lr", type=float, metavar="X", help="learning rate")
     training.add_argument("--optimizer", choices=OPTIMIZERS)
     training.add_argument("--momentum", type=float, metavar="X", help="RMSprop momentum, Adam β1")
+    training.add_argument("--clip", type=_clip, metavar="X", help="gradient-norm clip, or 'none'")
     training.add_argument(
-        "--clip", type=_clip, metavar="X", help="gradient-norm clip, or 'none'"
-    )
-    training.add_argument(
-        "--lr-decay", choices=LR_DECAYS,
+        "--lr-decay",
+        choices=LR_DECAYS,
         help="cosine: anneal the learning rate to 1%% of --lr over the run",
     )
     training.add_argument("--seed", type=int, metavar="N")
@@ -111,23 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--curriculum-window", type=int, metavar="N")
     training.add_argument("--checkpoint-every", type=int, metavar="N")
     training.add_argument("--log-every", type=int, metavar="N")
+    training.add_argument(
+        "--keep-best",
+        action="store_const",
+        const=True,
+        help="validate every --checkpoint-every steps; keep the best weights at OUT-best",
+    )
+    training.add_argument(
+        "--validation-size", type=int, metavar="N", help="sequences scored for --keep-best"
+    )
     trainer.add_argument(
-        "--out", required=True, metavar="PATH",
+        "--out",
+        required=True,
+        metavar="PATH",
         help="checkpoint path without suffix, e.g. checkpoints/ntm-copy",
     )
-    trainer.add_argument(
-        "--resume", action="store_true", help="continue the run saved at --out"
-    )
+    trainer.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     trainer.add_argument("--quiet", action="store_true", help="no progress bar")
     trainer.set_defaults(run=run_train)
 
     evaluator = commands.add_parser(
-        "evaluate", help="bit errors per sequence by length",
+        "evaluate",
+        help="bit errors per sequence by length",
         description="Evaluate a checkpoint on its task at several lengths; prints a table.",
     )
     evaluator.add_argument("checkpoint", metavar="CHECKPOINT")
     evaluator.add_argument(
-        "--lengths", type=_lengths, default=[10, 20, 40, 80], metavar="L1,L2,...",
+        "--lengths",
+        type=_lengths,
+        default=[10, 20, 40, 80],
+        metavar="L1,L2,...",
         help="comma-separated lengths (default 10,20,40,80)",
     )
     evaluator.add_argument("--sequences", type=int, default=1000, metavar="N")
@@ -135,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluator.add_argument("--batch-size", type=int, default=100, metavar="N")
     evaluator.add_argument("--task", choices=sorted(TASKS), help="override the stored task")
     evaluator.add_argument(
-        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a stored task option; repeatable",
     )
     evaluator.set_defaults(run=run_evaluate)
@@ -155,8 +207,11 @@ def run_train(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         progress_bar = tqdm(
-            total=train_config.steps, initial=min(start, train_config.steps), unit="step",
-            dynamic_ncols=True, file=sys.stderr,
+            total=train_config.steps,
+            initial=min(start, train_config.steps),
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
         )
 
     def on_progress(progress: Progress) -> None:
@@ -184,6 +239,12 @@ def run_train(args: argparse.Namespace) -> int:
     if result.skipped_steps:
         summary += f"; {result.skipped_steps} steps skipped (non-finite loss or gradient)"
     print(f"saved {result.checkpoint} ({summary})")
+    if metrics.get("best"):
+        best = metrics["best"]
+        print(
+            f"best validated weights: {best_path(args.out)} (step {best['step']}, "
+            f"{best['bit_errors']:.3f} bit errors/sequence)"
+        )
     if result.stopped:
         resume = shlex.join(["python", "-m", "mann", "train", "--out", args.out, "--resume"])
         print(f"stopped before step {train_config.steps}; continue with: {resume}")
@@ -277,13 +338,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"checkpoint {checkpoint.weights_path(args.checkpoint)} stores no task; pass --task"
         )
-    options = {} if args.task and args.task != metadata.get("task") else dict(
-        metadata.get("task_options") or {}
+    options = (
+        {}
+        if args.task and args.task != metadata.get("task")
+        else dict(metadata.get("task_options") or {})
     )
     options.update(parse_options(args.task_option))
     task = make_task(task_name, **options)
     frame = generalisation(
-        model, task, args.lengths, sequences=args.sequences, seed=args.seed,
+        model,
+        task,
+        args.lengths,
+        sequences=args.sequences,
+        seed=args.seed,
         batch_size=args.batch_size,
     )
     trained = metadata.get("task_options") or {}
@@ -316,9 +383,7 @@ def _clip(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number > 0 or 'none', got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"must be a number > 0 or 'none', got {text!r}") from None
 
 
 def _lengths(text: str) -> list[int]:

@@ -195,7 +195,9 @@ class MemoryAugmentedNetwork(nn.Module):
             )
             hidden = hidden.clamp(-clip, clip)
             interface = self.interface(hidden).clamp(-clip, clip)
-            read_vectors, access_state, step_record = self.access.step(interface, access_state)
+            read_vectors, access_state, step_record = self.access.step(
+                interface, access_state, record=record
+            )
             hidden_outputs.append(hidden)
             read_outputs.append(read_vectors.flatten(1))
             if record:

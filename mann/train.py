@@ -14,6 +14,11 @@ Safety:
   means per sequence over the steps since the previous row), checkpoints to
   ``OUT.safetensors`` + ``OUT.json`` every ``checkpoint_every`` steps and at the end, and
   what ``resume`` needs to ``OUT.train.safetensors`` (see ``mann.checkpoint``).
+- With ``keep_best``, every ``checkpoint_every`` steps the model is scored on
+  ``validation_size`` sequences over the task's full range (drawn once, from their own seed,
+  so training's random stream is untouched) and, when its bit errors per sequence are the
+  lowest so far, saved to ``OUT-best`` (``best_path``). Long runs on hard tasks (associative
+  recall) can reach a solution and later lose it; this keeps the solution.
 - Ctrl-C in the main thread asks the loop to stop at the end of the current step; it saves
   and returns with ``stopped=True``. A second Ctrl-C raises KeyboardInterrupt at once.
 - A resumed run continues exactly where the saved one stopped: weights, optimizer state,
@@ -60,8 +65,16 @@ LR_DECAYS = ("none", "cosine")
 LR_FLOOR = 0.01  # the cosine schedule ends at this fraction of lr
 CURRICULA = ("none", "length")
 CSV_COLUMNS = (
-    "step", "sequences", "loss", "bits", "bit_errors", "seconds", "skipped", "max_length",
+    "step",
+    "sequences",
+    "loss",
+    "bits",
+    "bit_errors",
+    "seconds",
+    "skipped",
+    "max_length",
 )
+VALIDATION_SEED_OFFSET = 1_000_003  # keeps validation sequences apart from training's
 # Train-config fields a resumed run may change; any other difference would change the run.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "out")
 
@@ -95,6 +108,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     out: str | None = None  # checkpoint path without suffix; None: save nothing
+    # Every checkpoint_every steps, score the model on validation_size fixed sequences over
+    # the task's full range and keep the best weights at OUT-best (needs out).
+    keep_best: bool = False
+    validation_size: int = 500
 
     def validate(self) -> TrainConfig:
         if self.task not in TASKS:
@@ -105,8 +122,16 @@ class TrainConfig:
             raise ValueError(
                 f"task_options must be a dict of option name to value, got {self.task_options!r}"
             )
-        for name in ("steps", "batch_size", "curriculum_start", "curriculum_increment",
-                     "curriculum_window", "checkpoint_every", "log_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "curriculum_start",
+            "curriculum_increment",
+            "curriculum_window",
+            "checkpoint_every",
+            "log_every",
+            "validation_size",
+        ):
             _require_int(name, getattr(self, name), 1)
         _require_int("seed", self.seed, 0)
         if not _is_number(self.lr) or self.lr <= 0:
@@ -130,6 +155,10 @@ class TrainConfig:
             )
         if self.out is not None and not isinstance(self.out, (str, Path)):
             raise ValueError(f"out must be a path (str) or None, got {self.out!r}")
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"keep_best must be True or False, got {self.keep_best!r}")
+        if self.keep_best and self.out is None:
+            raise ValueError("keep_best=True needs out, the path beside which OUT-best is kept")
         return self
 
     def make_task(self) -> Task:
@@ -304,6 +333,7 @@ def train(
         generator.set_state(random_states["task"])
         curriculum.load_state_dict(saved["curriculum"])
         counters.update({key: saved[key] for key in counters})
+        counters["best"] = saved.get("best")
     else:
         if model is None:
             model = build_model(model_config)
@@ -322,21 +352,59 @@ def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
     parts = ["python", "-m", "mann", "train"]
     config = model_config.to_dict()
     parts += ["--arch", config["arch"], "--task", train_config.task]
-    for name in ("controller", "hidden_size", "num_layers", "memory_size", "word_size",
-                 "read_heads", "write_heads", "shift_range", "sparse_reads", "temporal_reads",
-                 "clip_value"):
+    for name in (
+        "controller",
+        "hidden_size",
+        "num_layers",
+        "memory_size",
+        "word_size",
+        "read_heads",
+        "write_heads",
+        "shift_range",
+        "sparse_reads",
+        "temporal_reads",
+        "clip_value",
+    ):
         parts += [_flag(name), str(config[name])]
     for key, value in train_config.task_options.items():
         parts += ["--task-option", f"{key}={_option_text(value)}"]
     train_values = train_config.to_dict()
-    for name in ("steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed",
-                 "curriculum", "curriculum_start", "curriculum_increment",
-                 "curriculum_threshold", "curriculum_window", "checkpoint_every", "log_every"):
+    for name in (
+        "steps",
+        "batch_size",
+        "lr",
+        "lr_decay",
+        "optimizer",
+        "momentum",
+        "clip",
+        "seed",
+        "curriculum",
+        "curriculum_start",
+        "curriculum_increment",
+        "curriculum_threshold",
+        "curriculum_window",
+        "checkpoint_every",
+        "log_every",
+    ):
         value = train_values[name]
         parts += [_flag(name), "none" if value is None else str(value)]
+    if train_config.keep_best:
+        parts += ["--keep-best", "--validation-size", str(train_config.validation_size)]
     if train_config.out is not None:
         parts += ["--out", str(train_config.out)]
     return shlex.join(parts)
+
+
+def best_path(out: str | Path) -> Path:
+    """``OUT-best``: where ``keep_best`` keeps the best validated weights of run ``out``."""
+    stem = checkpoint.checkpoint_stem(out)
+    return stem.with_name(stem.name + "-best")
+
+
+def validation_batch(train_config: TrainConfig):
+    """The fixed sequences ``keep_best`` scores: the task's full range, their own seed."""
+    generator = torch.Generator().manual_seed(VALIDATION_SEED_OFFSET + train_config.seed)
+    return train_config.make_task().sample(train_config.validation_size, generator)
 
 
 def csv_path(out: str | Path) -> Path:
@@ -351,8 +419,9 @@ def csv_path(out: str | Path) -> Path:
 class _Run:
     """The state of one training run, and the loop that advances it."""
 
-    def __init__(self, model, optimizer, generator, curriculum, task, model_config,
-                 train_config, counters) -> None:
+    def __init__(
+        self, model, optimizer, generator, curriculum, task, model_config, train_config, counters
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.generator = generator
@@ -364,6 +433,8 @@ class _Run:
         self.sequences = counters["sequences"]
         self.seconds_before = float(counters["seconds"])
         self.skipped_steps = counters["skipped_steps"]
+        self.best = counters.get("best")  # {"step", "bit_errors"} of OUT-best, or None
+        self.validation = validation_batch(train_config) if train_config.keep_best else None
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.command = command_line(model_config, train_config)
         self.csv_path = None if train_config.out is None else csv_path(train_config.out)
@@ -393,10 +464,12 @@ class _Run:
                 history.append(self.report(interval, on_progress))
                 interval = _Interval()
             if config.out is not None and self.step % config.checkpoint_every == 0:
+                self.keep_if_best()
                 self.save()
         if interval.steps or not history:
             history.append(self.report(interval, on_progress))
         if config.out is not None and self.last_saved_step != self.step:
+            self.keep_if_best()
             self.save()
         return TrainResult(
             model=self.model,
@@ -476,7 +549,46 @@ class _Run:
         for name in ("loss", "bits", "bit_errors"):
             value = getattr(progress, name) if progress is not None else math.nan
             values[name] = value if math.isfinite(value) else None
+        if self.best is not None:
+            values["best"] = dict(self.best)
         return values
+
+    @torch.no_grad()
+    def validation_errors(self) -> float:
+        """Mean bit errors per sequence on the fixed validation sequences."""
+        batch = self.validation
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logits, _ = self.model(batch.inputs)
+        finally:
+            self.model.train(was_training)
+        return float(bit_errors(logits, batch.targets, batch.mask).mean())
+
+    def keep_if_best(self) -> None:
+        """With keep_best: save the weights to OUT-best if they validate best so far."""
+        if self.validation is None:
+            return
+        errors = self.validation_errors()
+        if self.best is not None and not errors < self.best["bit_errors"]:
+            return
+        self.best = {"step": self.step, "bit_errors": errors}
+        metrics = dict(
+            self.metrics(),
+            validation_bit_errors=errors,
+            validation_sequences=self.config.validation_size,
+        )
+        checkpoint.save(
+            self.model,
+            best_path(self.config.out),
+            task=self.task.name,
+            task_options=dataclasses.asdict(self.task),
+            train_config=self.config.to_dict(),
+            command=self.command,
+            metrics=metrics,
+            selected=f"the best of the run's validations, at step {self.step}",
+            torch_version=torch.__version__,
+        )
 
     def save(self) -> None:
         out = self.config.out
@@ -504,6 +616,7 @@ class _Run:
                 "seconds": metrics["seconds"],
                 "skipped_steps": self.skipped_steps,
                 "curriculum": self.curriculum.state_dict(),
+                "best": self.best,
             },
         )
         self.last_saved_step = self.step
@@ -515,8 +628,11 @@ class _Run:
         rows = []
         if keep_through_step is not None and path.exists():
             with path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle)
-                        if _row_step(row) is not None and _row_step(row) <= keep_through_step]
+                rows = [
+                    row
+                    for row in csv.DictReader(handle)
+                    if _row_step(row) is not None and _row_step(row) <= keep_through_step
+                ]
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -637,9 +753,7 @@ def _require_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return (
-        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    )
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _flag(name: str) -> str:

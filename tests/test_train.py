@@ -289,6 +289,80 @@ def test_periodic_checkpoints(tmp_path):
     assert saved_steps == [3, 6, 7]
 
 
+# --------------------------------------------------------------------------- keep best
+
+
+def test_keep_best_keeps_the_weights_that_validated_best(tmp_path, monkeypatch):
+    # Checkpoints at steps 3, 6 and the end (8); validation scores them 3, 1, 2 errors.
+    scores = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(train_module._Run, "validation_errors", lambda self: next(scores))
+    weights_at = {}
+    config = tiny_train_config(checkpoint_every=3, keep_best=True, out=str(tmp_path / "run"))
+    original_save = checkpoint.save
+    saved_steps = {}
+
+    def save_and_note(model, path, **metadata):
+        saved_steps.setdefault(Path(path).name, []).append(metadata["metrics"]["step"])
+        if Path(path).name == "run-best":
+            weights_at[metadata["metrics"]["step"]] = parameters(model)
+        return original_save(model, path, **metadata)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_note)
+    result = train(tiny_model_config(), config)
+
+    assert saved_steps["run-best"] == [3, 6]  # step 8 scored worse than step 6
+    best = mann.load(tmp_path / "run-best")
+    for name, tensor in weights_at[6].items():
+        assert torch.equal(tensor, best.state_dict()[name]), name
+    metadata = checkpoint.read_metadata(tmp_path / "run-best")
+    assert metadata["metrics"]["validation_bit_errors"] == 1.0
+    assert metadata["metrics"]["step"] == 6
+    assert "step 6" in metadata["selected"]
+    assert "--keep-best" in metadata["command"]
+    assert result.metrics["best"] == {"step": 6, "bit_errors": 1.0}
+    # The final weights differ from the best ones: the run went on training.
+    final = mann.load(tmp_path / "run")
+    assert any(
+        not torch.equal(final.state_dict()[name], tensor) for name, tensor in weights_at[6].items()
+    )
+
+
+def test_validation_leaves_the_training_run_unchanged(tmp_path):
+    plain = train(tiny_model_config(), tiny_train_config(checkpoint_every=3))
+    validated = train(
+        tiny_model_config(),
+        tiny_train_config(checkpoint_every=3, keep_best=True, out=str(tmp_path / "v")),
+    )
+    assert validated.losses == plain.losses
+    scored = checkpoint.read_metadata(tmp_path / "v-best")["metrics"]
+    # The score is the bit errors of the saved weights on the fixed validation sequences.
+    batch = train_module.validation_batch(tiny_train_config(keep_best=True, out="v"))
+    model = mann.load(tmp_path / "v-best")
+    with torch.no_grad():
+        logits, _ = model(batch.inputs)
+    expected = float(mann.metrics.bit_errors(logits, batch.targets, batch.mask).mean())
+    assert scored["validation_bit_errors"] == pytest.approx(expected, abs=1e-6)
+    assert scored["validation_sequences"] == 500
+
+
+def test_a_resumed_run_remembers_its_best(tmp_path):
+    config = tiny_train_config(checkpoint_every=3, keep_best=True, out=str(tmp_path / "whole"))
+    whole = train(tiny_model_config(), config)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_7(progress):
+        if progress.step == 7:
+            raise Killed
+
+    cut = tiny_train_config(checkpoint_every=3, keep_best=True, out=str(tmp_path / "cut"))
+    with pytest.raises(Killed):
+        train(tiny_model_config(), cut, on_progress=kill_at_step_7)
+    resumed = train(tiny_model_config(), cut, resume=True)
+    assert resumed.metrics["best"] == whole.metrics["best"]
+
+
 def test_a_given_model_is_trained_in_place():
     model_config = tiny_model_config()
     torch.manual_seed(5)  # the seed of tiny_train_config, as train() seeds before building
@@ -329,6 +403,9 @@ def test_sizes_must_match_the_task():
         ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),
         ({"log_every": True}, "log_every must be an integer >= 1, got True"),
         ({"out": 3}, "out must be a path"),
+        ({"keep_best": True}, "keep_best=True needs out"),
+        ({"keep_best": 1, "out": "x"}, "keep_best must be True or False"),
+        ({"validation_size": 0}, "validation_size must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_train_config_is_refused(changes, message):

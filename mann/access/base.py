@@ -5,10 +5,12 @@ A memory is a ``torch.nn.Module`` holding only parameters (never recurrent state
 - ``interface_size``: how many numbers it needs from the controller each step;
 - ``initial_state(batch_size, device)``: an immutable NamedTuple of tensors;
 - ``initial_read_vectors(batch_size, device)``: r_0, (B,R,W);
-- ``step(interface, state) -> (read_vectors (B,R,W), new_state, record)``.
+- ``step(interface, state, record=True) -> (read_vectors (B,R,W), new_state, record)``.
 
 ``record`` is a NamedTuple whose field names are Trace field names; each value has the
-batch first. The model stacks records over time only when asked to record.
+batch first. The model stacks records over time only when asked to record. With
+``record=False`` a memory may return None instead and take a fused fast path
+(``mann.fused``) that computes the same step without keeping its intermediate quantities.
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ class MemoryAccess(Protocol):
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> NamedTuple: ...
 
-    def initial_read_vectors(
-        self, batch_size: int, device: torch.device | str
-    ) -> torch.Tensor: ...
+    def initial_read_vectors(self, batch_size: int, device: torch.device | str) -> torch.Tensor: ...
 
     def step(
-        self, interface: torch.Tensor, state: NamedTuple
-    ) -> tuple[torch.Tensor, NamedTuple, NamedTuple]: ...
+        self, interface: torch.Tensor, state: NamedTuple, record: bool = True
+    ) -> tuple[torch.Tensor, NamedTuple, NamedTuple | None]: ...
 
 
 def require_positive(name: str, value: int, minimum: int = 1) -> None:

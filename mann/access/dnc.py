@@ -118,7 +118,7 @@ class DNCAccess(nn.Module):
         return torch.zeros(batch_size, self.read_heads, self.word_size, device=device)
 
     def step(
-        self, interface: torch.Tensor, state: DNCState
+        self, interface: torch.Tensor, state: DNCState, record: bool = True
     ) -> tuple[torch.Tensor, DNCState, DNCRecord]:
         io = self.parse_interface(interface)
         prev_write_weights = state.write_weights.squeeze(1)
@@ -139,7 +139,7 @@ class DNCAccess(nn.Module):
         )
 
         # Temporal links record the order of writes; reads follow them.
-        # addressing.temporal_link then addressing.directional_weights, fused (mann/fused.py).
+        # addressing.temporal_link then addressing.directional_weights, fused (mann/fused/link.py).
         link, forward, backward = fused.link_and_directions(
             state.link, state.precedence, write_weights, state.read_weights
         )

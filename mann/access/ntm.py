@@ -111,7 +111,7 @@ class NTMAccess(nn.Module):
         return self.initial_read.to(device).unsqueeze(0).expand(batch_size, -1, -1)
 
     def step(
-        self, interface: torch.Tensor, state: NTMState
+        self, interface: torch.Tensor, state: NTMState, record: bool = True
     ) -> tuple[torch.Tensor, NTMState, NTMRecord]:
         batch = interface.shape[0]
         heads = self.read_heads + self.write_heads

@@ -681,7 +681,7 @@ class SAMAccess(nn.Module):
         return positions, rows, weights, path
 
     def step(
-        self, interface: torch.Tensor, state: SAMState
+        self, interface: torch.Tensor, state: SAMState, record: bool = True
     ) -> tuple[torch.Tensor, SAMState, SAMRecord]:
         io = self.parse_interface(interface)
         store, tables = self._checkout(state)

@@ -367,7 +367,7 @@ class SDNCAccess(SAMAccess):
 
     # ---- the step ----------------------------------------------------------------------
     def step(
-        self, interface: torch.Tensor, state: SDNCState
+        self, interface: torch.Tensor, state: SDNCState, record: bool = True
     ) -> tuple[torch.Tensor, SDNCState, SDNCRecord]:
         io = self.parse_interface(interface)
         N, K = self.memory_size, self.sparse_reads

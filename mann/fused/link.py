@@ -16,26 +16,20 @@ composition in ``addressing`` is used, with identical results up to rounding.
 
 from __future__ import annotations
 
-import sys
-import threading
-
 import numpy as np
 import torch
 
 from mann import addressing
-
-try:
-    import numba
-    from numba import njit, prange
-
-    # numba's own thread pool: its OpenMP layer would load a second libgomp beside torch's
-    # and reset torch's thread count. The pool is not safe for concurrent launches (the app
-    # runs models in several threads), so launches are serialised by _KERNEL_LOCK.
-    numba.config.THREADING_LAYER = "workqueue"
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only where numba is absent
-    HAVE_NUMBA = False
-
+from mann.fused.runtime import (
+    HAVE_NUMBA,
+    KERNEL_LOCK,
+    POOL,
+    arrays,
+    njit,
+    prange,
+    set_threads,
+    usable,
+)
 
 if HAVE_NUMBA:
 
@@ -127,50 +121,16 @@ if HAVE_NUMBA:
                 g_w[i] += g_wi
 
 
-class _BufferPool:
-    """Reuses large (B,N,N) buffers between steps and training iterations.
-
-    A fresh 32 MB tensor costs as much in page faults as the kernel that fills it (glibc
-    serves allocations that large with a new mmap each time). Buffers are numpy arrays
-    handed out as tensors via ``torch.from_numpy``; every tensor or view using one holds a
-    reference to the array, so an array whose only reference is the pool's is free.
-    """
-
-    def __init__(self, max_free: int = 4) -> None:
-        self.buffers: list[np.ndarray] = []
-        self.max_free = max_free
-        self.lock = threading.Lock()
-
-    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))
-        with self.lock:
-            free = [b for b in self.buffers if sys.getrefcount(b) <= 3]  # list, b, argument
-            for buffer in free:
-                if buffer.shape == shape and buffer.dtype == numpy_dtype:
-                    return torch.from_numpy(buffer)
-            # Keep the pool bounded: forget free buffers of other shapes beyond max_free.
-            if len(free) >= self.max_free:
-                forgotten = {id(buffer) for buffer in free}
-                self.buffers = [b for b in self.buffers if id(b) not in forgotten]
-            buffer = np.empty(shape, dtype=numpy_dtype)
-            self.buffers.append(buffer)
-            return torch.from_numpy(buffer)
-
-
-_POOL = _BufferPool()
-_KERNEL_LOCK = threading.Lock()
-
-
 class _FusedLink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
-        link = _POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+        link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
         forward = prev_read_weights.new_empty(prev_read_weights.shape)
         backward = prev_read_weights.new_empty(prev_read_weights.shape)
-        with _KERNEL_LOCK:
-            _set_threads(prev_link.numel())
+        with KERNEL_LOCK:
+            set_threads(prev_link.numel())
             _link_forward(
-                *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
+                *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
                 link.numpy(),
                 forward.numpy(),
                 backward.numpy(),
@@ -187,36 +147,21 @@ class _FusedLink(torch.autograd.Function):
             grad_forward = torch.zeros_like(prev_read_weights)
         if grad_backward is None:
             grad_backward = torch.zeros_like(prev_read_weights)
-        grad_prev_link = _POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+        grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
         grad_precedence = torch.empty_like(prev_precedence)
         grad_write = torch.empty_like(write_weights)
         grad_read = torch.empty_like(prev_read_weights)
-        with _KERNEL_LOCK:
-            _set_threads(prev_link.numel())
+        with KERNEL_LOCK:
+            set_threads(prev_link.numel())
             _link_backward(
-                *_arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
-                *_arrays(grad_link, grad_forward, grad_backward),
+                *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
+                *arrays(grad_link, grad_forward, grad_backward),
                 grad_prev_link.numpy(),
                 grad_precedence.numpy(),
                 grad_write.numpy(),
                 grad_read.numpy(),
             )
         return grad_prev_link, grad_precedence, grad_write, grad_read
-
-
-def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
-    return [tensor.detach().contiguous().numpy() for tensor in tensors]
-
-
-# Below this many link entries a parallel launch costs more than it saves.
-PARALLEL_MIN_ENTRIES = 1 << 18
-
-
-def _set_threads(entries: int) -> None:
-    threads = 1 if entries < PARALLEL_MIN_ENTRIES else torch.get_num_threads()
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
 
 
 def link_and_directions(
@@ -231,14 +176,7 @@ def link_and_directions(
     -> (link (B,N,N), forward (B,R,N), backward (B,R,N)).
     """
     tensors = (prev_link, prev_precedence, write_weights, prev_read_weights)
-    usable = (
-        HAVE_NUMBA
-        and all(
-            t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
-        )
-        and len({t.dtype for t in tensors}) == 1
-    )
-    if not usable:
+    if not usable(*tensors):
         link = addressing.temporal_link(prev_link, prev_precedence, write_weights)
         forward, backward = addressing.directional_weights(link, prev_read_weights)
         return link, forward, backward

@@ -1,0 +1,91 @@
+"""Evaluate every shipped checkpoint against its bar; print the README's tables.
+
+Each model is scored by ``mann.evaluate.generalisation`` (what ``python -m mann evaluate`` runs)
+over 1,000 sequences per length, outputs thresholded at 0.5 on scored steps. The bars are the
+training issue's: copy (trained on lengths 1-20) at most 0.1 bit errors per sequence at length
+20 and at most 1 at length 40; repeat copy and associative recall at most 0.5 within their
+training range.
+
+    python bench/shipped_models.py              # all shipped models (about a minute)
+    python bench/shipped_models.py ntm-copy     # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import mann  # noqa: E402
+from mann import checkpoint  # noqa: E402
+from mann.evaluate import generalisation, markdown_table  # noqa: E402
+from mann.tasks import make_task  # noqa: E402
+
+# name: (lengths to evaluate, {length: largest allowed bit errors per sequence})
+COPY = ((10, 20, 40, 80), {20: 0.1, 40: 1.0})
+SHIPPED = {
+    "ntm-copy": COPY,
+    "dnc-copy": COPY,
+    "ntm-repeat-copy": ((1, 5, 10), {1: 0.5, 5: 0.5, 10: 0.5}),
+    "dnc-repeat-copy": ((1, 5, 10), {1: 0.5, 5: 0.5, 10: 0.5}),
+    "ntm-associative-recall": ((2, 4, 6), {2: 0.5, 4: 0.5, 6: 0.5}),
+    "dnc-associative-recall": ((2, 4, 6), {2: 0.5, 4: 0.5, 6: 0.5}),
+    "sdnc-copy": COPY,
+    "sam-copy": COPY,
+}
+
+
+def describe(name: str, metadata: dict) -> str:
+    config = metadata["config"]
+    size = (ROOT / "checkpoints" / f"{name}.safetensors").stat().st_size / 1024
+    parts = [
+        f"{config['arch'].upper()} {config['memory_size']}×{config['word_size']}",
+        f"{config['controller'].upper()} {config['hidden_size']}",
+        f"{config['read_heads']} read head{'s' if config['read_heads'] > 1 else ''}",
+    ]
+    if config["arch"] in ("sam", "sdnc"):
+        parts.append(f"K={config['sparse_reads']}")
+    if config["arch"] == "sdnc":
+        parts.append(f"K_L={config['temporal_reads']}")
+    parts.append(f"{size:.0f} KB")
+    if metadata.get("selected"):
+        parts.append(metadata["selected"])
+    return ", ".join(parts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="checkpoints to evaluate (default: all shipped)")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    names = args.names or [n for n in SHIPPED if (ROOT / "checkpoints" / f"{n}.json").exists()]
+    failures = []
+    for name in names:
+        lengths, bars = SHIPPED[name]
+        path = ROOT / "checkpoints" / name
+        metadata = checkpoint.read_metadata(path)
+        model = mann.load(path)
+        task = make_task(metadata["task"], **metadata["task_options"])
+        frame = generalisation(model, task, lengths)
+        verdicts = []
+        for length, bar in bars.items():
+            errors = float(frame.loc[frame["length"] == length, "mean_bit_errors"].iloc[0])
+            met = errors <= bar
+            verdicts.append(f"{errors:.3f} at {length} (bar {bar}: {'met' if met else 'NOT met'})")
+            if not met:
+                failures.append(name)
+        print(f"**{name}** ({describe(name, metadata)})\n")
+        print(markdown_table(frame))
+        print(f"\nBar: {'; '.join(verdicts)}.\n", flush=True)
+    if failures:
+        print(f"Below their bar: {', '.join(sorted(set(failures)))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
