@@ -154,10 +154,11 @@ def allocation(usage: torch.Tensor) -> torch.Tensor:
 
     usage (B,N) -> (B,N), summing to at most 1. As in deepmind/dnc, usage is first mapped to
     ``ε + (1 - ε) u`` so the product never collapses to exactly zero, and no gradient flows
-    through the sort order (only through the sorted values).
+    through the sort order (only through the sorted values). Ties go to the lower slot.
     """
     usage = EPSILON + (1.0 - EPSILON) * usage
-    sorted_usage, free_list = torch.sort(usage, dim=-1)
+    # Stable: equal usages (every slot, at the start) are allocated lowest slot first.
+    sorted_usage, free_list = torch.sort(usage, dim=-1, stable=True)
     ones = torch.ones_like(sorted_usage[..., :1])
     # Exclusive cumulative product: Π_{m<j} u[φ_m].
     used_before = torch.cumprod(torch.cat([ones, sorted_usage[..., :-1]], dim=-1), dim=-1)

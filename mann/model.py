@@ -6,6 +6,8 @@ At each step t (DNC Methods; the NTM is wired the same way):
     r_t, state_t = memory.step(interface_t, state_{t-1})
     y_t = W_y [h_t ; r_t],              clipped to ±clip_value (logits)
 Clipping follows deepmind/dnc: it keeps a rare large activation from blowing up training.
+Every controller here ends in tanh or an LSTM/GRU state within (-1, 1), so clipping h_t only
+changes anything when clip_value < 1; otherwise that clamp is skipped (it is the identity).
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ class MemoryAugmentedNetwork(nn.Module):
         if state is None:
             state = self.initial_state(batch, inputs.device)
         clip = self.config.clip_value
+        clip_hidden = clip < 1.0  # |h_t| < 1 for every controller: a larger clip is the identity
         controller_state, access_state, read_vectors = state
         hidden_outputs, read_outputs, records = [], [], []
         # The controller sees [x_t; r_{t-1}]; the x_t part is projected for all steps at once.
@@ -193,7 +196,8 @@ class MemoryAugmentedNetwork(nn.Module):
             hidden, controller_state = self.controller(
                 projected_inputs[t], read_vectors.flatten(1), controller_state
             )
-            hidden = hidden.clamp(-clip, clip)
+            if clip_hidden:
+                hidden = hidden.clamp(-clip, clip)
             interface = self.interface(hidden).clamp(-clip, clip)
             read_vectors, access_state, step_record = self.access.step(
                 interface, access_state, record=record

@@ -119,7 +119,15 @@ class DNCAccess(nn.Module):
 
     def step(
         self, interface: torch.Tensor, state: DNCState, record: bool = True
-    ) -> tuple[torch.Tensor, DNCState, DNCRecord]:
+    ) -> tuple[torch.Tensor, DNCState, DNCRecord | None]:
+        """One DNC step: interface ξ_t (B,I) and state_{t-1} -> (r_t (B,R,W), state_t, record).
+
+        Without ``record`` the step may run fused: the same equations as two autograd Functions
+        (``mann.fused.dnc``) around the fused link, returning no record. The composition below
+        is the reference, and what traces record.
+        """
+        if not record and fused.runtime.usable(interface, *state):
+            return self._fused_step(interface, state)
         io = self.parse_interface(interface)
         prev_write_weights = state.write_weights.squeeze(1)
 
@@ -169,3 +177,23 @@ class DNCAccess(nn.Module):
             write_gate=io.write_gate,
         )
         return read_vectors, new_state, record
+
+    def _fused_step(
+        self, interface: torch.Tensor, state: DNCState
+    ) -> tuple[torch.Tensor, DNCState, None]:
+        # The same order as the reference: write (usage, allocation, write weighting,
+        # erase-and-write), the link and the reads through it, then precedence and reads.
+        memory, usage, write_weights = fused.dnc_write(
+            interface, state.memory, state.usage, state.write_weights.squeeze(1),
+            state.read_weights,
+        )  # fmt: skip
+        link, forward, backward = fused.link_and_directions(
+            state.link, state.precedence, write_weights, state.read_weights
+        )
+        read_weights, read_vectors, precedence = fused.dnc_read(
+            interface, memory, state.precedence, write_weights, forward, backward
+        )
+        new_state = DNCState(
+            memory, usage, link, precedence, read_weights, write_weights.unsqueeze(1)
+        )
+        return read_vectors, new_state, None

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mann import addressing
+from mann import addressing, fused
 from mann.access.base import require_positive
 
 # Collier & Beel 2018: a small constant initial memory learns fastest.
@@ -67,9 +67,7 @@ class NTMAccess(nn.Module):
         require_positive("write_heads", write_heads)
         require_positive("shift_range", shift_range)
         if shift_range % 2 != 1:
-            raise ValueError(
-                f"shift_range must be odd (offsets -s..s around 0), got {shift_range}"
-            )
+            raise ValueError(f"shift_range must be odd (offsets -s..s around 0), got {shift_range}")
         if shift_range > memory_size:
             raise ValueError(
                 f"shift_range must be at most memory_size={memory_size}, got {shift_range}"
@@ -112,7 +110,23 @@ class NTMAccess(nn.Module):
 
     def step(
         self, interface: torch.Tensor, state: NTMState, record: bool = True
-    ) -> tuple[torch.Tensor, NTMState, NTMRecord]:
+    ) -> tuple[torch.Tensor, NTMState, NTMRecord | None]:
+        # w_{t-1}, reads then writes; contiguous even when the state holds expanded views.
+        previous = torch.cat([state.read_weights, state.write_weights], dim=1)
+        if not record and fused.runtime.usable(interface, state.memory, previous):
+            # The same step in one fused call forward and one backward (mann/fused/ntm.py).
+            read_vectors, memory, weights = fused.ntm_step(
+                interface,
+                state.memory,
+                previous,
+                read_heads=self.read_heads,
+                write_heads=self.write_heads,
+                word_size=self.word_size,
+                shift_range=self.shift_range,
+            )
+            read_weights, write_weights = weights.split([self.read_heads, self.write_heads], dim=1)
+            return read_vectors, NTMState(memory, read_weights, write_weights), None
+
         batch = interface.shape[0]
         heads = self.read_heads + self.write_heads
         address, write = interface.split(
@@ -128,7 +142,6 @@ class NTMAccess(nn.Module):
         erase, add = write.view(batch, self.write_heads, 2 * self.word_size).chunk(2, dim=-1)
         erase = torch.sigmoid(erase)
 
-        previous = torch.cat([state.read_weights, state.write_weights], dim=1)
         content = addressing.content_weights(state.memory, key, key_strength)
         gated = addressing.interpolate(content, previous, interpolation_gate)
         shifted = addressing.shift(gated, shift)

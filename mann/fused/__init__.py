@@ -6,7 +6,9 @@ backward, because on a CPU the cost of a composed step is dispatch per operation
 over memory, not arithmetic (shared/PERFORMANCE.md).
 """
 
+from mann.fused.dnc import dnc_read, dnc_write
 from mann.fused.link import link_and_directions
+from mann.fused.ntm import ntm_step
 from mann.fused.runtime import HAVE_NUMBA
 
-__all__ = ["HAVE_NUMBA", "link_and_directions"]
+__all__ = ["HAVE_NUMBA", "dnc_read", "dnc_write", "link_and_directions", "ntm_step"]

@@ -121,6 +121,20 @@ if HAVE_NUMBA:
                 g_w[i] += g_wi
 
 
+    # The same kernels compiled serial. Below PARALLEL_MIN_ENTRIES they run on the calling
+    # thread: a parallel launch, even on one thread, hands the work to a pool thread, which
+    # costs a wake-up and runs without torch's flush-to-zero of subnormal floats.
+    _link_forward_serial = njit(fastmath=True, cache=True, nogil=True)(_link_forward.py_func)
+    _link_backward_serial = njit(fastmath=True, cache=True, nogil=True)(_link_backward.py_func)
+
+
+def _kernel(parallel, serial, entries: int):
+    """The parallel kernel with its threads set, or the serial one for small work."""
+    if set_threads(entries) > 1:
+        return parallel
+    return serial
+
+
 class _FusedLink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
@@ -128,8 +142,8 @@ class _FusedLink(torch.autograd.Function):
         forward = prev_read_weights.new_empty(prev_read_weights.shape)
         backward = prev_read_weights.new_empty(prev_read_weights.shape)
         with KERNEL_LOCK:
-            set_threads(prev_link.numel())
-            _link_forward(
+            kernel = _kernel(_link_forward, _link_forward_serial, prev_link.numel())
+            kernel(
                 *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
                 link.numpy(),
                 forward.numpy(),
@@ -152,8 +166,8 @@ class _FusedLink(torch.autograd.Function):
         grad_write = torch.empty_like(write_weights)
         grad_read = torch.empty_like(prev_read_weights)
         with KERNEL_LOCK:
-            set_threads(prev_link.numel())
-            _link_backward(
+            kernel = _kernel(_link_backward, _link_backward_serial, prev_link.numel())
+            kernel(
                 *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
                 *arrays(grad_link, grad_forward, grad_backward),
                 grad_prev_link.numpy(),

@@ -82,9 +82,13 @@ def arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
 PARALLEL_MIN_ENTRIES = 1 << 18
 
 
-def set_threads(entries: int) -> None:
-    """Give the next parallel kernel torch's thread count, or one thread if it is small."""
+def set_threads(entries: int) -> int:
+    """Give the next parallel kernel torch's thread count, or one thread if it is small.
+
+    Returns the thread count set: with 1, callers should prefer a serial kernel.
+    """
     threads = 1 if entries < PARALLEL_MIN_ENTRIES else torch.get_num_threads()
     threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
+    return threads
