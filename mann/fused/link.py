@@ -10,6 +10,11 @@ backward is one pass that reads L_{t-1} and the incoming gradient and writes the
 L_{t-1}, recomputing L_t on the fly instead of storing it. Nothing but L_{t-1} (already alive
 as the previous step's output) is saved for backward.
 
+From ``runtime.LARGE_LINK_ENTRIES`` entries (B N², e.g. N=1024 at batch 8) the per-head loops
+of that single pass dominate, and the link takes another path: a parallel streaming pass for
+L_t alone, the forward and backward weightings as two ``torch.bmm`` (BLAS), and in backward
+one streaming pass that folds the reads' rank-2R gradient into the link's.
+
 Kernels are compiled by numba on first use (cached on disk). Without numba the torch
 composition in ``addressing`` is used, with identical results up to rounding.
 """
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from mann import addressing
+from mann.fused import runtime
 from mann.fused.runtime import (
     HAVE_NUMBA,
     KERNEL_LOCK,
@@ -128,6 +134,68 @@ if HAVE_NUMBA:
     _link_backward_serial = njit(fastmath=True, cache=True, nogil=True)(_link_backward.py_func)
 
 
+    # Large links: one streaming pass per direction, with the read heads' products left to
+    # BLAS (torch.bmm). At N=1024 the single pass above is bound by its per-head inner loops;
+    # split this way the step is about 1.5x faster although it reads L_t twice more.
+    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    def _link_update(prev_link, prev_precedence, write_weights, link):
+        batch, slots, _ = prev_link.shape
+        for index in prange(batch * slots):
+            b = index // slots
+            i = index - b * slots
+            w = write_weights[b]
+            p = prev_precedence[b]
+            wi = w[i]
+            keep_row = 1.0 - wi
+            row_old = prev_link[b, i]
+            row = link[b, i]
+            for j in range(slots):
+                row[j] = (keep_row - w[j]) * row_old[j] + wi * p[j]
+            row[i] = 0.0
+
+    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    def _link_update_backward(prev_link, prev_precedence, write_weights, left, right, grad_link,
+                              grad_prev_link, grad_precedence, grad_write):  # fmt: skip
+        # G = dLoss/dL_t = grad_link + leftᵀ right (the reads' rank-2R part), zero diagonal;
+        # then the gradients of L_{t-1}, w and p through the link equation.
+        batch, slots, _ = prev_link.shape
+        rank = left.shape[1]
+        for b in prange(batch):
+            w = write_weights[b]
+            p = prev_precedence[b]
+            g_w = grad_write[b]
+            g_p = grad_precedence[b]
+            for j in range(slots):
+                g_w[j] = 0.0
+                g_p[j] = 0.0
+            g_row = np.empty_like(p)
+            left_b = left[b]
+            right_b = right[b]
+            for i in range(slots):
+                incoming = grad_link[b, i]
+                for j in range(slots):
+                    g_row[j] = incoming[j]
+                for k in range(rank):
+                    weight = left_b[k, i]
+                    right_k = right_b[k]
+                    for j in range(slots):
+                        g_row[j] += weight * right_k[j]
+                g_row[i] = 0.0
+                wi = w[i]
+                keep_row = 1.0 - wi
+                row_old = prev_link[b, i]
+                g_prev_row = grad_prev_link[b, i]
+                g_wi = 0.0
+                for j in range(slots):
+                    g = g_row[j]
+                    old = row_old[j]
+                    g_prev_row[j] = g * (keep_row - w[j])
+                    g_wi += g * (p[j] - old)
+                    g_w[j] -= g * old
+                    g_p[j] += g * wi
+                g_w[i] += g_wi
+
+
 def _kernel(parallel, serial, entries: int):
     """The parallel kernel with its threads set, or the serial one for small work."""
     if set_threads(entries) > 1:
@@ -136,6 +204,8 @@ def _kernel(parallel, serial, entries: int):
 
 
 class _FusedLink(torch.autograd.Function):
+    """Small links: one serial pass each way, nothing saved but the inputs."""
+
     @staticmethod
     def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
         link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
@@ -155,12 +225,9 @@ class _FusedLink(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_link, grad_forward, grad_backward):
         prev_link, prev_precedence, write_weights, prev_read_weights = ctx.saved_tensors
-        if grad_link is None:
-            grad_link = torch.zeros_like(prev_link)
-        if grad_forward is None:
-            grad_forward = torch.zeros_like(prev_read_weights)
-        if grad_backward is None:
-            grad_backward = torch.zeros_like(prev_read_weights)
+        grad_link, grad_forward, grad_backward = _zeros_for_none(
+            (grad_link, grad_forward, grad_backward), (prev_link, prev_read_weights)
+        )
         grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
         grad_precedence = torch.empty_like(prev_precedence)
         grad_write = torch.empty_like(write_weights)
@@ -176,6 +243,60 @@ class _FusedLink(torch.autograd.Function):
                 grad_read.numpy(),
             )
         return grad_prev_link, grad_precedence, grad_write, grad_read
+
+
+class _FusedLargeLink(torch.autograd.Function):
+    """Large links: a parallel streaming pass for L_t, the reads through it by BLAS.
+
+    Saves L_t as well as the inputs; it is the next step's L_{t-1}, alive anyway, so only the
+    last step's costs memory.
+    """
+
+    @staticmethod
+    def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
+        link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+        with KERNEL_LOCK:
+            set_threads(prev_link.numel())
+            _link_update(*arrays(prev_link, prev_precedence, write_weights), link.numpy())
+        forward = torch.bmm(prev_read_weights, link.transpose(1, 2))  # f = L w^r
+        backward = torch.bmm(prev_read_weights, link)  # b = Lᵀ w^r
+        ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights, link)
+        return link, forward, backward
+
+    @staticmethod
+    def backward(ctx, grad_link, grad_forward, grad_backward):
+        prev_link, prev_precedence, write_weights, prev_read_weights, link = ctx.saved_tensors
+        grad_link, grad_forward, grad_backward = _zeros_for_none(
+            (grad_link, grad_forward, grad_backward), (prev_link, prev_read_weights)
+        )
+        grad_read = torch.bmm(grad_forward, link)
+        grad_read.add_(torch.bmm(grad_backward, link.transpose(1, 2)))
+        # dLoss/dL_t[i,j] gains Σ_r gf[r,i] w^r[j] + w^r[i] gb[r,j]: leftᵀ right, rank 2R.
+        left = torch.cat([grad_forward, prev_read_weights], dim=1).contiguous()
+        right = torch.cat([prev_read_weights, grad_backward], dim=1).contiguous()
+        grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+        grad_precedence = torch.empty_like(prev_precedence)
+        grad_write = torch.empty_like(write_weights)
+        with KERNEL_LOCK:
+            set_threads(prev_link.numel())
+            _link_update_backward(
+                *arrays(prev_link, prev_precedence, write_weights, left, right, grad_link),
+                grad_prev_link.numpy(),
+                grad_precedence.numpy(),
+                grad_write.numpy(),
+            )
+        return grad_prev_link, grad_precedence, grad_write, grad_read
+
+
+def _zeros_for_none(gradients, like):
+    """Zeros in place of the gradients autograd passes as None (outputs that were unused)."""
+    link_like, reads_like = like
+    grad_link, grad_forward, grad_backward = gradients
+    return (
+        torch.zeros_like(link_like) if grad_link is None else grad_link,
+        torch.zeros_like(reads_like) if grad_forward is None else grad_forward,
+        torch.zeros_like(reads_like) if grad_backward is None else grad_backward,
+    )
 
 
 def link_and_directions(
@@ -194,4 +315,7 @@ def link_and_directions(
         link = addressing.temporal_link(prev_link, prev_precedence, write_weights)
         forward, backward = addressing.directional_weights(link, prev_read_weights)
         return link, forward, backward
-    return _FusedLink.apply(*(t.contiguous() for t in tensors))
+    tensors = tuple(t.contiguous() for t in tensors)
+    if prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
+        return _FusedLargeLink.apply(*tensors)
+    return _FusedLink.apply(*tensors)

@@ -80,6 +80,8 @@ def arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
 
 # Below this many link entries a parallel launch costs more than it saves.
 PARALLEL_MIN_ENTRIES = 1 << 18
+# From this many (B N²) entries the link takes its large-size path (mann/fused/link.py).
+LARGE_LINK_ENTRIES = 1 << 22
 
 
 def set_threads(entries: int) -> int:
