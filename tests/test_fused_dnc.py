@@ -29,7 +29,7 @@ TOLERANCES = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rt
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     tolerances = dict(TOLERANCES[expected.dtype])
     # Gradients at an all-zero memory are of order 1/ε; float32 rounds those in absolute terms.
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
     tolerances["atol"] = max(tolerances["atol"], tolerances["rtol"] * scale)
     torch.testing.assert_close(
         actual, expected, **tolerances, msg=lambda text: f"{what}: {text}"
