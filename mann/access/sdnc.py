@@ -56,7 +56,7 @@ from typing import NamedTuple
 
 import torch
 
-from mann import addressing
+from mann import addressing, fused
 from mann.access.base import require_positive
 from mann.access.sam import (
     SAMAccess,
@@ -67,9 +67,13 @@ from mann.access.sam import (
     memory_gradient_placeholder,
     rows_at,
 )
+from mann.fused import sdnc as fused_sdnc
 
 # Up to this many slots the Trace records the dense link matrix (T,N,N).
 DENSE_LINK_LIMIT = 256
+# Step 2 by the numba kernel (mann.fused.sdnc) where usable; False: always the torch
+# composition (the reference, which tests compare the kernel with).
+FUSED_LINKS = True
 
 
 class SDNCState(NamedTuple):
@@ -263,9 +267,27 @@ class SDNCAccess(SAMAccess):
     # ---- links -------------------------------------------------------------------------
     def _update_links(self, store, tables, write_positions, write_weights, precedence):
         """Step 2 on the tables, in place: the rows and columns that can grow, by
-        ``addressing.sparse_temporal_link``, then the entries elsewhere that only decay."""
+        ``addressing.sparse_temporal_link``, then the entries elsewhere that only decay.
+
+        One numba kernel computes the changed rows where it can (``mann.fused.sdnc``, the
+        same numbers); the torch composition ``_link_changes`` is the reference."""
+        written, weights = addressing.merge_sparse(write_positions, write_weights, self.memory_size)
+        changes = None
+        if FUSED_LINKS and fused.runtime.usable(weights, tables["link_predecessor_weights"]):
+            changes = fused_sdnc.link_changes(tables, written, weights, *precedence)
+        if changes is None:  # no numba, another device, or a case the kernel leaves to torch
+            changes = self._link_changes(store, tables, written, weights, precedence)
+        kinds = ("predecessor", "successor")
+        for kind, (positions, slots, values) in zip(kinds, changes, strict=True):
+            store.change(tables, f"link_{kind}s", positions, slots)
+            store.change(tables, f"link_{kind}_weights", positions, values)
+
+    def _link_changes(self, store, tables, written, weights, precedence):
+        """The torch composition of step 2: from the merged write weighting ``written``,
+        ``weights`` (B,P) and p_{t-1} (positions, values) (B,K_L), the rows of each table
+        that change and their new contents: ((rows (B,P+M), slots, weights (B,P+M,K_L)),
+        (columns (B,K_L+M'), slots, weights (B,K_L+M',K_L)))."""
         N, capacity = self.memory_size, self.temporal_reads
-        written, weights = addressing.merge_sparse(write_positions, write_weights, N)
         preceding, precedence_values = precedence
         old_rows = link_rows(tables, "predecessor", written, N)  # (B,P,K_L)
         old_columns = link_rows(tables, "successor", preceding, N)  # (B,Q,K_L)
@@ -332,14 +354,14 @@ class SDNCAccess(SAMAccess):
         values = values.masked_fill((column_rows_in >= 0) & ~kept, 0.0)
         decayed_columns = (torch.where(values > 0, column_rows, N), values)
 
-        for kind, positions, parts in (
-            ("predecessor", (written, other_rows), (new_rows, decayed_rows)),
-            ("successor", (preceding, other_columns), (new_columns, decayed_columns)),
-        ):
-            positions = torch.cat(positions, 1)
-            store.change(tables, f"link_{kind}s", positions, torch.cat([p[0] for p in parts], 1))
-            weights_now = torch.cat([p[1] for p in parts], 1)
-            store.change(tables, f"link_{kind}_weights", positions, weights_now)
+        return tuple(
+            (torch.cat(positions, 1), torch.cat([p[0] for p in parts], 1),
+             torch.cat([p[1] for p in parts], 1))
+            for positions, parts in (
+                ((written, other_rows), (new_rows, decayed_rows)),
+                ((preceding, other_columns), (new_columns, decayed_columns)),
+            )
+        )
 
     def _where_in(self, store, positions, queries: list) -> list:
         """For each tensor of slots in ``queries``: where each sits in ``positions`` (B,P)
