@@ -209,3 +209,19 @@ def test_recorded_traces_equal_the_torch_composition(slots, kernel_calls, monkey
     )
     assert first["link"] is not None and (first["link"] > 0).sum() > 0
     assert_identical(first, second)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_sink_rows_stay_empty(fused, monkeypatch):
+    # Row N of both link tables is the sink that empty entries point at; it must never gain
+    # an entry (small N and K_L = 1 make the lists of touched rows full, which once let a
+    # rewritten row's decayed entries land there).
+    monkeypatch.setattr(sdnc_module, "FUSED_LINKS", fused)
+    for slots, capacity, style in [(4, 1, "random"), (5, 1, "ties"), (8, 1, "saturated"),
+                                   (8, 2, "saturated"), (10, 1, "random")]:  # fmt: skip
+        access = SDNCAccess(slots, 4, 2, 1 if capacity == 1 else 2, capacity)
+        state = access.initial_state(2)
+        for t, interface in enumerate(interfaces(access, 40, 2, seed=slots, style=style)):
+            _, state, _ = access.step(interface, state, record=False)
+            for table in (state.link_predecessor_weights, state.link_successor_weights):
+                assert float(table[:, slots].abs().sum()) == 0.0, (slots, capacity, style, t)

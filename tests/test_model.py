@@ -361,7 +361,9 @@ def test_a_clip_below_one_clips_the_controller_output():
     model = build_model(ModelConfig(arch="ntm", input_size=3, output_size=2, hidden_size=6,
                                     memory_size=8, word_size=4, clip_value=0.05))
     seen = []
-    model.interface.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
+    model.interface.register_forward_hook(
+        lambda module, args, output: seen.append(args[0].detach())
+    )
     model(100.0 * torch.randn(2, 5, 3))
     assert len(seen) == 5
     assert max(float(h.abs().max()) for h in seen) == pytest.approx(0.05)

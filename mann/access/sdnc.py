@@ -342,6 +342,8 @@ class SDNCAccess(SAMAccess):
         kept_rows = rows_at(new_columns[0], row_columns_preceding.clamp_min(0).flatten(1))
         kept = (kept_rows.view(*row_columns.shape, -1) == other_rows[..., None, None]).any(-1)
         values = values.masked_fill((row_columns_preceding >= 0) & ~kept, 0.0)
+        # Rows sent to the sink (written: recomputed above; or padding) must leave it empty.
+        values = values.masked_fill((other_rows == N).unsqueeze(-1), 0.0)
         decayed_rows = (torch.where(values > 0, row_columns, N), values)
 
         # Columns: entry (i, j), j not preceding, decays by (1 - w[i] - w[j]); if i was
@@ -352,6 +354,7 @@ class SDNCAccess(SAMAccess):
         kept_columns = rows_at(new_rows[0], column_rows_in.clamp_min(0).flatten(1))
         kept = (kept_columns.view(*column_rows.shape, -1) == other_columns[..., None, None]).any(-1)
         values = values.masked_fill((column_rows_in >= 0) & ~kept, 0.0)
+        values = values.masked_fill((other_columns == N).unsqueeze(-1), 0.0)
         decayed_columns = (torch.where(values > 0, column_rows, N), values)
 
         return tuple(

@@ -326,7 +326,9 @@ if HAVE_NUMBA:
                 row_positions[b, out] = target
                 for c in range(capacity):
                     weight = predecessor_weights[b, row, c]
-                    if not weight > 0:  # empty: (1 - w[j]) 0 is 0, kept or not
+                    # Empty, or sent to the sink (recomputed above, or padding): the sink row
+                    # stays empty. Otherwise (1 - w[j]) 0 is 0, kept or not.
+                    if not weight > 0 or target == size:
                         row_slots[b, out, c] = size
                         row_weights[b, out, c] = zero
                         continue
@@ -364,7 +366,7 @@ if HAVE_NUMBA:
                 column_positions[b, out] = target
                 for c in range(capacity):
                     weight = successor_weights[b, column, c]
-                    if not weight > 0:
+                    if not weight > 0 or target == size:
                         column_slots[b, out, c] = size
                         column_weights[b, out, c] = zero
                         continue
