@@ -11,7 +11,7 @@ from mann.demo import (
 )
 from mann.model import ModelConfig
 from mann.tasks import TASKS, make_task
-from mann.train import OPTIMIZERS, TrainConfig
+from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
 from ui import shared
 
 st.title("Train")
@@ -43,11 +43,16 @@ with st.form("train_form"):
     batch_size = third.number_input("batch size", 1, 256, 16, key="train_batch")
     learning_rate = fourth.number_input("learning rate", 1e-5, 1.0, 1e-2, format="%.4f",
                                         key="train_lr")
-    first, second, third, _ = st.columns(4)
+    first, second, third, fourth = st.columns(4)
     optimizer = first.selectbox("optimizer", OPTIMIZERS, index=OPTIMIZERS.index("adam"),
                                 key="train_optimizer")
     curriculum = second.selectbox("curriculum", ("length", "none"), key="train_curriculum")
-    seed = third.number_input("seed", 0, 2**31 - 1, 0, key="train_seed")
+    lr_decay = third.selectbox(
+        "learning-rate decay", LR_DECAYS, key="train_lr_decay",
+        help="cosine: anneal to 1% of the rate over the run; the shipped models were trained "
+        "with it, and it is what let the DNC generalise to longer sequences",
+    )
+    seed = fourth.number_input("seed", 0, 2**31 - 1, 0, key="train_seed")
     start = st.form_submit_button("Start training", type="primary",
                                   icon=":material/play_arrow:", disabled=running)
 
@@ -64,7 +69,8 @@ if start:
         )
         train_config = TrainConfig(
             task=task_name, steps=int(steps), batch_size=int(batch_size),
-            lr=float(learning_rate), optimizer=optimizer, curriculum=curriculum, seed=int(seed),
+            lr=float(learning_rate), lr_decay=lr_decay, optimizer=optimizer,
+            curriculum=curriculum, seed=int(seed),
             log_every=max(1, min(10, int(steps) // 20 or 1)),
         )
         training = BackgroundTraining(model_config, train_config).start()

@@ -268,9 +268,11 @@ def test_train_page_trains_saves_and_selects_the_model(checkpoints):
     for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_word", 4),
                        ("train_steps", 4), ("train_batch", 2)):
         app.number_input(key=key).set_value(value)
+    app.selectbox(key="train_lr_decay").set_value("cosine")
     app.button[0].click().run()  # the form's submit button
     assert not app.error, [element.value for element in app.error]
     training = app.session_state["training"]
+    assert training.train_config.lr_decay == "cosine"
     assert training.wait(timeout=60) and training.error is None
     app.run()
     assert app.get("plotly_chart"), "the loss curves are drawn"
