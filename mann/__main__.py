@@ -32,45 +32,17 @@ from mann.tasks import TASKS, make_task
 from mann.train import (
     CURRICULA,
     LR_DECAYS,
+    MODEL_FLAGS,
     OPTIMIZERS,
+    TRAIN_FLAGS,
     Progress,
     TrainConfig,
     best_path,
     train,
 )
 
-MODEL_OPTIONS = (
-    "controller",
-    "hidden_size",
-    "num_layers",
-    "memory_size",
-    "word_size",
-    "read_heads",
-    "write_heads",
-    "shift_range",
-    "sparse_reads",
-    "temporal_reads",
-    "clip_value",
-)
-TRAIN_OPTIONS = (
-    "steps",
-    "batch_size",
-    "lr",
-    "lr_decay",
-    "optimizer",
-    "momentum",
-    "clip",
-    "seed",
-    "curriculum",
-    "curriculum_start",
-    "curriculum_increment",
-    "curriculum_threshold",
-    "curriculum_window",
-    "checkpoint_every",
-    "log_every",
-    "keep_best",
-    "validation_size",
-)
+MODEL_OPTIONS = MODEL_FLAGS
+TRAIN_OPTIONS = (*TRAIN_FLAGS, "keep_best", "validation_size")
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C
 
 

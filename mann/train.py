@@ -74,6 +74,17 @@ CSV_COLUMNS = (
     "skipped",
     "max_length",
 )
+# The config fields a ``python -m mann train`` command sets with ``--flag VALUE`` (besides
+# --arch, --task, --task-option, --keep-best and --out; input and output sizes follow the task).
+MODEL_FLAGS = (
+    "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
+    "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
+)  # fmt: skip
+TRAIN_FLAGS = (
+    "steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed",
+    "curriculum", "curriculum_start", "curriculum_increment", "curriculum_threshold",
+    "curriculum_window", "checkpoint_every", "log_every",
+)  # fmt: skip
 VALIDATION_SEED_OFFSET = 1_000_003  # keeps validation sequences apart from training's
 # Train-config fields a resumed run may change; any other difference would change the run.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "out")
@@ -352,40 +363,12 @@ def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
     parts = ["python", "-m", "mann", "train"]
     config = model_config.to_dict()
     parts += ["--arch", config["arch"], "--task", train_config.task]
-    for name in (
-        "controller",
-        "hidden_size",
-        "num_layers",
-        "memory_size",
-        "word_size",
-        "read_heads",
-        "write_heads",
-        "shift_range",
-        "sparse_reads",
-        "temporal_reads",
-        "clip_value",
-    ):
+    for name in MODEL_FLAGS:
         parts += [_flag(name), str(config[name])]
     for key, value in train_config.task_options.items():
         parts += ["--task-option", f"{key}={_option_text(value)}"]
     train_values = train_config.to_dict()
-    for name in (
-        "steps",
-        "batch_size",
-        "lr",
-        "lr_decay",
-        "optimizer",
-        "momentum",
-        "clip",
-        "seed",
-        "curriculum",
-        "curriculum_start",
-        "curriculum_increment",
-        "curriculum_threshold",
-        "curriculum_window",
-        "checkpoint_every",
-        "log_every",
-    ):
+    for name in TRAIN_FLAGS:
         value = train_values[name]
         parts += [_flag(name), "none" if value is None else str(value)]
     if train_config.keep_best:

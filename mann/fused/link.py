@@ -39,6 +39,21 @@ from mann.fused.runtime import (
 
 if HAVE_NUMBA:
 
+    @njit(fastmath=True, cache=True, nogil=True, inline="always")
+    def _through_link_equation(g_row, row_old, w, p, i, g_prev_row, g_w, g_p):
+        """Row i of backward through L_t = (1 - w_i - w_j) L_{t-1} + w_i p_j, given
+        G[i, :] = dLoss/dL_t[i, :] in g_row: writes dL_{t-1}[i, :], adds to dw and dp."""
+        wi = w[i]
+        keep_row = 1.0 - wi
+        g_wi = 0.0
+        for j in range(g_row.shape[0]):
+            g = g_row[j]
+            g_prev_row[j] = g * (keep_row - w[j])
+            g_wi += g * (p[j] - row_old[j])
+            g_w[j] -= g * row_old[j]
+            g_p[j] += g * wi
+        g_w[i] += g_wi
+
     @njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def _link_forward(prev_link, prev_precedence, write_weights, prev_read_weights,
                       link, forward, backward):  # fmt: skip
@@ -116,15 +131,7 @@ if HAVE_NUMBA:
                         total += g_backward_r[j] * new_row[j]
                     g_read[r, i] += total
                 g_row[i] = 0.0  # the diagonal is forced to zero: no gradient flows there
-                g_wi = 0.0
-                g_prev_row = grad_prev_link[b, i]
-                for j in range(slots):
-                    g = g_row[j]
-                    g_prev_row[j] = g * (keep_row - w[j])
-                    g_wi += g * (p[j] - row_old[j])
-                    g_w[j] -= g * row_old[j]
-                    g_p[j] += g * wi
-                g_w[i] += g_wi
+                _through_link_equation(g_row, row_old, w, p, i, grad_prev_link[b, i], g_w, g_p)
 
 
     # The same kernels compiled serial. Below PARALLEL_MIN_ENTRIES they run on the calling
@@ -181,19 +188,8 @@ if HAVE_NUMBA:
                     for j in range(slots):
                         g_row[j] += weight * right_k[j]
                 g_row[i] = 0.0
-                wi = w[i]
-                keep_row = 1.0 - wi
-                row_old = prev_link[b, i]
-                g_prev_row = grad_prev_link[b, i]
-                g_wi = 0.0
-                for j in range(slots):
-                    g = g_row[j]
-                    old = row_old[j]
-                    g_prev_row[j] = g * (keep_row - w[j])
-                    g_wi += g * (p[j] - old)
-                    g_w[j] -= g * old
-                    g_p[j] += g * wi
-                g_w[i] += g_wi
+                _through_link_equation(g_row, prev_link[b, i], w, p, i, grad_prev_link[b, i],
+                                       g_w, g_p)  # fmt: skip
 
 
 def _kernel(parallel, serial, entries: int):
