@@ -52,6 +52,9 @@ def describe(name: str, metadata: dict) -> str:
         parts.append(f"K={config['sparse_reads']}")
     if config["arch"] == "sdnc":
         parts.append(f"K_L={config['temporal_reads']}")
+    if metadata.get("resized_from"):
+        parts.append(f"trained with {metadata['resized_from']['memory_size']} slots "
+                     f"(python -m mann resize)")  # fmt: skip
     parts.append(f"{size:.0f} KB")
     if metadata.get("selected"):
         parts.append(metadata["selected"])

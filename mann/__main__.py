@@ -163,7 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a stored task option; repeatable",
     )
     evaluator.set_defaults(run=run_evaluate)
+
+    resizer = commands.add_parser(
+        "resize", help="give a DNC, SAM or SDNC checkpoint another number of memory slots",
+        description="Save a DNC, SAM or SDNC checkpoint with another memory size N (none of "
+        "their parameters depends on N): train short sequences in a small memory, then give "
+        "the model the room longer ones need.",
+    )  # fmt: skip
+    resizer.add_argument("checkpoint", metavar="CHECKPOINT")
+    resizer.add_argument("--memory-size", type=int, required=True, metavar="N")
+    resizer.add_argument("--out", required=True, metavar="PATH", help="the new checkpoint")
+    resizer.set_defaults(run=run_resize)
     return parser
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    target = checkpoint.resize(args.checkpoint, args.memory_size, args.out)
+    print(f"saved {target} (memory_size {args.memory_size})")
+    return 0
 
 
 # --------------------------------------------------------------------------- train

@@ -170,6 +170,47 @@ def load(path: str | os.PathLike) -> MemoryAugmentedNetwork:
     return model
 
 
+# Architectures with no parameter sized by the number of slots: one trained with N slots runs
+# with any other N. (The NTM learns its initial weightings over the N slots.)
+RESIZABLE_ARCHITECTURES = ("dnc", "sam", "sdnc")
+
+
+def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) -> Path:
+    """Save checkpoint ``path`` with ``memory_size`` slots at ``out``; return the weights file.
+
+    DNC, SAM and SDNC have no parameter sized by N, so the same weights run with a larger (or
+    smaller) memory: a model trained on short sequences in a small memory can be given the room
+    that longer ones need. The metadata is kept; ``resized_from`` records the old size and
+    ``command`` gains the ``python -m mann resize`` that made this file.
+
+    Raises:
+        CheckpointError: ``path`` is missing or damaged.
+        ValueError: the architecture has N-sized parameters (NTM), or the size is impossible.
+    """
+    model = load(path)
+    config = model.config
+    if config.arch not in RESIZABLE_ARCHITECTURES:
+        raise ValueError(
+            f"cannot resize an {config.arch!r} model: its parameters depend on memory_size "
+            f"(only {', '.join(RESIZABLE_ARCHITECTURES)} can be resized)"
+        )
+    resized = build_model(ModelConfig.from_dict({**config.to_dict(), "memory_size": memory_size}))
+    resized.load_state_dict(model.state_dict(), strict=True)
+    metadata = {
+        key: value for key, value in read_metadata(path).items() if key not in RESERVED_KEYS
+    }
+    step = " ".join(
+        ["python -m mann resize", str(checkpoint_stem(path)), "--memory-size", str(memory_size),
+         "--out", str(checkpoint_stem(out))]
+    )  # fmt: skip
+    if metadata.get("command"):
+        metadata["command"] = f"{metadata['command']} && {step}"
+    metadata["resized_from"] = {
+        "memory_size": config.memory_size, **metadata.get("resized_from", {}),
+    }  # fmt: skip
+    return save(resized, out, **metadata)
+
+
 def save_training_state(
     path: str | os.PathLike,
     model: MemoryAugmentedNetwork,

@@ -409,3 +409,54 @@ def test_file_names():
     assert checkpoint.training_state_path("a/b").as_posix() == "a/b.train.safetensors"
     assert checkpoint.checkpoint_stem("a/b.train.safetensors").as_posix() == "a/b"
     assert checkpoint.checkpoint_stem("a/v1.2").as_posix() == "a/v1.2"
+
+
+# ---------------------------------------------------------------------------------------
+# Resizing the memory of a DNC, SAM or SDNC
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", [a for a in available_archs() if a != "ntm"])
+def test_resize_keeps_the_weights_and_says_how_it_was_made(tmp_path, arch):
+    model = tiny_model(arch)
+    checkpoint.save(model, tmp_path / "small", task="copy", command="python -m mann train x",
+                    metrics={"step": 3})  # fmt: skip
+    target = checkpoint.resize(tmp_path / "small", 24, tmp_path / "large")
+    assert target == tmp_path / "large.safetensors"
+    resized = mann.load(tmp_path / "large")
+    assert resized.config.memory_size == 24
+    assert resized.config.to_dict() == {**model.config.to_dict(), "memory_size": 24}
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, resized.state_dict()[name]), name
+    metadata = checkpoint.read_metadata(tmp_path / "large")
+    assert metadata["resized_from"] == {"memory_size": 10}
+    assert metadata["task"] == "copy" and metadata["metrics"] == {"step": 3}
+    assert metadata["command"] == (
+        f"python -m mann train x && python -m mann resize {tmp_path / 'small'} "
+        f"--memory-size 24 --out {tmp_path / 'large'}"
+    )
+    logits, state = resized(sample_inputs())  # it runs, with the larger memory
+    assert torch.isfinite(logits).all() and state.access.memory.shape[1] == 24
+
+
+def test_resize_refuses_the_ntm_and_impossible_sizes_and_writes_nothing(tmp_path):
+    checkpoint.save(tiny_model("ntm"), tmp_path / "ntm")
+    with pytest.raises(ValueError, match="cannot resize an 'ntm' model: its parameters depend"):
+        checkpoint.resize(tmp_path / "ntm", 20, tmp_path / "out")
+    if "sdnc" in available_archs():
+        checkpoint.save(tiny_model("sdnc"), tmp_path / "sdnc")
+        with pytest.raises(ValueError, match="sparse_reads must be at most memory_size=2"):
+            checkpoint.resize(tmp_path / "sdnc", 2, tmp_path / "out")
+    with pytest.raises(CheckpointError, match="missing"):
+        checkpoint.resize(tmp_path / "absent", 20, tmp_path / "out")
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_resize_from_the_command_line(tmp_path, capsys):
+    from mann.__main__ import main
+
+    checkpoint.save(tiny_model("dnc"), tmp_path / "small")
+    arguments = ["resize", str(tmp_path / "small"), "--memory-size", "16", "--out"]
+    assert main([*arguments, str(tmp_path / "large")]) == 0
+    assert "memory_size 16" in capsys.readouterr().out
+    assert mann.load(tmp_path / "large").config.memory_size == 16
+    assert main(["resize", str(tmp_path / "small"), "--memory-size", "0", "--out", "x"]) == 2
+    assert "memory_size must be an integer >= 1, got 0" in capsys.readouterr().err
