@@ -3,6 +3,9 @@
 One training step = forward over a copy sequence of 20 8-bit vectors (41 time steps), the
 masked BCE loss, backward, and an optimizer step. Each configuration runs in its own
 process so its peak RSS is its own; times are medians over repeated steps after warm-up.
+On this shared machine one process's median still drifts by 20-50% from the next's, so each
+configuration runs in --runs processes (default 3): the table shows the median of their
+medians and, in "range", the lowest and highest.
 
     python bench/step_speed.py            # the whole table (run it alone on the machine)
     python bench/step_speed.py --quick    # fewer repeats
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--only", help="run one configuration (used internally)")
     parser.add_argument("--filter", default="", help="substring of the configurations to run")
+    parser.add_argument("--runs", type=int, default=3, help="processes per configuration")
     args = parser.parse_args()
     if args.only:
         repeats = 3 if "1024" in args.only else (5 if args.quick else 15)
@@ -118,8 +122,9 @@ def main() -> None:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
     )
-    columns = ["configuration", "ms/step", "reference ms", "speed-up", "peak RSS MB", "ref. MB"]
-    widths = [18, 8, 12, 8, 11, 8]
+    columns = ["configuration", "ms/step", "range", "reference ms", "speed-up", "peak RSS MB",
+               "ref. MB"]  # fmt: skip
+    widths = [18, 8, 13, 12, 8, 11, 8]
     header = "| " + " | ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)) + " |"
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
@@ -127,13 +132,19 @@ def main() -> None:
         if args.filter not in name:
             continue
         command = [sys.executable, __file__, "--only", name] + (["--quick"] if args.quick else [])
-        result = json.loads(
-            subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-        )
+        runs = [
+            json.loads(
+                subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+            )
+            for _ in range(args.runs)
+        ]
+        times = [run["ms"] for run in runs]
+        result = {"ms": statistics.median(times), "peak_mb": max(r["peak_mb"] for r in runs)}
         reference_mb_text = f"{reference_mb:,}" if reference_mb else "-"
         cells = [
             f"{name:<18}",
             f"{result['ms']:>8.1f}",
+            f"{min(times):>6.1f}-{max(times):<6.1f}",
             f"{reference_ms:>12,}",
             f"{reference_ms / result['ms']:>7.1f}x",
             f"{result['peak_mb']:>11,.0f}",
