@@ -72,7 +72,7 @@ class LSTMController(_Controller):
                 bias[H : 2 * H].fill_(1.0)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
-        zeros = torch.zeros(batch_size, self.hidden_size, device=device)
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.bias[0].dtype)
         return tuple(zeros for _ in range(2 * self.num_layers))
 
     def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
@@ -113,7 +113,7 @@ class GRUController(_Controller):
         )
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
-        zeros = torch.zeros(batch_size, self.hidden_size, device=device)
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.bias[0].dtype)
         return tuple(zeros for _ in range(self.num_layers))
 
     def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):

@@ -164,10 +164,11 @@ class MemoryAugmentedNetwork(nn.Module):
         self.output = nn.Linear(config.hidden_size + read_size, config.output_size)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> ModelState:
+        dtype = self.output.weight.dtype  # follows model.double() and the like
         return ModelState(
             controller=self.controller.initial_state(batch_size, device),
-            access=self.access.initial_state(batch_size, device),
-            read_vectors=self.access.initial_read_vectors(batch_size, device),
+            access=self.access.initial_state(batch_size, device, dtype=dtype),
+            read_vectors=self.access.initial_read_vectors(batch_size, device, dtype=dtype),
         )
 
     def forward(

@@ -367,3 +367,28 @@ def test_a_clip_below_one_clips_the_controller_output():
     model(100.0 * torch.randn(2, 5, 3))
     assert len(seen) == 5
     assert max(float(h.abs().max()) for h in seen) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_double_precision_model_runs_in_double_throughout(arch):
+    model = build_model(ModelConfig(arch=arch, input_size=3, output_size=2, hidden_size=6,
+                                    memory_size=8, word_size=4, read_heads=2, sparse_reads=2,
+                                    temporal_reads=2)).double()  # fmt: skip
+    inputs = torch.rand(2, 5, 3, dtype=torch.float64)
+    logits, state = model(inputs)
+    assert logits.dtype == torch.float64
+    floating = [t for t in (*state.controller, *state.access, state.read_vectors)
+                if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+    assert floating and all(t.dtype == torch.float64 for t in floating)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float64
+               for p in model.parameters() if p.requires_grad)  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["ntm", "dnc"])
+def test_gradcheck_of_a_whole_model_in_double(arch):
+    # Through the fused kernels (record=False): the whole sequence, every input.
+    model = build_model(ModelConfig(arch=arch, input_size=3, output_size=2, hidden_size=4,
+                                    memory_size=5, word_size=3, read_heads=2)).double()  # fmt: skip
+    inputs = torch.rand(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: model(x)[0], (inputs,))

@@ -3,8 +3,8 @@
 A memory is a ``torch.nn.Module`` holding only parameters (never recurrent state):
 
 - ``interface_size``: how many numbers it needs from the controller each step;
-- ``initial_state(batch_size, device)``: an immutable NamedTuple of tensors;
-- ``initial_read_vectors(batch_size, device)``: r_0, (B,R,W);
+- ``initial_state(batch_size, device, dtype=None)``: an immutable NamedTuple of tensors;
+- ``initial_read_vectors(batch_size, device, dtype=None)``: r_0, (B,R,W);
 - ``step(interface, state, record=True) -> (read_vectors (B,R,W), new_state, record)``.
 
 ``record`` is a NamedTuple whose field names are Trace field names; each value has the
@@ -27,9 +27,13 @@ class MemoryAccess(Protocol):
     write_heads: int
     interface_size: int
 
-    def initial_state(self, batch_size: int, device: torch.device | str) -> NamedTuple: ...
+    def initial_state(
+        self, batch_size: int, device: torch.device | str, dtype: torch.dtype | None = None
+    ) -> NamedTuple: ...
 
-    def initial_read_vectors(self, batch_size: int, device: torch.device | str) -> torch.Tensor: ...
+    def initial_read_vectors(
+        self, batch_size: int, device: torch.device | str, dtype: torch.dtype | None = None
+    ) -> torch.Tensor: ...
 
     def step(
         self, interface: torch.Tensor, state: NamedTuple, record: bool = True

@@ -100,9 +100,14 @@ class DNCAccess(nn.Module):
             read_modes=torch.softmax(read_modes.view(batch, R, 3), dim=-1),
         )
 
-    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> DNCState:
+    def initial_state(
+        self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> DNCState:
         N, W, R = self.memory_size, self.word_size, self.read_heads
-        zeros = torch.zeros
+
+        def zeros(*shape, device):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
         return DNCState(
             memory=zeros(batch_size, N, W, device=device),
             usage=zeros(batch_size, N, device=device),
@@ -113,9 +118,9 @@ class DNCAccess(nn.Module):
         )
 
     def initial_read_vectors(
-        self, batch_size: int, device: torch.device | str = "cpu"
+        self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        return torch.zeros(batch_size, self.read_heads, self.word_size, device=device)
+        return torch.zeros(batch_size, self.read_heads, self.word_size, device=device, dtype=dtype)
 
     def step(
         self, interface: torch.Tensor, state: DNCState, record: bool = True

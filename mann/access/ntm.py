@@ -91,11 +91,15 @@ class NTMAccess(nn.Module):
         self.initial_weight_logits = nn.Parameter(initial_logits)
         self.initial_read = nn.Parameter(torch.randn(read_heads, word_size) * 0.01)
 
-    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> NTMState:
+    def initial_state(
+        self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> NTMState:
+        dtype = dtype or self.initial_weight_logits.dtype
         memory = torch.full(
-            (batch_size, self.memory_size, self.word_size), INITIAL_MEMORY_VALUE, device=device
-        )
-        weights = torch.softmax(self.initial_weight_logits, dim=-1).to(device)
+            (batch_size, self.memory_size, self.word_size), INITIAL_MEMORY_VALUE, device=device,
+            dtype=dtype,
+        )  # fmt: skip
+        weights = torch.softmax(self.initial_weight_logits, dim=-1).to(device, dtype)
         weights = weights.unsqueeze(0).expand(batch_size, -1, -1)
         return NTMState(
             memory=memory,
@@ -104,9 +108,10 @@ class NTMAccess(nn.Module):
         )
 
     def initial_read_vectors(
-        self, batch_size: int, device: torch.device | str = "cpu"
+        self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        return self.initial_read.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+        read = self.initial_read.to(device, dtype or self.initial_read.dtype)
+        return read.unsqueeze(0).expand(batch_size, -1, -1)
 
     def step(
         self, interface: torch.Tensor, state: NTMState, record: bool = True

@@ -625,9 +625,9 @@ class SAMAccess(nn.Module):
         )
 
     def initial_read_vectors(
-        self, batch_size: int, device: torch.device | str = "cpu"
+        self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        return torch.zeros(batch_size, self.read_heads, self.word_size, device=device)
+        return torch.zeros(batch_size, self.read_heads, self.word_size, device=device, dtype=dtype)
 
     def tables_at(self, state: NamedTuple) -> dict:
         """Copies of the state's own tables (memory, last_access, …) as of its step."""
