@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import struct
 import tempfile
 from pathlib import Path
@@ -199,9 +200,9 @@ def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) ->
     metadata = {
         key: value for key, value in read_metadata(path).items() if key not in RESERVED_KEYS
     }
-    step = " ".join(
-        ["python -m mann resize", str(checkpoint_stem(path)), "--memory-size", str(memory_size),
-         "--out", str(checkpoint_stem(out))]
+    step = shlex.join(
+        ["python", "-m", "mann", "resize", str(checkpoint_stem(path)),
+         "--memory-size", str(memory_size), "--out", str(checkpoint_stem(out))]
     )  # fmt: skip
     if metadata.get("command"):
         metadata["command"] = f"{metadata['command']} && {step}"
