@@ -23,118 +23,52 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-dev-shm-usage",
-]
-SCRUB_JS = """async (fractions) => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const rail = gd.querySelector('.slider-rail-rect');
-  const times = [];
-  for (const fraction of fractions) {
-    const box = rail.getBoundingClientRect();
-    const x = box.left + box.width * fraction, y = box.top + box.height / 2;
-    const done = new Promise(resolve => gd.once('plotly_animated', resolve));
-    const start = performance.now();
-    document.elementFromPoint(x, y).dispatchEvent(
-      new MouseEvent('mousedown', {clientX: x, clientY: y, bubbles: true, view: window}));
-    gd.dispatchEvent(new MouseEvent('mouseup', {clientX: x, clientY: y, bubbles: true,
-                                                view: window}));
-    await done;
-    await new Promise(resolve => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-    times.push(performance.now() - start);
-  }
-  return times;
-}"""
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """`streamlit run app.py` on a free port, stopped (with its process group) on exit."""
-
-    def __enter__(self) -> Server:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=REPOSITORY, env=environment, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as reply:
-                    if reply.read() == b"ok":
-                        self.up = time.monotonic()
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("streamlit did not answer within 60 s")
-
-    def __exit__(self, *exc_info) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def finished(page, timeout: float = 60_000) -> None:
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
-                           timeout=timeout)
-    page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0",
-        timeout=timeout,
-    )
+from bench.browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPOSITORY,
+    SCRUB_JS,
+    settle,
+    streamlit_server,
+)
 
 
 def first_page(browser, repeats: int) -> tuple[list[float], list[float]]:
     content, done = [], []
     for _ in range(repeats):
-        with Server() as server:
+        with streamlit_server() as url:
+            up = time.monotonic()
             page = browser.new_page()
-            page.goto(server.url)
+            page.goto(url)
             page.wait_for_selector("h1", timeout=60_000)
-            content.append(time.monotonic() - server.up)
-            finished(page)
-            done.append(time.monotonic() - server.up)
+            content.append(time.monotonic() - up)
+            settle(page)
+            done.append(time.monotonic() - up)
             page.close()
     return content, done
 
 
 def scrub_steps(browser, checkpoint: str, moves: int = 20) -> list[float]:
-    with Server() as server:
+    with streamlit_server() as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         # A fresh server learns the page names from its first run: open home first, else a
         # deep link shows a (harmless) "page not found" dialog over the right page.
-        page.goto(server.url)
-        finished(page)
-        page.goto(f"{server.url}/inspect")
-        finished(page)
+        page.goto(url)
+        settle(page)
+        page.goto(f"{url}/inspect")
+        settle(page)
         sidebar = page.get_by_test_id("stSidebar")
         sidebar.get_by_role("combobox").first.click()
         page.get_by_role("option", name=checkpoint, exact=True).click()
         page.get_by_role("heading", name=checkpoint, exact=True).wait_for(timeout=30_000)
-        finished(page)
+        settle(page)
         page.wait_for_function(
             "() => { const gd = document.querySelector('.js-plotly-plot');"
             " return gd && gd.once && gd.querySelector('.slider-rail-rect'); }",
@@ -142,8 +76,11 @@ def scrub_steps(browser, checkpoint: str, moves: int = 20) -> list[float]:
         )
         page.wait_for_timeout(500)
         fractions = [((i * 7) % moves + 0.5) / moves for i in range(moves)]
-        times = page.evaluate(SCRUB_JS, fractions)
+        times = page.evaluate(SCRUB_JS, [0, fractions])
         page.close()
+    missed = times.count(None)
+    if missed:
+        raise RuntimeError(f"{missed} of {moves} slider moves painted no frame within 5 s")
     return times
 
 
@@ -185,7 +122,9 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+            )
             content, done = first_page(browser, arguments.repeats)
             rows.append(("server up -> home page content (s)",
                          f"{statistics.median(content):.2f} (max {max(content):.2f})", "3"))

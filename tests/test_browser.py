@@ -9,25 +9,17 @@ Timings are printed (run with -s to see them), never asserted; bench/app_speed.p
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-REPOSITORY = Path(__file__).resolve().parent.parent
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, REPOSITORY, SCRUB_JS, streamlit_server
+from bench.browser import settle as script_finished
+
 SCREENSHOTS = REPOSITORY / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 
 pytestmark = [
     pytest.mark.browser,
@@ -36,72 +28,18 @@ pytestmark = [
                        "/usr/bin/chromium (apt-get install chromium); no browser is downloaded"),
 ]
 
-# Moves the figure's own slider with mouse events and waits for the frame to be painted.
-SCRUB_JS = """async ([selector, fractions]) => {
-  const gd = document.querySelectorAll('.js-plotly-plot')[selector];
-  const rail = gd.querySelector('.slider-rail-rect');
-  const times = [];
-  for (const fraction of fractions) {
-    const box = rail.getBoundingClientRect();
-    const x = box.left + box.width * fraction, y = box.top + box.height / 2;
-    const done = new Promise(resolve => gd.once('plotly_animated', resolve));
-    const start = performance.now();
-    document.elementFromPoint(x, y).dispatchEvent(
-      new MouseEvent('mousedown', {clientX: x, clientY: y, bubbles: true, view: window}));
-    gd.dispatchEvent(new MouseEvent('mouseup', {clientX: x, clientY: y, bubbles: true,
-                                                view: window}));
-    const outcome = await Promise.race([done.then(() => 'ok'),
-      new Promise(resolve => setTimeout(() => resolve('timeout'), 5000))]);
-    if (outcome !== 'ok') { times.push(null); continue; }
-    await new Promise(resolve => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-    times.push(performance.now() - start);
-  }
-  return times;
-}"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server():
-    """`streamlit run app.py` on a free port; yields (base URL, seconds until healthy)."""
-    port = free_port()
-    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    """`streamlit run app.py` on a free port, on the repository's own checkpoints."""
+    environment = dict(os.environ)
     environment.pop("MANN_CHECKPOINTS", None)
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-    ]
-    process = subprocess.Popen(
-        command, cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as reply:
-                    if reply.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
-                pytest.fail(f"streamlit did not start: {output[-2000:]}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.ExitStack() as stack:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            url = stack.enter_context(streamlit_server(environment))
+        except RuntimeError as error:
+            pytest.fail(str(error))
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +63,7 @@ def page(browser):
 
 def settle(tab, timeout: float = 60_000) -> None:
     """Wait until the script run has finished and nothing is still loading."""
-    tab.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
-                          timeout=timeout)
-    tab.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0",
-        timeout=timeout,
-    )
+    script_finished(tab, timeout)
     tab.wait_for_timeout(300)  # let plotly finish drawing what the last message carried
 
 
