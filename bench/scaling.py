@@ -57,6 +57,7 @@ def measure(arch: str, slots: int, repeats: int, threads: int, temporal: int) ->
 
     import mann
     from mann.metrics import masked_bce
+    from mann.tasks import make_task
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -74,21 +75,16 @@ def measure(arch: str, slots: int, repeats: int, threads: int, temporal: int) ->
     )
     model = mann.build_model(config)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
-    bits = torch.randint(0, 2, (BATCH, LENGTH, 8), generator=generator).float()
-    inputs = torch.zeros(BATCH, 2 * LENGTH + 1, 9)
-    inputs[:, :LENGTH, :8] = bits
-    inputs[:, LENGTH, 8] = 1.0
-    targets = torch.zeros(BATCH, 2 * LENGTH + 1, 8)
-    targets[:, LENGTH + 1 :] = bits
-    mask = torch.zeros(BATCH, 2 * LENGTH + 1)
-    mask[:, LENGTH + 1 :] = 1.0
+    # The copy task's own batch (mann.tasks.copy): LENGTH 8-bit vectors, 2 LENGTH + 1 steps.
+    batch = make_task("copy", bits=8, min_length=LENGTH, max_length=LENGTH).sample(
+        BATCH, torch.Generator().manual_seed(0)
+    )
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        logits, _ = model(inputs)
-        masked_bce(logits, targets, mask).backward()
+        logits, _ = model(batch.inputs)
+        masked_bce(logits, batch.targets, batch.mask).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
 

@@ -66,6 +66,8 @@ def measure(name: str, repeats: int) -> dict:
     import torch
 
     import mann
+    from mann.metrics import masked_bce
+    from mann.tasks import make_task
 
     torch.set_num_threads(2)
     # Sharpening and softmax underflow to subnormal floats, which x86 computes ~100x slower.
@@ -75,23 +77,15 @@ def measure(name: str, repeats: int) -> dict:
     config = mann.ModelConfig(input_size=9, output_size=8, **config_values)
     model = mann.build_model(config)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4, momentum=0.9)
-    length = 20
-    bits = torch.randint(0, 2, (batch_size, length, 8)).float()
-    inputs = torch.zeros(batch_size, 2 * length + 1, 9)
-    inputs[:, :length, :8] = bits
-    inputs[:, length, 8] = 1.0
-    targets = torch.zeros(batch_size, 2 * length + 1, 8)
-    targets[:, length + 1 :] = bits
-    mask = torch.zeros(batch_size, 2 * length + 1)
-    mask[:, length + 1 :] = 1.0
+    # The copy task's own batch (mann.tasks.copy): 20 8-bit vectors, 41 steps.
+    batch = make_task("copy", bits=8, min_length=20, max_length=20).sample(
+        batch_size, torch.Generator().manual_seed(0)
+    )
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        logits, _ = model(inputs)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, targets, reduction="none"
-        )
-        loss = (loss.sum(-1) * mask).sum() / batch_size
+        logits, _ = model(batch.inputs)
+        loss = masked_bce(logits, batch.targets, batch.mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
