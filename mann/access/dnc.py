@@ -7,6 +7,7 @@ temporal link and precedence, then the read weightings on the new memory.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -104,17 +105,14 @@ class DNCAccess(nn.Module):
         self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> DNCState:
         N, W, R = self.memory_size, self.word_size, self.read_heads
-
-        def zeros(*shape, device):
-            return torch.zeros(*shape, device=device, dtype=dtype)
-
+        zeros = functools.partial(torch.zeros, device=device, dtype=dtype)
         return DNCState(
-            memory=zeros(batch_size, N, W, device=device),
-            usage=zeros(batch_size, N, device=device),
-            link=zeros(batch_size, N, N, device=device),
-            precedence=zeros(batch_size, N, device=device),
-            read_weights=zeros(batch_size, R, N, device=device),
-            write_weights=zeros(batch_size, 1, N, device=device),
+            memory=zeros(batch_size, N, W),
+            usage=zeros(batch_size, N),
+            link=zeros(batch_size, N, N),
+            precedence=zeros(batch_size, N),
+            read_weights=zeros(batch_size, R, N),
+            write_weights=zeros(batch_size, 1, N),
         )
 
     def initial_read_vectors(
@@ -163,7 +161,7 @@ class DNCAccess(nn.Module):
 
         write_weights = write_weights.unsqueeze(1)
         new_state = DNCState(memory, usage, link, precedence, read_weights, write_weights)
-        record = DNCRecord(
+        step_record = DNCRecord(
             memory=memory,
             read_weights=read_weights,
             write_weights=write_weights,
@@ -181,7 +179,7 @@ class DNCAccess(nn.Module):
             allocation_gate=io.allocation_gate,
             write_gate=io.write_gate,
         )
-        return read_vectors, new_state, record
+        return read_vectors, new_state, step_record
 
     def _fused_step(
         self, interface: torch.Tensor, state: DNCState

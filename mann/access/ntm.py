@@ -157,7 +157,7 @@ class NTMAccess(nn.Module):
         memory = addressing.erase_and_write(state.memory, write_weights, erase, add)
 
         new_state = NTMState(memory, read_weights, write_weights)
-        record = NTMRecord(
+        step_record = NTMRecord(
             memory=memory,
             read_weights=read_weights,
             write_weights=write_weights,
@@ -168,4 +168,4 @@ class NTMAccess(nn.Module):
             sharpening=sharpening,
             key_strength=key_strength,
         )
-        return read_vectors, new_state, record
+        return read_vectors, new_state, step_record

@@ -705,7 +705,7 @@ class SAMAccess(nn.Module):
             steps=torch.tensor(version),
             memory_gradient=path,
         )
-        record = SAMRecord(
+        step_record = SAMRecord(
             TablesAt(store, tables, version),
             self.memory_size,
             read_positions=read_positions,
@@ -719,4 +719,4 @@ class SAMAccess(nn.Module):
             interpolation_gate=io.interpolation_gate,
             write_gate=io.write_gate,
         )
-        return read_vectors, new_state, record
+        return read_vectors, new_state, step_record

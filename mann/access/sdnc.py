@@ -436,7 +436,7 @@ class SDNCAccess(SAMAccess):
             steps=torch.tensor(version),
             memory_gradient=path,
         )
-        record = SDNCRecord(
+        step_record = SDNCRecord(
             TablesAt(store, tables, version),
             N,
             N <= DENSE_LINK_LIMIT,
@@ -459,4 +459,4 @@ class SDNCAccess(SAMAccess):
             backward=backward,
             read_modes=io.read_modes,
         )
-        return read_vectors, new_state, record
+        return read_vectors, new_state, step_record
