@@ -5,7 +5,8 @@ masked BCE loss, backward, and an optimizer step. Each configuration runs in its
 process so its peak RSS is its own; times are medians over repeated steps after warm-up.
 On this shared machine one process's median still drifts by 20-50% from the next's, so each
 configuration runs in --runs processes (default 3): the table shows the median of their
-medians and, in "range", the lowest and highest.
+medians and, in "range", the lowest and highest. "ops/step" counts the aten operator calls
+(torch.profiler events) of one training step, forward and backward.
 
     python bench/step_speed.py            # the whole table (run it alone on the machine)
     python bench/step_speed.py --quick    # fewer repeats
@@ -98,7 +99,11 @@ def measure(name: str, repeats: int) -> dict:
         if index >= warmup:
             times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb}
+    # Operator calls of one more step, forward and backward: what dispatch costs scale with.
+    with torch.profiler.profile() as profile:
+        train_step()
+    operators = sum(event.count for event in profile.key_averages())
+    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb, "operators": operators}
 
 
 def main() -> None:
@@ -117,8 +122,8 @@ def main() -> None:
         os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
     )
     columns = ["configuration", "ms/step", "range", "reference ms", "speed-up", "peak RSS MB",
-               "ref. MB"]  # fmt: skip
-    widths = [18, 8, 13, 12, 8, 11, 8]
+               "ref. MB", "ops/step"]  # fmt: skip
+    widths = [18, 8, 13, 12, 8, 11, 8, 8]
     header = "| " + " | ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)) + " |"
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
@@ -133,7 +138,8 @@ def main() -> None:
             for _ in range(args.runs)
         ]
         times = [run["ms"] for run in runs]
-        result = {"ms": statistics.median(times), "peak_mb": max(r["peak_mb"] for r in runs)}
+        result = {"ms": statistics.median(times), "peak_mb": max(r["peak_mb"] for r in runs),
+                  "operators": runs[0]["operators"]}  # fmt: skip
         reference_mb_text = f"{reference_mb:,}" if reference_mb else "-"
         cells = [
             f"{name:<18}",
@@ -143,6 +149,7 @@ def main() -> None:
             f"{reference_ms / result['ms']:>7.1f}x",
             f"{result['peak_mb']:>11,.0f}",
             f"{reference_mb_text:>8}",
+            f"{result['operators']:>8,}",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
 
