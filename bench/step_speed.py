@@ -63,14 +63,14 @@ CONFIGS = {
 }
 
 
-def measure(name: str, repeats: int) -> dict:
+def measure(name: str, repeats: int, threads: int) -> dict:
     import torch
 
     import mann
     from mann.metrics import masked_bce
     from mann.tasks import make_task
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     # Sharpening and softmax underflow to subnormal floats, which x86 computes ~100x slower.
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
@@ -112,10 +112,11 @@ def main() -> None:
     parser.add_argument("--only", help="run one configuration (used internally)")
     parser.add_argument("--filter", default="", help="substring of the configurations to run")
     parser.add_argument("--runs", type=int, default=3, help="processes per configuration")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     args = parser.parse_args()
     if args.only:
         repeats = 3 if "1024" in args.only else (5 if args.quick else 15)
-        print(json.dumps(measure(args.only, repeats)))
+        print(json.dumps(measure(args.only, repeats, args.threads)))
         return
 
     env = dict(
@@ -130,7 +131,8 @@ def main() -> None:
     for name, (_, _, reference_ms, reference_mb) in CONFIGS.items():
         if args.filter not in name:
             continue
-        command = [sys.executable, __file__, "--only", name] + (["--quick"] if args.quick else [])
+        command = [sys.executable, __file__, "--only", name, "--threads", str(args.threads)]
+        command += ["--quick"] if args.quick else []
         runs = [
             json.loads(
                 subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout

@@ -5,6 +5,8 @@ Train a model (every option has a default except --arch and --out; see --help):
     python -m mann train --arch ntm --task copy --min-length 1 --max-length 20 \\
         --steps 3000 --out checkpoints/ntm-copy
     python -m mann train --out checkpoints/ntm-copy --resume --steps 4000   # continue, longer
+    python -m mann train --init checkpoints/sdnc-copy --max-length 40 --out runs/sdnc-long
+                                                                    # fine-tune from weights
 
 With --resume, options not given on the command line are taken from the saved run. Ctrl-C
 stops at the end of the current step, saves, prints how to resume, and exits with status 130.
@@ -135,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint path without suffix, e.g. checkpoints/ntm-copy",
     )
     trainer.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    trainer.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (fine-tuning); its model and task are the "
+        "defaults, and --memory-size may change for DNC, SAM and SDNC",
+    )
     trainer.add_argument("--quiet", action="store_true", help="no progress bar")
     trainer.set_defaults(run=run_train)
 
@@ -251,6 +259,13 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
         saved = checkpoint.read_training_metadata(args.out)["training"]
         model_values = dict(saved["model_config"])
         train_values = dict(saved["train_config"])
+    elif args.init is not None:
+        # Fine-tuning: the checkpoint's model and task unless the command says otherwise.
+        metadata = checkpoint.read_metadata(args.init)
+        model_values = dict(metadata["config"])
+        train_values = {"task": metadata["task"], "task_options": dict(metadata["task_options"])}
+        if args.task is not None and args.task != train_values["task"]:
+            train_values["task_options"] = {}
     else:
         if args.arch is None:
             raise ValueError("--arch is required (one of " + ", ".join(ARCHITECTURES) + ")")
@@ -271,6 +286,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
             # --clip none means no clipping; other "none"s (curriculum, lr-decay) are names.
             train_values[name] = None if name == "clip" and value == "none" else value
     train_values["out"] = args.out
+    if args.init is not None and not args.resume:
+        train_values["init"] = args.init
 
     task_name = train_values.get("task", TrainConfig.task)
     options = dict(train_values.get("task_options", {}))

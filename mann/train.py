@@ -123,6 +123,10 @@ class TrainConfig:
     # the task's full range and keep the best weights at OUT-best (needs out).
     keep_best: bool = False
     validation_size: int = 500
+    # A checkpoint whose weights start the run (fine-tuning, e.g. on longer sequences); the
+    # optimizer, schedule and curriculum start afresh. Its memory_size may differ (DNC, SAM,
+    # SDNC have no N-sized parameter); every other model setting must match.
+    init: str | None = None
 
     def validate(self) -> TrainConfig:
         if self.task not in TASKS:
@@ -170,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"keep_best must be True or False, got {self.keep_best!r}")
         if self.keep_best and self.out is None:
             raise ValueError("keep_best=True needs out, the path beside which OUT-best is kept")
+        if self.init is not None and not isinstance(self.init, (str, Path)):
+            raise ValueError(f"init must be a checkpoint path (str) or None, got {self.init!r}")
         return self
 
     def make_task(self) -> Task:
@@ -179,6 +185,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         values["out"] = None if self.out is None else str(self.out)
+        values["init"] = None if self.init is None else str(self.init)
         return values
 
     @classmethod
@@ -348,6 +355,8 @@ def train(
     else:
         if model is None:
             model = build_model(model_config)
+            if train_config.init is not None:
+                load_initial_weights(model, train_config.init)
         optimizer = _make_optimizer(train_config, model)
     model.train()
 
@@ -373,9 +382,43 @@ def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
         parts += [_flag(name), "none" if value is None else str(value)]
     if train_config.keep_best:
         parts += ["--keep-best", "--validation-size", str(train_config.validation_size)]
+    if train_config.init is not None:
+        parts += ["--init", str(checkpoint.checkpoint_stem(train_config.init))]
     if train_config.out is not None:
         parts += ["--out", str(train_config.out)]
-    return shlex.join(parts)
+    command = shlex.join(parts)
+    if train_config.init is not None:
+        # From scratch means first making the checkpoint the run starts from.
+        made_init = _readable_metadata(train_config.init).get("command")
+        if made_init:
+            command = f"{made_init} && {command}"
+    return command
+
+
+def load_initial_weights(model: MemoryAugmentedNetwork, path: str | Path) -> None:
+    """Copy the weights of checkpoint ``path`` into ``model`` (``TrainConfig.init``).
+
+    Raises:
+        CheckpointError: ``path`` is missing or damaged.
+        ValueError: its model differs from ``model`` in anything but memory_size (and that
+            only for architectures without N-sized parameters).
+    """
+    loaded = checkpoint.load(path)
+    source = loaded.config.to_dict()
+    target = model.config.to_dict()
+    allowed = ("memory_size",) if target["arch"] in checkpoint.RESIZABLE_ARCHITECTURES else ()
+    differing = [k for k in target if k not in allowed and source.get(k) != target[k]]
+    if differing:
+        details = ", ".join(f"{k} {source.get(k)!r} (this run: {target[k]!r})" for k in differing)
+        raise ValueError(f"init checkpoint {path} has a different model: {details}")
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def _readable_metadata(path: str | Path) -> dict:
+    try:
+        return checkpoint.read_metadata(path)
+    except checkpoint.CheckpointError:
+        return {}
 
 
 def best_path(out: str | Path) -> Path:

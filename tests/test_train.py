@@ -574,3 +574,54 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert step >= 3
     assert checkpoint.read_training_metadata(out)["training"]["step"] == step
     mann.load(out)
+
+
+# --------------------------------------------------------------------------- init (fine-tuning)
+
+
+def test_init_starts_from_the_checkpoints_weights_and_chains_its_command(tmp_path):
+    first = train(tiny_model_config("dnc"), tiny_train_config(out=str(tmp_path / "first")))
+    # A larger memory for longer sequences: the DNC has no N-sized parameter.
+    config = tiny_model_config("dnc", memory_size=16)
+    model = mann.build_model(config)
+    train_module.load_initial_weights(model, tmp_path / "first")
+    for name, tensor in parameters(first.model).items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
+
+    second = train(
+        config,
+        tiny_train_config(init=str(tmp_path / "first"), out=str(tmp_path / "second"), steps=1,
+                          lr=1e-12),
+    )  # fmt: skip
+    # One step at a negligible rate: the weights are still the first run's.
+    for name, tensor in parameters(first.model).items():
+        torch.testing.assert_close(second.model.state_dict()[name], tensor, rtol=0, atol=1e-9)
+    command = checkpoint.read_metadata(tmp_path / "second")["command"]
+    made_first, made_second = command.split(" && ")
+    assert made_first == first.command
+    assert "--init" in made_second and "--memory-size 16" in made_second
+
+
+def test_init_refuses_a_checkpoint_of_another_model(tmp_path):
+    train(tiny_model_config("dnc"), tiny_train_config(out=str(tmp_path / "dnc")))
+    with pytest.raises(ValueError, match=r"word_size 5 \(this run: 6\)"):
+        train(tiny_model_config("dnc", word_size=6),
+              tiny_train_config(init=str(tmp_path / "dnc"), steps=1))  # fmt: skip
+    train(tiny_model_config("ntm"), tiny_train_config(out=str(tmp_path / "ntm")))
+    with pytest.raises(ValueError, match=r"memory_size 8 \(this run: 16\)"):
+        train(tiny_model_config("ntm", memory_size=16),
+              tiny_train_config(init=str(tmp_path / "ntm"), steps=1))  # fmt: skip
+    with pytest.raises(checkpoint.CheckpointError, match="missing"):
+        train(tiny_model_config("ntm"), tiny_train_config(init=str(tmp_path / "nope"), steps=1))
+
+
+def test_cli_init_takes_the_checkpoints_model_and_task(tmp_path):
+    train(tiny_model_config("sam", sparse_reads=2), tiny_train_config(out=str(tmp_path / "sam")))
+    parsed = build_parser().parse_args(
+        ["train", "--init", str(tmp_path / "sam"), "--memory-size", "32", "--max-length", "9",
+         "--out", str(tmp_path / "longer")]
+    )  # fmt: skip
+    model_config, train_config = configs_from_args(parsed)
+    assert model_config == tiny_model_config("sam", sparse_reads=2, memory_size=32)
+    assert train_config.task == "copy" and train_config.init == str(tmp_path / "sam")
+    assert train_config.task_options == {**TASK_OPTIONS, "max_length": 9}

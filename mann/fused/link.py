@@ -10,8 +10,8 @@ backward is one pass that reads L_{t-1} and the incoming gradient and writes the
 L_{t-1}, recomputing L_t on the fly instead of storing it. Nothing but L_{t-1} (already alive
 as the previous step's output) is saved for backward.
 
-From ``runtime.LARGE_LINK_ENTRIES`` entries (B N², e.g. N=1024 at batch 8) the per-head loops
-of that single pass dominate, and the link takes another path: a parallel streaming pass for
+From ``runtime.LARGE_LINK_SLOTS`` slots (or ``LARGE_LINK_ENTRIES`` entries B N²) the per-head
+loops of that single pass dominate, and the link takes another path: a parallel streaming pass for
 L_t alone, the forward and backward weightings as two ``torch.bmm`` (BLAS), and in backward
 one streaming pass that folds the reads' rank-2R gradient into the link's.
 
@@ -20,6 +20,8 @@ composition in ``addressing`` is used, with identical results up to rounding.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -160,13 +162,23 @@ if HAVE_NUMBA:
                 row[j] = (keep_row - w[j]) * row_old[j] + wi * p[j]
             row[i] = 0.0
 
-    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _link_update_backward(prev_link, prev_precedence, write_weights, left, right, grad_link,
-                              grad_prev_link, grad_precedence, grad_write):  # fmt: skip
+    _link_update_serial = njit(fastmath=True, cache=True, nogil=True)(_link_update.py_func)
+
+
+@functools.cache
+def _update_backward_kernels(rank: int):
+    """The large path's backward pass, compiled for one rank 2R (parallel, serial).
+
+    With the rank a compile-time constant the loop over it unrolls inside the loop over a
+    row, which then vectorises: G[i, j] is formed in registers, never stored, and the row is
+    read once (about 1.4x faster at N=1024 than a loop over the rank per row).
+    """
+    def update_backward(prev_link, prev_precedence, write_weights, left, right, grad_link,
+                        grad_prev_link, grad_precedence, grad_write):  # fmt: skip
         # G = dLoss/dL_t = grad_link + leftᵀ right (the reads' rank-2R part), zero diagonal;
-        # then the gradients of L_{t-1}, w and p through the link equation.
+        # then the gradients of L_{t-1}, w and p through the link equation
+        # L_t = (1 - w_i - w_j) L_{t-1} + w_i p_j.
         batch, slots, _ = prev_link.shape
-        rank = left.shape[1]
         for b in prange(batch):
             w = write_weights[b]
             p = prev_precedence[b]
@@ -175,21 +187,39 @@ if HAVE_NUMBA:
             for j in range(slots):
                 g_w[j] = 0.0
                 g_p[j] = 0.0
-            g_row = np.empty_like(p)
-            left_b = left[b]
             right_b = right[b]
+            weights = np.empty(rank, dtype=prev_link.dtype)
             for i in range(slots):
-                incoming = grad_link[b, i]
-                for j in range(slots):
-                    g_row[j] = incoming[j]
                 for k in range(rank):
-                    weight = left_b[k, i]
-                    right_k = right_b[k]
-                    for j in range(slots):
-                        g_row[j] += weight * right_k[j]
-                g_row[i] = 0.0
-                _through_link_equation(g_row, prev_link[b, i], w, p, i, grad_prev_link[b, i],
-                                       g_w, g_p)  # fmt: skip
+                    weights[k] = left[b, k, i]
+                incoming = grad_link[b, i]
+                row_old = prev_link[b, i]
+                g_prev_row = grad_prev_link[b, i]
+                wi = w[i]
+                keep_row = 1.0 - wi
+                g_wi = 0.0
+                for j in range(slots):
+                    g = incoming[j]
+                    for k in range(rank):
+                        g += weights[k] * right_b[k, j]
+                    g_prev_row[j] = g * (keep_row - w[j])
+                    g_wi += g * (p[j] - row_old[j])
+                    g_w[j] -= g * row_old[j]
+                    g_p[j] += g * wi
+                # The diagonal is forced to zero, so no gradient flows through it: take back
+                # what the loop above let through there.
+                g_ii = incoming[i]
+                for k in range(rank):
+                    g_ii += weights[k] * right_b[k, i]
+                g_prev_row[i] = 0.0
+                g_wi -= g_ii * (p[i] - row_old[i])
+                g_w[i] += g_ii * row_old[i]
+                g_p[i] -= g_ii * wi
+                g_w[i] += g_wi
+
+    parallel = njit(parallel=True, fastmath=True, cache=True, nogil=True)(update_backward)
+    serial = njit(fastmath=True, cache=True, nogil=True)(update_backward)
+    return parallel, serial
 
 
 def _kernel(parallel, serial, entries: int):
@@ -252,8 +282,8 @@ class _FusedLargeLink(torch.autograd.Function):
     def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
         link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
         with KERNEL_LOCK:
-            set_threads(prev_link.numel())
-            _link_update(*arrays(prev_link, prev_precedence, write_weights), link.numpy())
+            kernel = _kernel(_link_update, _link_update_serial, prev_link.numel())
+            kernel(*arrays(prev_link, prev_precedence, write_weights), link.numpy())
         forward = torch.bmm(prev_read_weights, link.transpose(1, 2))  # f = L w^r
         backward = torch.bmm(prev_read_weights, link)  # b = Lᵀ w^r
         ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights, link)
@@ -274,8 +304,8 @@ class _FusedLargeLink(torch.autograd.Function):
         grad_precedence = torch.empty_like(prev_precedence)
         grad_write = torch.empty_like(write_weights)
         with KERNEL_LOCK:
-            set_threads(prev_link.numel())
-            _link_update_backward(
+            kernel = _kernel(*_update_backward_kernels(left.shape[1]), prev_link.numel())
+            kernel(
                 *arrays(prev_link, prev_precedence, write_weights, left, right, grad_link),
                 grad_prev_link.numpy(),
                 grad_precedence.numpy(),
@@ -312,6 +342,7 @@ def link_and_directions(
         forward, backward = addressing.directional_weights(link, prev_read_weights)
         return link, forward, backward
     tensors = tuple(t.contiguous() for t in tensors)
-    if prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
+    slots = prev_link.shape[-1]
+    if slots >= runtime.LARGE_LINK_SLOTS or prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
         return _FusedLargeLink.apply(*tensors)
     return _FusedLink.apply(*tensors)

@@ -80,7 +80,10 @@ def arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
 
 # Below this many link entries a parallel launch costs more than it saves.
 PARALLEL_MIN_ENTRIES = 1 << 18
-# From this many (B N²) entries the link takes its large-size path (mann/fused/link.py).
+# The link takes its large-size path (mann/fused/link.py) from this many slots, or from this
+# many (B N²) entries. Measured (B=16, R=4): the single pass wins at N=128, BLAS from N=192
+# (at N=256 the large path is twice as fast); at N=256 both tie even at B=1.
+LARGE_LINK_SLOTS = 192
 LARGE_LINK_ENTRIES = 1 << 22
 
 
