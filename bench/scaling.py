@@ -299,6 +299,7 @@ def main() -> None:
     parser.add_argument("--temporal-reads", type=int, default=TEMPORAL, help="SDNC's K_L")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     parser.add_argument("--arch", default="sam,sdnc,dnc", help="comma-separated architectures")
+    parser.add_argument("--sizes", help="comma-separated memory sizes (default: all)")
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw the plot from the last full run"
     )
@@ -316,6 +317,8 @@ def main() -> None:
     if args.quick:
         args.repeats = 2
     sizes = [n for n in SIZES if not (args.quick and n > 65536)]
+    if args.sizes:
+        sizes = [int(n) for n in args.sizes.split(",")]
     results: dict = {}
     for arch in args.arch.split(","):
         for slots in sizes if arch != "dnc" else DNC_SIZES:
@@ -331,7 +334,7 @@ def main() -> None:
     print()
     for verdict in targets(results):
         print(f"- {verdict}")
-    if not args.quick:
+    if not args.quick and not args.sizes:  # a full run: keep it and draw it
         RESULTS.write_text(json.dumps(results, indent=1))
         print(plot(results, PLOT))
 

@@ -43,6 +43,9 @@ import math
 import numpy as np
 import torch
 
+from mann.fused import knn as fused_knn
+from mann.fused.runtime import HAVE_NUMBA
+
 try:  # faiss-cpu is a dependency, but the exact torch index works without it.
     import faiss
 except ImportError:  # pragma: no cover - exercised only where faiss is missing
@@ -57,6 +60,9 @@ IVF_MIN_CANDIDATES = 128
 TIE_RESOLUTION = 2.0**-12
 # The faiss indexes fetch k + this many candidates, then rank them by the rule above.
 EXTRA_CANDIDATES = 8
+# Rank faiss's candidates with the numba kernel of mann.fused.knn where usable; False: the
+# torch composition below (best_candidates, _fill_missing), the reference tests compare with.
+FUSED_RANKING = True
 
 
 def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -167,6 +173,13 @@ class FaissExactIndex(ExactIndex):
             similarity[item], labels[item] = faiss.knn(
                 queries[item], database[item], wanted, metric=faiss.METRIC_INNER_PRODUCT
             )
+        if FUSED_RANKING and HAVE_NUMBA:
+            batch, heads = queries.shape[:2]
+            found = fused_knn.best_candidates(
+                similarity.reshape(batch * heads, wanted), labels.reshape(batch * heads, wanted),
+                np.zeros(batch * heads, dtype=np.int64), k, slots, TIE_RESOLUTION, fill=False,
+            )  # fmt: skip
+            return torch.from_numpy(found.reshape(batch, heads, k))
         return best_candidates(torch.from_numpy(similarity), torch.from_numpy(labels), k, slots)
 
 
@@ -250,7 +263,10 @@ class FaissIVFIndex:
         probes = (self.lists * IVF_MIN_CANDIDATES + rows - 1) // rows
         probes = probes.clamp(self.probes, self.lists)  # (B,)
         most = int(probes.max())
-        nearest = (queries @ self.centroids.T).topk(most, dim=-1).indices  # (B,H,most)
+        if int(probes.min()) == self.lists:  # every list scanned (few rows): no ranking needed
+            nearest = torch.arange(most).expand(self.batch, heads, most)
+        else:
+            nearest = (queries @ self.centroids.T).topk(most, dim=-1).indices  # (B,H,most)
         lists = nearest + self._item_offsets(self.lists).unsqueeze(-1)
         unused = torch.arange(most) >= probes.view(-1, 1, 1)
         lists = lists.masked_fill(unused, -1)  # faiss skips list -1
@@ -262,6 +278,12 @@ class FaissIVFIndex:
             lists.flatten(0, 1).contiguous().numpy(),
             None,
         )
+        if FUSED_RANKING and HAVE_NUMBA:
+            offsets = np.repeat(np.arange(self.batch, dtype=np.int64) * self.slots, heads)
+            found = fused_knn.best_candidates(
+                similarity, labels, offsets, k, self.slots, TIE_RESOLUTION, fill=True
+            )
+            return torch.from_numpy(found.reshape(self.batch, heads, k))
         labels = labels.reshape(self.batch, heads, wanted)
         offsets = (np.arange(self.batch) * self.slots).reshape(-1, 1, 1)
         labels = torch.from_numpy(np.where(labels >= 0, labels - offsets, -1))

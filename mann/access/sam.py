@@ -92,6 +92,11 @@ from torch import nn
 from mann import addressing
 from mann.access.base import require_positive
 from mann.access.index import build_index, resolve_index_kind
+from mann.fused import slots as fused_slots
+
+# Usage bookkeeping (least used slot, touch) by the numba kernels of mann.fused.slots where
+# usable; False: always the torch composition below (the reference tests compare them with).
+FUSED_USAGE = True
 
 # An excluded slot's last use, when picking the least used: later than any real step.
 _EXCLUDED = torch.iinfo(torch.int64).max
@@ -316,6 +321,9 @@ class SlotStore:
         """The least recently used slot U (B,), not one of ``excluded`` (B,P) where
         ``exclude`` (B,P) is set, unless every slot is. O(P √N): a √N-block minimum."""
         minima = self._minima(last_access)
+        if FUSED_USAGE and fused_slots.usable(last_access, excluded):
+            size = self._block_size(last_access.shape[1])
+            return fused_slots.least_used(last_access, minima, size, excluded, exclude)
         least = self._least_used_in(last_access, minima)
         if not ((least.unsqueeze(-1) == excluded) & exclude).any():
             return least
@@ -336,8 +344,15 @@ class SlotStore:
         """Slots ``positions`` (B,P) whose weight there (B,P) exceeds δ are used now."""
         last_access = tables["last_access"]
         slots = last_access.shape[1]
-        flat = last_access.view(-1)
         index = flat_index(positions, slots)
+        if FUSED_USAGE and fused_slots.usable(last_access, positions):
+            old, new = fused_slots.touch(
+                last_access, self.block_minima, self._block_size(slots), positions, weights,
+                addressing.USAGE_THRESHOLD, self.version,
+            )  # fmt: skip
+            self._journal("last_access", index, old.flatten(), new.flatten())
+            return
+        flat = last_access.view(-1)
         used = weights.detach().flatten() > addressing.USAGE_THRESHOLD
         old = flat.index_select(0, index)
         now = torch.where(used, torch.full_like(old, self.version), old)

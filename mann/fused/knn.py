@@ -1,0 +1,77 @@
+"""A fused kernel for the last stage of a sparse read's k-NN search (``mann.access.index``).
+
+faiss returns k + a few candidates per query; ``index.best_candidates`` ranks them on the
+``TIE_RESOLUTION`` grid (ties: the lower slot), keeps the k best, and the IVF index fills
+the places it found nothing for with the lowest-numbered free slots (``_fill_missing``).
+Composed from torch and numpy that is a dozen small operations and a Python loop per search;
+this kernel does the same in one call, with the same results (tests hold them equal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mann.fused.runtime import HAVE_NUMBA, KERNEL_LOCK, njit
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True)
+    def _best(similarity, labels, offsets, k, slots, resolution, fill, found):
+        # similarity, labels (Q,C) as faiss returns them (labels -1: none, else offset ids);
+        # offsets (Q,) the id of each query's slot 0. found (Q,k): the k best slots.
+        queries, count = labels.shape
+        keys = np.empty(count, dtype=np.int64)
+        positions = np.empty(count, dtype=np.int64)
+        for q in range(queries):
+            for c in range(count):
+                label = labels[q, c]
+                position = label - offsets[q] if label >= 0 else -1
+                positions[c] = position
+                value = np.float64(similarity[q, c]) if position >= 0 else -2.0
+                value = min(max(value, -2.0), 2.0)
+                grid = np.int64(np.rint(value / resolution))
+                keys[c] = grid * (slots + 1) + (slots - max(position, 0))
+            # Selection of the k largest keys, largest first (candidates are few).
+            for j in range(k):
+                best = -1
+                for c in range(count):
+                    if keys[c] != np.iinfo(np.int64).min and (best < 0 or keys[c] > keys[best]):
+                        best = c
+                found[q, j] = positions[best] if best >= 0 else -1
+                if best >= 0:
+                    keys[best] = np.iinfo(np.int64).min
+            if not fill:
+                continue
+            # Empty places: the lowest-numbered slots the query does not already hold.
+            candidate = 0
+            for j in range(k):
+                if found[q, j] >= 0:
+                    continue
+                while True:
+                    taken = False
+                    for other in range(k):
+                        if found[q, other] == candidate:
+                            taken = True
+                    if not taken:
+                        break
+                    candidate += 1
+                found[q, j] = candidate
+                candidate += 1
+
+
+def best_candidates(
+    similarity: np.ndarray,
+    labels: np.ndarray,
+    offsets: np.ndarray,
+    k: int,
+    slots: int,
+    resolution: float,
+    fill: bool,
+) -> np.ndarray:
+    """The k best of each query's candidates (Q,C) -> (Q,k) int64 slots, ranked as
+    ``index.best_candidates`` ranks them; with ``fill`` the -1s (fewer than k found) become
+    the lowest-numbered slots not already returned, as ``index._fill_missing`` does."""
+    found = np.empty((labels.shape[0], k), dtype=np.int64)
+    with KERNEL_LOCK:
+        _best(similarity, labels, offsets, k, slots, resolution, fill, found)
+    return found

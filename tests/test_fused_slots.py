@@ -1,0 +1,178 @@
+"""The sparse memories' bookkeeping kernels against the torch compositions they replace:
+usage (mann/fused/slots.py; ``mann.access.sam.FUSED_USAGE = False`` gives the reference) and
+the ranking of k-NN candidates (mann/fused/knn.py; ``mann.access.index.FUSED_RANKING``).
+The same least used slots, tables, minima, journal and read positions, directly on random
+inputs (ties, missing candidates) and over whole SAM and SDNC runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mann import addressing
+from mann.access import index as index_module
+from mann.access import sam as sam_module
+from mann.access.sam import SAMAccess, SlotStore
+from mann.access.sdnc import SDNCAccess
+from mann.fused import knn as fused_knn
+from mann.fused import runtime
+from mann.fused import slots as fused_slots
+
+pytestmark = pytest.mark.skipif(not runtime.HAVE_NUMBA, reason="the fused kernels need numba")
+
+
+def random_tables(rng, batch: int, slots: int, steps: int):
+    last_access = torch.from_numpy(rng.integers(0, steps, (batch, slots)))
+    store = SlotStore(steps, "exact")
+    return store, last_access
+
+
+@pytest.mark.parametrize("slots", [1, 5, 16, 17, 50])
+def test_least_used_equals_the_torch_search_also_when_the_oldest_is_excluded(slots, monkeypatch):
+    rng = np.random.default_rng(slots)
+    hits = 0
+    for trial in range(300):
+        batch, count = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+        store, last_access = random_tables(rng, batch, slots, steps=int(rng.integers(1, 6)))
+        excluded = torch.from_numpy(rng.integers(0, slots, (batch, count)))
+        if trial % 2:  # exclude the least used slot itself: the second search
+            oldest = last_access.argmin(-1, keepdim=True)
+            excluded[:, :1] = oldest
+        exclude = torch.from_numpy(rng.random((batch, count)) < 0.7)
+        before = last_access.clone()
+        monkeypatch.setattr(sam_module, "FUSED_USAGE", False)
+        expected = store.least_used(last_access, excluded, exclude)
+        minima = store.block_minima.clone()
+        monkeypatch.setattr(sam_module, "FUSED_USAGE", True)
+        got = store.least_used(last_access, excluded, exclude)
+        assert torch.equal(got, expected)
+        assert torch.equal(last_access, before) and torch.equal(store.block_minima, minima)
+        first = last_access.argmin(-1)
+        hits += int(((first.unsqueeze(-1) == excluded) & exclude).any())
+    assert hits > 50  # the second search ran often
+
+
+@pytest.mark.parametrize("with_minima", [True, False])
+def test_touch_equals_the_torch_update(with_minima, monkeypatch):
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        batch, slots, count = int(rng.integers(1, 4)), int(rng.integers(1, 40)), 6
+        results, seed = {}, int(rng.integers(1 << 30))
+        for fused in (False, True):
+            rng_state = np.random.default_rng(seed)  # the same tables for both
+            store, last_access = random_tables(rng_state, batch, slots, steps=5)
+            if with_minima:
+                store._minima(last_access)
+            positions = torch.from_numpy(rng_state.integers(0, slots, (batch, count)))
+            # Weights at and around the threshold δ, in float32 as a model gives them.
+            threshold = addressing.USAGE_THRESHOLD
+            choices = np.array([0.0, threshold, np.nextafter(np.float32(threshold), 1), 0.5])
+            weights = rng_state.choice(choices, (batch, count)).astype(np.float32)
+            weights = torch.from_numpy(weights)
+            monkeypatch.setattr(sam_module, "FUSED_USAGE", fused)
+            store.version = 6
+            store.touch({"last_access": last_access}, positions, weights)
+            results[fused] = last_access, store.block_minima, store.journal["last_access"]
+        (table, minima, journal), (table_ref, minima_ref, journal_ref) = (
+            results[True], results[False],
+        )  # fmt: skip
+        assert torch.equal(table, table_ref)
+        assert (minima is None) == (minima_ref is None)
+        assert minima is None or torch.equal(minima, minima_ref)
+        for change, reference in zip(journal, journal_ref, strict=True):
+            assert change.version == reference.version
+            for name in ("index", "old", "new"):
+                assert torch.equal(getattr(change, name), getattr(reference, name))
+
+
+def run(access, steps: int, batch: int, seed: int, fused: bool, monkeypatch):
+    monkeypatch.setattr(sam_module, "FUSED_USAGE", fused)
+    generator = torch.Generator().manual_seed(seed)
+    inputs = [
+        torch.randn(batch, access.interface_size, generator=generator).requires_grad_()
+        for _ in range(steps)
+    ]
+    state = access.initial_state(batch)
+    reads, least_used = [], []
+    for interface in inputs:
+        read, state, record = access.step(interface, state)
+        reads.append(read)
+        least_used.append(record.least_used)
+    reads = torch.stack(reads, 1)
+    gradients = torch.autograd.grad(reads.square().sum(), inputs)
+    journal = sam_module.store_of(state.memory).journal
+    return reads.detach(), torch.stack(least_used), state, gradients, journal
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: SAMAccess(12, 4, 2, 3, index="exact"),
+             lambda: SAMAccess(40, 5, 1, 2, index="exact"),
+             lambda: SDNCAccess(12, 4, 2, 2, 3, index="exact"),
+             lambda: SDNCAccess(30, 4, 1, 3, 2, index="exact")],
+    ids=["sam-12", "sam-40", "sdnc-12", "sdnc-30"],
+)  # fmt: skip
+def test_whole_runs_equal_the_torch_composition(make, monkeypatch):
+    access = make()
+    fused = run(access, 50, 3, 1, True, monkeypatch)
+    reference = run(access, 50, 3, 1, False, monkeypatch)
+    reads, least_used, state, gradients, journal = fused
+    assert len(set(least_used.flatten().tolist())) > 5  # the writes moved around memory
+    assert torch.equal(reads, reference[0]) and torch.equal(least_used, reference[1])
+    for value, expected in zip(state, reference[2], strict=True):
+        assert torch.equal(value, expected)
+    for value, expected in zip(gradients, reference[3], strict=True):
+        assert torch.equal(value, expected)
+    assert journal.keys() == reference[4].keys()
+    for name in journal:
+        for change, expected in zip(journal[name], reference[4][name], strict=True):
+            assert change.version == expected.version
+            assert torch.equal(change.index, expected.index)
+            assert torch.equal(change.old, expected.old) and torch.equal(change.new, expected.new)
+
+
+def test_kernels_are_used_on_the_cpu():
+    assert fused_slots.usable(torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_candidate_ranking_equals_the_torch_ranking_with_ties_and_missing_ones():
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        queries, count, slots = int(rng.integers(1, 6)), int(rng.integers(1, 13)), 40
+        k = int(rng.integers(1, count + 1))
+        offsets = rng.integers(0, 4, queries) * slots
+        labels = np.stack([rng.permutation(slots)[:count] for _ in range(queries)])
+        labels += offsets[:, None]
+        labels[rng.random(labels.shape) < 0.3] = -1  # none found there
+        # Similarities on a coarse grid (many exact ties) or within the tie resolution.
+        similarity = rng.integers(-4, 5, labels.shape) / 4
+        similarity += rng.random(labels.shape) * index_module.TIE_RESOLUTION / 4
+        similarity = similarity.astype(np.float32)
+        local = labels - offsets[:, None] * (labels >= 0)  # the reference takes item-local slots
+        expected = index_module.best_candidates(
+            torch.from_numpy(similarity), torch.from_numpy(local), k, slots
+        ).numpy()
+        got = fused_knn.best_candidates(
+            similarity, labels, offsets, k, slots, index_module.TIE_RESOLUTION, fill=False
+        )
+        np.testing.assert_array_equal(got, expected)
+        index_module._fill_missing(expected, slots)
+        got = fused_knn.best_candidates(
+            similarity, labels, offsets, k, slots, index_module.TIE_RESOLUTION, fill=True
+        )
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["faiss-exact", "faiss-ivf"])
+def test_sparse_reads_are_the_same_with_the_ranking_kernel(kind, monkeypatch):
+    if index_module.faiss is None:
+        pytest.skip("faiss-cpu is not installed")
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(index_module, "FUSED_RANKING", fused)
+        access = SAMAccess(64, 4, 2, 3, index=kind)
+        results[fused] = run(access, 40, 3, 2, True, monkeypatch)
+    reads, least_used, state, _, _ = results[True]
+    assert torch.equal(reads, results[False][0]) and torch.equal(least_used, results[False][1])
+    assert torch.equal(state.read_positions, results[False][2].read_positions)
