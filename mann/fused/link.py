@@ -10,8 +10,8 @@ backward is one pass that reads L_{t-1} and the incoming gradient and writes the
 L_{t-1}, recomputing L_t on the fly instead of storing it. Nothing but L_{t-1} (already alive
 as the previous step's output) is saved for backward.
 
-From ``runtime.LARGE_LINK_SLOTS`` slots (or ``LARGE_LINK_ENTRIES`` entries B N²) the per-head
-loops of that single pass dominate, and the link takes another path: a parallel streaming pass for
+From ``runtime.LARGE_LINK_ENTRIES`` entries (B N², e.g. N=64 at batch 16) the per-head loops
+of that single pass dominate, and the link takes another path: a parallel streaming pass for
 L_t alone, the forward and backward weightings as two ``torch.bmm`` (BLAS), and in backward
 one streaming pass that folds the reads' rank-2R gradient into the link's.
 
@@ -342,7 +342,6 @@ def link_and_directions(
         forward, backward = addressing.directional_weights(link, prev_read_weights)
         return link, forward, backward
     tensors = tuple(t.contiguous() for t in tensors)
-    slots = prev_link.shape[-1]
-    if slots >= runtime.LARGE_LINK_SLOTS or prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
+    if prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
         return _FusedLargeLink.apply(*tensors)
     return _FusedLink.apply(*tensors)

@@ -80,11 +80,10 @@ def arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
 
 # Below this many link entries a parallel launch costs more than it saves.
 PARALLEL_MIN_ENTRIES = 1 << 18
-# The link takes its large-size path (mann/fused/link.py) from this many slots, or from this
-# many (B N²) entries. Measured (B=16, R=4): the single pass wins at N=128, BLAS from N=192
-# (at N=256 the large path is twice as fast); at N=256 both tie even at B=1.
-LARGE_LINK_SLOTS = 192
-LARGE_LINK_ENTRIES = 1 << 22
+# From this many (B N²) entries the link takes its BLAS path (mann/fused/link.py). Measured
+# (R=4): below it the two paths tie; at B=16 the BLAS path is 1.2x faster at N=64, 1.6x at
+# N=128 and 2x at N=256.
+LARGE_LINK_ENTRIES = 1 << 15
 
 
 def set_threads(entries: int) -> int:
