@@ -176,3 +176,8 @@ def test_sparse_reads_are_the_same_with_the_ranking_kernel(kind, monkeypatch):
     reads, least_used, state, _, _ = results[True]
     assert torch.equal(reads, results[False][0]) and torch.equal(least_used, results[False][1])
     assert torch.equal(state.read_positions, results[False][2].read_positions)
+    if kind == "faiss-ivf":  # the index's books: which rows it holds, how many per item
+        index, reference = (sam_module.store_of(r[2].memory).index for r in results.values())
+        np.testing.assert_array_equal(index.present, reference.present)
+        np.testing.assert_array_equal(index.rows, reference.rows)
+        assert index.index.ntotal == reference.index.ntotal == index.rows.sum() > 0

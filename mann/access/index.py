@@ -60,8 +60,9 @@ IVF_MIN_CANDIDATES = 128
 TIE_RESOLUTION = 2.0**-12
 # The faiss indexes fetch k + this many candidates, then rank them by the rule above.
 EXTRA_CANDIDATES = 8
-# Rank faiss's candidates with the numba kernel of mann.fused.knn where usable; False: the
-# torch composition below (best_candidates, _fill_missing), the reference tests compare with.
+# Rank faiss's candidates and keep the IVF index's books with the numba kernels of
+# mann.fused.knn where usable; False: the torch and numpy composition below (best_candidates,
+# _fill_missing, FaissIVFIndex.update), the reference tests compare with.
 FUSED_RANKING = True
 
 
@@ -235,24 +236,37 @@ class FaissIVFIndex:
         normalized = normalize_rows(rows.detach().to(torch.float32).cpu())
         lists = (normalized @ self.centroids.T).argmax(-1) + self._item_offsets(self.lists)
         ids = (positions.cpu() + self._item_offsets(self.slots)).flatten().numpy()
+        if FUSED_RANKING and HAVE_NUMBA:
+            vectors = normalized.flatten(0, 1).numpy()
+            unique, first, stale, fresh_at = fused_knn.ivf_changes(
+                ids, np.abs(vectors).sum(-1) > 0, self.slots, self.present, self.rows
+            )
+            if stale.size:
+                self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
+            if fresh_at.size:
+                places = first[fresh_at]
+                self._add(unique[fresh_at], vectors[places], lists.flatten().numpy()[places])
+            return
         ids, first = np.unique(ids, return_index=True)
         stale = ids[self.present[ids]]
         if stale.size:
             self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
             np.subtract.at(self.rows, stale // self.slots, 1)
         keep = (normalized.abs().sum(-1) > 0).flatten().numpy()[first]
-        fresh = np.ascontiguousarray(ids[keep])
+        fresh = ids[keep]
         if fresh.size:
-            vectors = np.ascontiguousarray(normalized.flatten(0, 1).numpy()[first[keep]])
-            assigned = np.ascontiguousarray(lists.flatten().numpy()[first[keep]])
-            self.index.add_core(
-                fresh.size,
-                faiss.swig_ptr(vectors),
-                faiss.swig_ptr(fresh),
-                faiss.swig_ptr(assigned),
-            )
+            vectors = normalized.flatten(0, 1).numpy()[first[keep]]
+            self._add(fresh, vectors, lists.flatten().numpy()[first[keep]])
             np.add.at(self.rows, fresh // self.slots, 1)
         self.present[ids] = keep
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray, assigned: np.ndarray) -> None:
+        # Rows (n,W) with their ids (n,) into their pre-assigned lists (n,).
+        ids, vectors = np.ascontiguousarray(ids), np.ascontiguousarray(vectors)
+        assigned = np.ascontiguousarray(assigned)
+        self.index.add_core(
+            ids.size, faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(assigned)
+        )
 
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k most similar slots to each key (approximately): keys (B,H,W) -> (B,H,k)."""

@@ -75,3 +75,50 @@ def best_candidates(
     with KERNEL_LOCK:
         _best(similarity, labels, offsets, k, slots, resolution, fill, found)
     return found
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True)
+    def _ivf_changes(ids, nonzero, slots, present, counts, unique, first, stale, fresh_at):
+        # The bookkeeping of FaissIVFIndex.update: the distinct ids in increasing order with
+        # the first place each occurs, which of them the index holds (stale: to remove) and
+        # which rows are non-zero (fresh: to add); present and counts follow, in place.
+        # Returns the numbers of distinct, stale and fresh ids.
+        order = np.argsort(ids, kind="mergesort")  # stable: equal ids keep their order
+        distinct = stale_count = fresh_count = 0
+        for place in order:
+            identifier = ids[place]
+            if distinct and unique[distinct - 1] == identifier:
+                continue
+            unique[distinct] = identifier
+            first[distinct] = place
+            item = identifier // slots
+            if present[identifier]:
+                stale[stale_count] = identifier
+                stale_count += 1
+                counts[item] -= 1
+            if nonzero[place]:
+                fresh_at[fresh_count] = distinct
+                fresh_count += 1
+                counts[item] += 1
+            present[identifier] = nonzero[place]
+            distinct += 1
+        return distinct, stale_count, fresh_count
+
+
+def ivf_changes(ids: np.ndarray, nonzero: np.ndarray, slots: int, present, counts):
+    """What one ``FaissIVFIndex.update`` changes, with ``present`` and ``counts`` updated.
+
+    ids (P,) int64 (item-offset slot ids, repeats allowed), nonzero (P,) bool: whether each
+    row is non-zero. Returns (unique ids (D,), first place of each (D,), stale ids (S,) to
+    remove from the index, positions in ``unique`` of the fresh ids (F,) to add).
+    """
+    count = ids.shape[0]
+    unique, first = np.empty(count, np.int64), np.empty(count, np.int64)
+    stale, fresh_at = np.empty(count, np.int64), np.empty(count, np.int64)
+    with KERNEL_LOCK:
+        distinct, stale_count, fresh_count = _ivf_changes(
+            ids, nonzero, slots, present, counts, unique, first, stale, fresh_at
+        )
+    return unique[:distinct], first[:distinct], stale[:stale_count], fresh_at[:fresh_count]
