@@ -20,9 +20,9 @@ return a gradient for the whole vector, zero outside the fields they use, and au
 the two. The kernels are serial; they may reassociate sums (to vectorise them) but keep IEEE
 infinities, NaNs and functions, and pass ``torch.autograd.gradcheck`` in float64.
 
-Allocation sorts usage with ``torch.sort(stable=True)``, between two kernels, exactly as
-``addressing.allocation`` does: at the start every usage is equal, and the stable sort takes
-equal slots lowest first in both.
+Allocation sorts usage stably (numba's merge sort), as ``addressing.allocation`` does with
+``torch.sort(stable=True)``: a stable sort's order is unique, so at the start, when every
+usage is equal, both take equal slots lowest first.
 
 Callers check ``runtime.usable`` first (``DNCAccess.step`` does); without numba they take
 the torch composition in ``addressing``.
@@ -178,8 +178,10 @@ if HAVE_NUMBA:
     # -----------------------------------------------------------------------------------
     @njit(cache=True, nogil=True, error_model="numpy")
     def _usage_forward(interface, prev_usage, prev_write_weights, prev_read_weights, width,
-                       usage, mapped_usage):  # fmt: skip
-        # u_t = (u + w^w - u ∘ w^w) ∘ ψ, ψ = Π_r (1 - f^r w^r); and ε + (1 - ε) u_t to sort.
+                       usage, sorted_usage, free_list):  # fmt: skip
+        # u_t = (u + w^w - u ∘ w^w) ∘ ψ, ψ = Π_r (1 - f^r w^r); then ε + (1 - ε) u_t sorted
+        # ascending, stably (equal usages lowest slot first, as torch.sort(stable=True)
+        # orders them: a stable sort's order is unique), and the free list φ.
         # Compiled without fastmath: rounded op by op like the torch composition, so slots
         # of equal usage there are equal here too.
         batch, slots = prev_usage.shape
@@ -195,7 +197,12 @@ if HAVE_NUMBA:
                     retention *= 1.0 - free_gates[r] * prev_read_weights[b, r, i]
                 used, written = prev_usage[b, i], prev_write_weights[b, i]
                 usage[b, i] = (used + written - used * written) * retention
-                mapped_usage[b, i] = EPSILON + (1.0 - EPSILON) * usage[b, i]
+                sorted_usage[b, i] = EPSILON + (1.0 - EPSILON) * usage[b, i]
+            order = np.argsort(sorted_usage[b], kind="mergesort")
+            mapped = sorted_usage[b].copy()
+            for j in range(slots):
+                free_list[b, j] = order[j]
+                sorted_usage[b, j] = mapped[order[j]]
 
     @njit(**KERNEL)
     def _write_weighting(x, content, sorted_usage, free_list, heads, width, allocation,
@@ -504,16 +511,14 @@ class _Write(torch.autograd.Function):
         heads = prev_read_weights.shape[1]
         dtype = prev_memory.dtype
         usage, usage_array = _empty((batch, slots), dtype)
-        mapped_usage, mapped_array = _empty((batch, slots), dtype)
+        sorted_usage, sorted_array = _empty((batch, slots), dtype)
+        free_list = torch.empty((batch, slots), dtype=torch.int64)
         memory, memory_array = _empty((batch, slots, width), dtype)
         write_weights, write_array = _empty((batch, slots), dtype)
         inputs = _numpy(interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights)
         with KERNEL_LOCK:
-            _usage_forward(inputs[0], *inputs[2:], width, usage_array, mapped_array)
-            # The order comes from torch.sort, as in addressing.allocation, so that slots of
-            # equal usage (all of them at the start) are taken in the same order.
-            sorted_usage, free_list = torch.sort(mapped_usage, dim=-1, stable=True)
-            sorted_arrays = _numpy(sorted_usage, free_list)
+            sorted_arrays = sorted_array, free_list.numpy()
+            _usage_forward(inputs[0], *inputs[2:], width, usage_array, *sorted_arrays)
             content_and_similarity = np.empty((batch, slots)), np.empty((batch, slots))
             _write_forward(
                 inputs[0], inputs[1], *sorted_arrays, heads, memory_array, write_array,
