@@ -6,6 +6,7 @@ to the torch composition in ``mann.addressing`` (``usable`` says which to take).
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -42,8 +43,14 @@ class _BufferPool:
         self.max_free = max_free
         self.lock = threading.Lock()
 
+    # Smaller buffers come from torch.empty: glibc reuses its heap for them, and scanning
+    # the pool (which holds every link still alive in the graph) would cost more.
+    min_bytes = 1 << 22
+
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        if math.prod(shape) * numpy_dtype.itemsize < self.min_bytes:
+            return torch.empty(shape, dtype=dtype)
         with self.lock:
             free = [b for b in self.buffers if sys.getrefcount(b) <= 3]  # list, b, argument
             for buffer in free:
