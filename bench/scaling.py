@@ -6,7 +6,10 @@ sparse reads (SDNC: K_L = 8 temporal reads, the paper's and ModelConfig's defaul
 controller of 64 units in 2 layers. N in 1024, 4096, 16384, 65536, 262144 for SAM and SDNC;
 the dense DNC only as far as it fits (its link matrix is N×N per item and per time step).
 Each configuration runs in its own process (so its peak RSS is its own) with
-``torch.set_num_threads(2)``; times are medians over repeated steps after warm-up. The CPU
+``torch.set_num_threads(2)``; times are medians over repeated steps after warm-up. One
+process's median drifts by up to ±40% on this shared machine, so each configuration runs in
+``--runs`` processes (default 3): the table shows the median of their medians and the highest
+peak RSS. The CPU
 ms column is the process's CPU time per step: with ``--threads 1`` it stays meaningful on a
 machine shared with other work, where wall-clock times are not.
 
@@ -130,6 +133,20 @@ def run_child(arch: str, slots: int, args) -> dict | None:
         print(f"  {arch} N={slots} failed:\n{error.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def combined(runs: list[dict | None]) -> dict | None:
+    """One configuration's processes as one row: median times, the highest peak RSS."""
+    runs = [run for run in runs if run is not None]
+    if not runs:
+        return None
+    return {
+        "ms": statistics.median(run["ms"] for run in runs),
+        "cpu_ms": statistics.median(run["cpu_ms"] for run in runs),
+        "peak_mb": max(run["peak_mb"] for run in runs),
+        "baseline_mb": max(run["baseline_mb"] for run in runs),
+        "runs": [run["ms"] for run in runs],
+    }
 
 
 def matrix_mb(slots: int) -> float:
@@ -293,8 +310,9 @@ def plot(results: dict, path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats, N <= 65536, no plot")
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 1 run, N <= 65536, no plot")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--runs", type=int, default=3, help="processes per configuration")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--temporal-reads", type=int, default=TEMPORAL, help="SDNC's K_L")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
@@ -315,14 +333,14 @@ def main() -> None:
         print(plot(results, PLOT))
         return
     if args.quick:
-        args.repeats = 2
+        args.repeats, args.runs = 2, 1
     sizes = [n for n in SIZES if not (args.quick and n > 65536)]
     if args.sizes:
         sizes = [int(n) for n in args.sizes.split(",")]
     results: dict = {}
     for arch in args.arch.split(","):
         for slots in sizes if arch != "dnc" else DNC_SIZES:
-            result = run_child(arch, slots, args)
+            result = combined([run_child(arch, slots, args) for _ in range(args.runs)])
             if result is not None:
                 results.setdefault(arch, {})[str(slots)] = result
                 print(
