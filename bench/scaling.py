@@ -310,7 +310,7 @@ def plot(results: dict, path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats, 1 run, N <= 65536, no plot")
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 1 run, N <= 65536")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--runs", type=int, default=3, help="processes per configuration")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
