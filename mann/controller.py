@@ -4,23 +4,38 @@ The model owns the time loop, because each step's input includes what memory ret
 step before. The part of the first layer that sees only x_t does not depend on memory, so
 it is computed for all steps in one matrix product (``project_inputs``) before the loop;
 each step then adds the contribution of r_{t-1} and the recurrent state. The cells are
-written out (rather than ``nn.LSTMCell``) to keep each step to a dozen operations: on a
-CPU, dispatch per operation, not arithmetic, is what a small controller costs.
+written out (rather than ``nn.LSTMCell``) to keep each step to a few operations: on a CPU,
+dispatch per operation and autograd's work per node, not arithmetic, are what a small
+controller costs. The LSTM's cell is one autograd node (``mann.fused.lstm``).
 
 State is a tuple of tensors, passed in and out explicitly; a feed-forward controller has
-the empty tuple.
+the empty tuple. The transposed weights every step multiplies by are made once per sequence
+(``step_weights``), not per step: each ``.t()`` of a parameter inside the time loop is one
+more autograd node per step, and indexing a ParameterList is Python work per step.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from mann.access.base import require_positive
+from mann.fused.lstm import lstm_cell
 
 ControllerState = tuple[torch.Tensor, ...]
+
+
+class StepWeights(NamedTuple):
+    """A controller's per-step matrices, transposed once per sequence (``step_weights``)."""
+
+    read: torch.Tensor  # W_rᵀ, first layer (R·W, gates·H)
+    hidden: tuple[torch.Tensor, ...]  # W_hᵀ per layer (H, gates·H); empty for feed-forward
+    layer: tuple[torch.Tensor, ...]  # W_lᵀ from the layer below, layers 2.. (H, gates·H)
+    bias: tuple[torch.Tensor, ...]  # b per layer (the first layer's is in ``project_inputs``)
+    hidden_bias: tuple[torch.Tensor, ...]  # GRU's b_h per layer; empty otherwise
 
 
 def _uniform(*shape: int, bound: float) -> nn.Parameter:
@@ -44,6 +59,16 @@ class _Controller(nn.Module):
         self.input_weight = _uniform(width, input_size, bound=bound)  # W_x, first layer
         self.read_weight = _uniform(width, read_size, bound=bound)  # W_r, first layer
         self.bias = nn.ParameterList(_uniform(width, bound=bound) for _ in range(num_layers))
+
+    def step_weights(self) -> StepWeights:
+        """The matrices ``forward`` uses, transposed: make once per sequence."""
+        return StepWeights(
+            read=self.read_weight.t(),
+            hidden=tuple(weight.t() for weight in getattr(self, "hidden_weight", ())),
+            layer=tuple(weight.t() for weight in self.layer_weight),
+            bias=tuple(self.bias),
+            hidden_bias=tuple(getattr(self, "hidden_bias", ())),
+        )
 
     def project_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """``W_x x_t + b`` for every step: inputs (B,T,X) -> (B,T,gates·hidden)."""
@@ -75,22 +100,26 @@ class LSTMController(_Controller):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.bias[0].dtype)
         return tuple(zeros for _ in range(2 * self.num_layers))
 
-    def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
-        """projected (B,4H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state)."""
-        H = self.hidden_size
+    def forward(
+        self,
+        projected: torch.Tensor,
+        reads: torch.Tensor,
+        state: ControllerState,
+        weights: StepWeights | None = None,
+    ):
+        """projected (B,4H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state);
+        ``weights`` from ``step_weights`` (made here when not given)."""
+        weights = weights or self.step_weights()
         new_state: list[torch.Tensor] = []
         below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden, cell = state[2 * layer], state[2 * layer + 1]
             if layer == 0:
-                gates = torch.addmm(projected, reads, self.read_weight.t())
+                gates = torch.addmm(projected, reads, weights.read)
             else:
-                gates = torch.addmm(self.bias[layer], below, self.layer_weight[layer - 1].t())
-            gates = torch.addmm(gates, hidden, self.hidden_weight[layer].t())
-            input_gate, forget_gate, output_gate = torch.sigmoid(gates[:, : 3 * H]).chunk(3, 1)
-            candidate = torch.tanh(gates[:, 3 * H :])
-            cell = torch.addcmul(forget_gate * cell, input_gate, candidate)
-            below = output_gate * torch.tanh(cell)
+                gates = torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+            gates = torch.addmm(gates, hidden, weights.hidden[layer])
+            below, cell = lstm_cell(gates, cell)  # c = f c + i g, h = o tanh(c)
             new_state += [below, cell]
         return below, tuple(new_state)
 
@@ -116,20 +145,26 @@ class GRUController(_Controller):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.bias[0].dtype)
         return tuple(zeros for _ in range(self.num_layers))
 
-    def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
-        """projected (B,3H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state)."""
+    def forward(
+        self,
+        projected: torch.Tensor,
+        reads: torch.Tensor,
+        state: ControllerState,
+        weights: StepWeights | None = None,
+    ):
+        """projected (B,3H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state);
+        ``weights`` from ``step_weights`` (made here when not given)."""
         H = self.hidden_size
+        weights = weights or self.step_weights()
         new_state: list[torch.Tensor] = []
         below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden = state[layer]
             if layer == 0:
-                from_input = torch.addmm(projected, reads, self.read_weight.t())
+                from_input = torch.addmm(projected, reads, weights.read)
             else:
-                from_input = torch.addmm(self.bias[layer], below, self.layer_weight[layer - 1].t())
-            from_hidden = torch.addmm(
-                self.hidden_bias[layer], hidden, self.hidden_weight[layer].t()
-            )
+                from_input = torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+            from_hidden = torch.addmm(weights.hidden_bias[layer], hidden, weights.hidden[layer])
             reset, update = torch.sigmoid(from_input[:, : 2 * H] + from_hidden[:, : 2 * H]).chunk(
                 2, 1
             )
@@ -156,13 +191,19 @@ class FeedForwardController(_Controller):
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         return ()
 
-    def forward(self, projected: torch.Tensor, reads: torch.Tensor, state: ControllerState):
-        """projected (B,H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, ())."""
-        hidden = torch.tanh(torch.addmm(projected, reads, self.read_weight.t()))
+    def forward(
+        self,
+        projected: torch.Tensor,
+        reads: torch.Tensor,
+        state: ControllerState,
+        weights: StepWeights | None = None,
+    ):
+        """projected (B,H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, ());
+        ``weights`` from ``step_weights`` (made here when not given)."""
+        weights = weights or self.step_weights()
+        hidden = torch.tanh(torch.addmm(projected, reads, weights.read))
         for layer in range(1, self.num_layers):
-            hidden = torch.tanh(
-                torch.addmm(self.bias[layer], hidden, self.layer_weight[layer - 1].t())
-            )
+            hidden = torch.tanh(torch.addmm(weights.bias[layer], hidden, weights.layer[layer - 1]))
         return hidden, ()
 
 

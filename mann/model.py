@@ -193,13 +193,17 @@ class MemoryAugmentedNetwork(nn.Module):
         hidden_outputs, read_outputs, records = [], [], []
         # The controller sees [x_t; r_{t-1}]; the x_t part is projected for all steps at once.
         projected_inputs = self.controller.project_inputs(inputs).unbind(1)
+        # Transposed once per sequence: a .t() per step would be an autograd node per step.
+        step_weights = self.controller.step_weights()
+        interface_weight = self.interface.weight.t()
         for t in range(steps):
             hidden, controller_state = self.controller(
-                projected_inputs[t], read_vectors.flatten(1), controller_state
+                projected_inputs[t], read_vectors.flatten(1), controller_state, step_weights
             )
             if clip_hidden:
                 hidden = hidden.clamp(-clip, clip)
-            interface = self.interface(hidden).clamp(-clip, clip)
+            interface = torch.addmm(self.interface.bias, hidden, interface_weight)
+            interface = interface.clamp(-clip, clip)
             read_vectors, access_state, step_record = self.access.step(
                 interface, access_state, record=record
             )

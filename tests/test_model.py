@@ -360,13 +360,20 @@ def test_controller_outputs_stay_inside_the_unit_interval(controller):
 def test_a_clip_below_one_clips_the_controller_output():
     model = build_model(ModelConfig(arch="ntm", input_size=3, output_size=2, hidden_size=6,
                                     memory_size=8, word_size=4, clip_value=0.05))
-    seen = []
-    model.interface.register_forward_hook(
-        lambda module, args, output: seen.append(args[0].detach())
+    hiddens, interfaces = [], []
+    model.controller.register_forward_hook(
+        lambda module, args, output: hiddens.append(output[0].detach())
+    )
+    step = model.access.step
+    model.access.step = lambda interface, *rest, **options: (
+        interfaces.append(interface.detach()) or step(interface, *rest, **options)
     )
     model(100.0 * torch.randn(2, 5, 3))
-    assert len(seen) == 5
-    assert max(float(h.abs().max()) for h in seen) == pytest.approx(0.05)
+    assert len(hiddens) == len(interfaces) == 5
+    assert max(float(h.abs().max()) for h in hiddens) > 0.5  # the clip has work to do
+    for hidden, interface in zip(hiddens, interfaces, strict=True):
+        clipped = model.interface(hidden.clamp(-0.05, 0.05)).clamp(-0.05, 0.05)
+        torch.testing.assert_close(interface, clipped)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

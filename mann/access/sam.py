@@ -43,13 +43,14 @@ memory grows with the rows used, at most with the memory matrix itself.
 
 The backward pass: O(K) per step
 --------------------------------
-The memory itself is never part of autograd. Two autograd functions touch it: ``_WriteRows``
-(the write, step 3) and ``_GatherRows`` (a copy of the K rows a read uses). Each takes and
-returns ``memory_gradient``, a placeholder of the memory's shape with no storage, that orders
-them in time; the gradient that autograd passes along that path is dL/dM_t, one dense buffer
-for the whole sequence, allocated when the backward pass reaches the last read and then
-updated in place, step by step, going back in time:
-- a gather adds its rows' gradients into the buffer at its K positions;
+The memory itself is never part of autograd. The autograd functions that touch it are
+``_Write`` (the write weighting and the write, steps 2–3) and the reads (``_ContentRead``,
+``_ReadRows``, or ``_GatherRows`` in the reference composition), each of which copies the
+rows it uses. Each takes and returns ``memory_gradient``, a placeholder of the memory's
+shape with no storage, that orders them in time; the gradient that autograd passes along
+that path is dL/dM_t, one dense buffer for the whole sequence, allocated when the backward
+pass reaches the last read and then updated in place, step by step, going back in time:
+- a read adds its rows' gradients into the buffer at its K positions;
 - a write, linear in M, needs no memory values: dL/dw^w = (dL/dM_t[i])·a at its K+1 rows,
   dL/da = Σ w^w[i] dL/dM_t[i], and dL/dM_{t-1} is dL/dM_t with the wiped row U zeroed.
 What autograd keeps per step is the K gathered rows, the K+1 positions and weights and the
@@ -93,10 +94,17 @@ from mann import addressing
 from mann.access.base import require_positive
 from mann.access.index import build_index, resolve_index_kind
 from mann.fused import slots as fused_slots
+from mann.fused import sparse as fused_sparse
+from mann.fused.runtime import usable as fused_usable
 
 # Usage bookkeeping (least used slot, touch) by the numba kernels of mann.fused.slots where
 # usable; False: always the torch composition below (the reference tests compare them with).
 FUSED_USAGE = True
+
+# Sparse reads (content weights and the weighted sum of rows) by the numba kernels of
+# mann.fused.sparse where usable, one autograd node each; False: the torch composition of
+# mann.addressing (gather, cosine, softmax, matmul), the reference tests compare them with.
+FUSED_READS = True
 
 # An excluded slot's last use, when picking the least used: later than any real step.
 _EXCLUDED = torch.iinfo(torch.int64).max
@@ -397,28 +405,48 @@ def memory_gradient_placeholder(memory: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Autograd: the memory's gradient travels along ``memory_gradient``
 # ---------------------------------------------------------------------------------------
-class _WriteRows(torch.autograd.Function):
-    """The write of step 3 (in place) with its O(K) backward; see the module docstring."""
+class _Write(torch.autograd.Function):
+    """Steps 2–3, the write weighting and the write (in place), as one autograd node with an
+    O(K) backward; see the module docstring. Returns (next path, write positions (B,P),
+    write weights (B,P)); the weights are for the record and the usage, their gradient
+    flows through the write itself."""
 
     @staticmethod
-    def forward(ctx, path, weights, add, store, tables, positions, least_used):
+    def forward(ctx, path, prev_read_weights, write_gate, interpolation_gate, add,
+                store, tables, prev_read_positions, least_used):  # fmt: skip
         ctx.set_materialize_grads(False)
+        positions, weights = addressing.sparse_write_weighting(
+            prev_read_positions, prev_read_weights, least_used, write_gate, interpolation_gate
+        )
         store.write(tables, positions, weights, add, least_used)
-        ctx.save_for_backward(weights, add, positions, least_used)
-        return memory_gradient_placeholder(path)
+        ctx.save_for_backward(
+            weights, add, positions, least_used, prev_read_weights, write_gate, interpolation_gate
+        )
+        ctx.mark_non_differentiable(positions, weights)
+        return memory_gradient_placeholder(path), positions, weights
 
     @staticmethod
-    def backward(ctx, grad_memory):
+    def backward(ctx, grad_memory, _grad_positions, _grad_weights):
         if grad_memory is None:  # nothing later read this memory
-            return (None,) * 7
-        weights, add, positions, least_used = ctx.saved_tensors
+            return (None,) * 9
+        weights, add, positions, least_used, prev_read_weights, write_gate, gamma = (
+            ctx.saved_tensors
+        )
         grad_rows = rows_at(grad_memory, positions)  # dL/dM_t at the written rows (B,P,W)
         grad_weights = (grad_rows * add.unsqueeze(1)).sum(-1)
         grad_add = torch.bmm(weights.unsqueeze(1), grad_rows).squeeze(1)
         # M_t[U] does not depend on M_{t-1}[U].
         unused = flat_index(least_used.unsqueeze(-1), grad_memory.shape[1])
         grad_memory.flatten(0, 1).index_fill_(0, unused, 0.0)
-        return grad_memory, grad_weights, grad_add, None, None, None, None
+        # w^w = [α γ / R · w^r_{t-1}, α (1 - γ)] (addressing.sparse_write_weighting).
+        batch, heads, k = prev_read_weights.shape
+        grad_read_part, grad_unused = grad_weights[:, :-1], grad_weights[:, -1]
+        along_reads = (grad_read_part * prev_read_weights.reshape(batch, heads * k)).sum(-1)
+        grad_prev = (write_gate * gamma / heads).unsqueeze(-1) * grad_read_part
+        grad_write_gate = gamma / heads * along_reads + (1.0 - gamma) * grad_unused
+        grad_gamma = write_gate / heads * along_reads - write_gate * grad_unused
+        return (grad_memory, grad_prev.view(batch, heads, k), grad_write_gate, grad_gamma,
+                grad_add, None, None, None, None)  # fmt: skip
 
 
 class _GatherRows(torch.autograd.Function):
@@ -443,9 +471,129 @@ class _GatherRows(torch.autograd.Function):
         return grad_memory, None, None
 
 
-def write_rows(path, store, tables, positions, weights, add, least_used) -> torch.Tensor:
-    """Write in place; returns the next ``memory_gradient`` placeholder."""
-    return _WriteRows.apply(path, weights, add, store, tables, positions, least_used)
+def _empty_like_shape(reference: torch.Tensor, *shape: int) -> torch.Tensor:
+    return torch.empty(shape, dtype=reference.dtype)
+
+
+def _numpy_or_zeros(gradient: torch.Tensor | None, like: torch.Tensor):
+    return (gradient if gradient is not None else torch.zeros_like(like)).contiguous().numpy()
+
+
+class _ContentRead(torch.autograd.Function):
+    """Gather + ``sparse_content_weights`` (+ ``sparse_read``) in one kernel each way.
+
+    Returns (weights (B,H,K), reads (B,H,W), next path); the reads' gradient flows only when
+    the caller uses them (SAM does, SDNC mixes the weights first and reads later).
+    """
+
+    @staticmethod
+    def forward(ctx, path, keys, strengths, tables, positions):
+        ctx.set_materialize_grads(False)
+        memory = tables["memory"]
+        batch, heads, k = positions.shape
+        width = memory.shape[2]
+        keys, strengths = keys.detach().contiguous(), strengths.detach().contiguous()
+        rows = _empty_like_shape(keys, batch, heads, k, width)
+        similarity, row_norms, weights = (_empty_like_shape(keys, batch, heads, k) for _ in "abc")
+        key_norms = _empty_like_shape(keys, batch, heads)
+        reads = _empty_like_shape(keys, batch, heads, width)
+        fused_sparse.content_read_forward(
+            memory.numpy(), positions.numpy(), keys.numpy(), strengths.numpy(),
+            addressing.EPSILON, rows.numpy(), similarity.numpy(), key_norms.numpy(),
+            row_norms.numpy(), weights.numpy(), reads.numpy(),
+        )  # fmt: skip
+        ctx.save_for_backward(
+            positions, keys, strengths, rows, similarity, key_norms, row_norms, weights
+        )
+        ctx.memory_shape = path.shape
+        return weights, reads, memory_gradient_placeholder(path)
+
+    @staticmethod
+    def backward(ctx, grad_weights, grad_reads, grad_memory):
+        positions, keys, strengths, rows, similarity, key_norms, row_norms, weights = (
+            ctx.saved_tensors
+        )
+        if grad_weights is None and grad_reads is None:
+            return grad_memory, None, None, None, None
+        if grad_memory is None:  # the last read of the sequence: start the buffer
+            grad_memory = lazy_zeros(ctx.memory_shape, keys.dtype)
+        grad_keys, grad_strengths = torch.empty_like(keys), torch.empty_like(strengths)
+        fused_sparse.content_read_backward(
+            _numpy_or_zeros(grad_weights, weights), _numpy_or_zeros(grad_reads, keys),
+            positions.numpy(), keys.numpy(), strengths.numpy(), addressing.EPSILON,
+            rows.numpy(), similarity.numpy(), key_norms.numpy(), row_norms.numpy(),
+            weights.numpy(), grad_memory.numpy(), grad_keys.numpy(), grad_strengths.numpy(),
+        )  # fmt: skip
+        return grad_memory, grad_keys, grad_strengths, None, None
+
+
+class _ReadRows(torch.autograd.Function):
+    """Gather + ``sparse_read`` in one kernel each way: (reads (B,H,W), next path)."""
+
+    @staticmethod
+    def forward(ctx, path, weights, tables, positions):
+        ctx.set_materialize_grads(False)
+        memory = tables["memory"]
+        batch, heads, k = positions.shape
+        weights = weights.detach().contiguous()
+        rows = _empty_like_shape(weights, batch, heads, k, memory.shape[2])
+        reads = _empty_like_shape(weights, batch, heads, memory.shape[2])
+        fused_sparse.rows_read_forward(
+            memory.numpy(), positions.numpy(), weights.numpy(), rows.numpy(), reads.numpy()
+        )
+        ctx.save_for_backward(positions, weights, rows)
+        ctx.memory_shape = path.shape
+        return reads, memory_gradient_placeholder(path)
+
+    @staticmethod
+    def backward(ctx, grad_reads, grad_memory):
+        if grad_reads is None:
+            return grad_memory, None, None, None
+        positions, weights, rows = ctx.saved_tensors
+        if grad_memory is None:
+            grad_memory = lazy_zeros(ctx.memory_shape, weights.dtype)
+        grad_weights = torch.empty_like(weights)
+        fused_sparse.rows_read_backward(
+            grad_reads.contiguous().numpy(), positions.numpy(), weights.numpy(), rows.numpy(),
+            grad_memory.numpy(), grad_weights.numpy(),
+        )  # fmt: skip
+        return grad_memory, grad_weights, None, None
+
+
+def fused_reads_usable(memory: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    return FUSED_READS and fused_usable(memory, *tensors)
+
+
+def content_read(path, tables, positions, keys, strengths, read: bool = True):
+    """Weights softmax_k(β D(k, M[i_k])) (B,H,K) over the rows at ``positions`` (B,H,K), and
+    with ``read`` the read vectors Σ_k w_k M[i_k] (B,H,W) (else None), and the next path."""
+    memory = tables["memory"]
+    if fused_reads_usable(memory, keys, strengths):
+        weights, reads, path = _ContentRead.apply(path, keys, strengths, tables, positions)
+        return weights, (reads if read else None), path
+    batch, heads, k = positions.shape
+    rows, path = gather_rows(path, tables, positions.flatten(1))
+    rows = rows.view(batch, heads, k, memory.shape[2])
+    weights = addressing.sparse_content_weights(rows, keys, strengths)
+    return weights, (addressing.sparse_read(rows, weights) if read else None), path
+
+
+def read_rows(path, tables, positions, weights):
+    """Read vectors Σ_k w_k M[i_k] (B,H,W) at ``positions`` (B,H,K), and the next path."""
+    memory = tables["memory"]
+    if fused_reads_usable(memory, weights):
+        return _ReadRows.apply(path, weights, tables, positions)
+    rows, path = gather_rows(path, tables, positions.flatten(1))
+    rows = rows.view(*positions.shape, memory.shape[2])
+    return addressing.sparse_read(rows, weights), path
+
+
+def write(path, store, tables, prev_read_positions, prev_read_weights, least_used, io):
+    """The write weighting and the write, in place: (next path, write positions, weights)."""
+    return _Write.apply(
+        path, prev_read_weights, io.write_gate, io.interpolation_gate, io.write_vector,
+        store, tables, prev_read_positions, least_used,
+    )  # fmt: skip
 
 
 def gather_rows(path, tables, positions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -668,32 +816,20 @@ class SAMAccess(nn.Module):
             state.read_positions.flatten(1),
             state.read_weights.detach().flatten(1) > 0,
         )
-        write_positions, write_weights = addressing.sparse_write_weighting(
-            state.read_positions,
-            state.read_weights,
-            least_used,
-            io.write_gate,
-            io.interpolation_gate,
-        )
-        path = write_rows(
-            state.memory_gradient,
-            store,
-            tables,
-            write_positions,
-            write_weights,
-            io.write_vector,
-            least_used,
-        )
+        path, write_positions, write_weights = write(
+            state.memory_gradient, store, tables, state.read_positions, state.read_weights,
+            least_used, io,
+        )  # fmt: skip
         return least_used, write_positions, write_weights, path
 
-    def _content_read(self, io, store, tables, path):
-        """Step 4's content part: the K nearest slots per key and their weights."""
-        batch = io.read_keys.shape[0]
+    def _content_read(self, io, store, tables, path, read: bool = True):
+        """Step 4's content part: the K nearest slots per key, their weights and (``read``)
+        the read vectors."""
         positions = store.search(tables, io.read_keys, self.sparse_reads)  # (B,R,K)
-        rows, path = gather_rows(path, tables, positions.flatten(1))
-        rows = rows.view(batch, self.read_heads, self.sparse_reads, self.word_size)
-        weights = addressing.sparse_content_weights(rows, io.read_keys, io.read_strengths)
-        return positions, rows, weights, path
+        weights, reads, path = content_read(
+            path, tables, positions, io.read_keys, io.read_strengths, read
+        )
+        return positions, weights, reads, path
 
     def step(
         self, interface: torch.Tensor, state: SAMState, record: bool = True
@@ -703,8 +839,9 @@ class SAMAccess(nn.Module):
         version = store.begin_step()
         try:
             least_used, write_positions, write_weights, path = self._write(io, state, store, tables)
-            read_positions, rows, read_weights, path = self._content_read(io, store, tables, path)
-            read_vectors = addressing.sparse_read(rows, read_weights)
+            read_positions, read_weights, read_vectors, path = self._content_read(
+                io, store, tables, path
+            )
             store.touch(
                 tables,
                 torch.cat([write_positions, read_positions.flatten(1)], -1),

@@ -62,9 +62,9 @@ from mann.access.sam import (
     SAMAccess,
     SparseRecord,
     TablesAt,
-    gather_rows,
     lazy_zeros,
     memory_gradient_placeholder,
+    read_rows,
     rows_at,
 )
 from mann.fused import sdnc as fused_sdnc
@@ -406,8 +406,8 @@ class SDNCAccess(SAMAccess):
             self._update_links(store, tables, write_positions, written, prev_precedence)
             precedence = addressing.sparse_precedence(*prev_precedence, write_positions, written, N)
 
-            content_positions, _, content_weights, path = self._content_read(
-                io, store, tables, path
+            content_positions, content_weights, _, path = self._content_read(
+                io, store, tables, path, read=False
             )
             forward, backward = self._directional(tables, state.read_positions, state.read_weights)
             read_positions, read_weights, _ = addressing.sparse_read_weighting(
@@ -416,9 +416,7 @@ class SDNCAccess(SAMAccess):
             # An empty entry (weight 0, possible only if the mixture had fewer than K
             # non-zeros) reads slot N-1 with weight 0.
             read_positions = read_positions.clamp_max(N - 1)
-            rows, path = gather_rows(path, tables, read_positions.flatten(1))
-            rows = rows.view(*read_positions.shape, self.word_size)
-            read_vectors = addressing.sparse_read(rows, read_weights)
+            read_vectors, path = read_rows(path, tables, read_positions, read_weights)
             store.touch(
                 tables,
                 torch.cat([write_positions, read_positions.flatten(1)], -1),

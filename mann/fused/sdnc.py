@@ -131,18 +131,30 @@ if HAVE_NUMBA:
         return True
 
     @njit(**KERNEL)
-    def _find(positions, slot, size):
-        # Where ``slot`` sits in ``positions`` (B's row), -1 if absent. A real slot is there
-        # at most once; of N's repeats the last (SlotStore.lookup's scatter keeps the last).
-        if slot < size:
-            for index in range(positions.shape[0]):
-                if positions[index] == slot:
-                    return index
-            return -1
-        for index in range(positions.shape[0] - 1, -1, -1):
-            if positions[index] == slot:
-                return index
-        return -1
+    def _mark(where, positions, size):
+        # where[slot] = the first index of each real slot in ``positions``; returns the last
+        # index of the sink N (SlotStore.lookup's scatter keeps the last of N's repeats), -1.
+        sink = -1
+        for index in range(positions.shape[0]):
+            slot = positions[index]
+            if slot >= size:
+                sink = index
+            elif where[slot] < 0:
+                where[slot] = index
+        return sink
+
+    @njit(**KERNEL)
+    def _unmark(where, positions, size):
+        for index in range(positions.shape[0]):
+            if positions[index] < size:
+                where[positions[index]] = -1
+
+    @njit(**KERNEL)
+    def _at(where, sink, slot, size):
+        # Where ``slot`` sits in the marked positions, -1 if absent: O(1), where a scan over
+        # the P written and Q preceding slots for each of the (P+Q) K_L touched entries made
+        # this kernel's cost grow as P K_L (P+Q).
+        return where[slot] if slot < size else sink
 
     @njit(**KERNEL)
     def _unique_sorted(slots, size):
@@ -160,12 +172,14 @@ if HAVE_NUMBA:
 
     @njit(**KERNEL)
     def _link_changes(predecessors, predecessor_weights, successors, successor_weights,
-                      written, write_weights, preceding, precedence_values, unit):  # fmt: skip
+                      written, write_weights, preceding, precedence_values, unit,
+                      written_at, preceding_at):  # fmt: skip
         """The rows ``_update_links`` changes, and their new contents.
 
         predecessors/successors (B,N+1,C) int64 and their weights (B,N+1,C); written (B,P)
         and write_weights (B,P) the merged write weighting; preceding (B,Q) and
-        precedence_values (B,Q) p_{t-1}; unit (1,) holds 1 in the tables' dtype.
+        precedence_values (B,Q) p_{t-1}; unit (1,) holds 1 in the tables' dtype;
+        written_at and preceding_at (N+1,) int64 scratch maps, all -1 (left so on return).
         Returns (status, predecessor rows (B,P+(Q+P)C), their slots and weights
         (B,P+(Q+P)C,C), successor rows (B,Q+P(C+1)), their slots and weights).
         """
@@ -198,9 +212,11 @@ if HAVE_NUMBA:
         for b in range(batch):
             w_positions, w = written[b], write_weights[b]
             p_positions, p = preceding[b], precedence_values[b]
+            w_sink = _mark(written_at, w_positions, size)
+            p_sink = _mark(preceding_at, p_positions, size)
 
             for q in range(precedents):
-                index = _find(w_positions, p_positions[q], size)
+                index = _at(written_at, w_sink, p_positions[q], size)
                 write_at_preceding[q] = w[index] if index >= 0 else zero
 
             # Old rows at the written slots and old columns at the preceding ones (N: empty).
@@ -233,8 +249,8 @@ if HAVE_NUMBA:
                 for c in range(capacity):
                     column = old_row_slots[i, c]
                     value = zero
-                    if column < size and _find(p_positions, column, size) < 0:
-                        index = _find(w_positions, column, size)
+                    if column < size and _at(preceding_at, p_sink, column, size) < 0:
+                        index = _at(written_at, w_sink, column, size)
                         write_j = w[index] if index >= 0 else zero
                         value = (keep_row - write_j) * predecessor_weights[b, row, c]
                     rest_of_rows[i, c] = value if value > zero else zero
@@ -243,7 +259,7 @@ if HAVE_NUMBA:
                 for c in range(capacity):
                     row = old_column_slots[q, c]
                     value = zero
-                    if row < size and _find(w_positions, row, size) < 0:
+                    if row < size and _at(written_at, w_sink, row, size) < 0:
                         value = keep_column * successor_weights[b, p_positions[q], c]
                     rest_of_columns[q, c] = value if value > zero else zero
 
@@ -252,6 +268,8 @@ if HAVE_NUMBA:
                 row_values[:precedents] = block[i]
                 row_values[precedents:] = rest_of_rows[i]
                 if not _top_k(row_values, row_order, capacity):
+                    _unmark(written_at, w_positions, size)
+                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 kept = np.zeros(precedents + capacity, dtype=np.bool_)
@@ -267,6 +285,8 @@ if HAVE_NUMBA:
                 column_values[:writes] = block[:, q]
                 column_values[writes:] = rest_of_columns[q]
                 if not _top_k(column_values, column_order, capacity):
+                    _unmark(written_at, w_positions, size)
+                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 kept = np.zeros(writes + capacity, dtype=np.bool_)
@@ -284,6 +304,8 @@ if HAVE_NUMBA:
                 row_values[:precedents] = block[i]
                 row_values[precedents:] = rest_of_rows[i]
                 if not _top_k(row_values, row_order, capacity):
+                    _unmark(written_at, w_positions, size)
+                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 row_positions[b, i] = w_positions[i]
@@ -297,6 +319,8 @@ if HAVE_NUMBA:
                 column_values[:writes] = block[:, q]
                 column_values[writes:] = rest_of_columns[q]
                 if not _top_k(column_values, column_order, capacity):
+                    _unmark(written_at, w_positions, size)
+                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 column_positions[b, q] = p_positions[q]
@@ -321,7 +345,7 @@ if HAVE_NUMBA:
             other_rows = _unique_sorted(touched, size)
             for m in range(other_row_count):
                 row = other_rows[m]
-                target = size if _find(w_positions, row, size) >= 0 else row
+                target = size if _at(written_at, w_sink, row, size) >= 0 else row
                 out = writes + m
                 row_positions[b, out] = target
                 for c in range(capacity):
@@ -333,11 +357,11 @@ if HAVE_NUMBA:
                         row_weights[b, out, c] = zero
                         continue
                     column = predecessors[b, row, c]
-                    index = _find(w_positions, column, size)
+                    index = _at(written_at, w_sink, column, size)
                     write_j = w[index] if index >= 0 else zero
                     value = (one - write_j) * weight
                     value = value if value > zero else zero
-                    q = _find(p_positions, column, size)
+                    q = _at(preceding_at, p_sink, column, size)
                     if q >= 0:
                         found = False
                         for e in range(capacity):
@@ -359,8 +383,8 @@ if HAVE_NUMBA:
             other_columns = _unique_sorted(touched, size)
             for m in range(other_column_count):
                 column = other_columns[m]
-                target = size if _find(p_positions, column, size) >= 0 else column
-                index = _find(w_positions, column, size)
+                target = size if _at(preceding_at, p_sink, column, size) >= 0 else column
+                index = _at(written_at, w_sink, column, size)
                 write_j = w[index] if index >= 0 else zero
                 out = precedents + m
                 column_positions[b, out] = target
@@ -371,7 +395,7 @@ if HAVE_NUMBA:
                         column_weights[b, out, c] = zero
                         continue
                     row = successors[b, column, c]
-                    index = _find(w_positions, row, size)
+                    index = _at(written_at, w_sink, row, size)
                     write_i = w[index] if index >= 0 else zero
                     value = (one - write_i - write_j) * weight
                     value = value if value > zero else zero
@@ -384,6 +408,8 @@ if HAVE_NUMBA:
                             value = zero
                     column_slots[b, out, c] = row if value > zero else size
                     column_weights[b, out, c] = value
+            _unmark(written_at, w_positions, size)
+            _unmark(preceding_at, p_positions, size)
         return DONE, row_positions, row_slots, row_weights, \
             column_positions, column_slots, column_weights
 
@@ -394,6 +420,16 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.requires_grad or not tensor.is_contiguous():
         return arrays(tensor)[0]
     return tensor.numpy()
+
+
+_SCRATCH: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # N+1 -> the kernel's two maps
+
+
+def _scratch_maps(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    # Used under KERNEL_LOCK only; the kernel leaves them all -1 again.
+    if rows not in _SCRATCH:
+        _SCRATCH[rows] = (np.full(rows, -1, np.int64), np.full(rows, -1, np.int64))
+    return _SCRATCH[rows]
 
 
 def link_changes(tables: dict, written, write_weights, preceding, precedence_values):
@@ -421,7 +457,7 @@ def link_changes(tables: dict, written, write_weights, preceding, precedence_val
         )
     ]
     with KERNEL_LOCK:
-        status, *parts = _link_changes(*inputs, unit)
+        status, *parts = _link_changes(*inputs, unit, *_scratch_maps(inputs[0].shape[1]))
     if status != DONE:
         return None
     parts = [torch.from_numpy(part) for part in parts]
