@@ -215,6 +215,7 @@ class FaissIVFIndex:
         self.lists = lists or max(1, round(math.sqrt(slots)))
         self.probes = min(probes, self.lists)
         self.centroids = torch.from_numpy(_random_centroids(self.lists, width))
+        self.centroids_t = np.ascontiguousarray(self.centroids.numpy().T)  # (W, lists)
         # faiss wants a quantizer; the pre-assigned calls never use it.
         self.quantizer = faiss.IndexFlatIP(width)
         self.index = faiss.IndexIVFFlat(
@@ -234,31 +235,35 @@ class FaissIVFIndex:
     def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
         """Rows (B,P,W) were written at slots ``positions`` (B,P); repeats carry equal rows."""
         normalized = normalize_rows(rows.detach().to(torch.float32).cpu())
-        lists = (normalized @ self.centroids.T).argmax(-1) + self._item_offsets(self.lists)
+        vectors = normalized.flatten(0, 1).numpy()
         ids = (positions.cpu() + self._item_offsets(self.slots)).flatten().numpy()
         if FUSED_RANKING and HAVE_NUMBA:
-            vectors = normalized.flatten(0, 1).numpy()
             unique, first, stale, fresh_at = fused_knn.ivf_changes(
-                ids, np.abs(vectors).sum(-1) > 0, self.slots, self.present, self.rows
+                ids, vectors, self.slots, self.present, self.rows
             )
             if stale.size:
                 self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
             if fresh_at.size:
-                places = first[fresh_at]
-                self._add(unique[fresh_at], vectors[places], lists.flatten().numpy()[places])
+                fresh, fresh_vectors = unique[fresh_at], vectors[first[fresh_at]]
+                self._add(fresh, fresh_vectors, self._lists_of(fresh, fresh_vectors))
             return
         ids, first = np.unique(ids, return_index=True)
         stale = ids[self.present[ids]]
         if stale.size:
             self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
             np.subtract.at(self.rows, stale // self.slots, 1)
-        keep = (normalized.abs().sum(-1) > 0).flatten().numpy()[first]
+        keep = (np.abs(vectors).sum(-1) > 0)[first]
         fresh = ids[keep]
         if fresh.size:
-            vectors = normalized.flatten(0, 1).numpy()[first[keep]]
-            self._add(fresh, vectors, lists.flatten().numpy()[first[keep]])
+            fresh_vectors = vectors[first[keep]]
+            self._add(fresh, fresh_vectors, self._lists_of(fresh, fresh_vectors))
             np.add.at(self.rows, fresh // self.slots, 1)
         self.present[ids] = keep
+
+    def _lists_of(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        # The list of each row: its item's copy of the nearest centroid (one small BLAS call).
+        nearest = (vectors @ self.centroids_t).argmax(-1)
+        return nearest + (ids // self.slots) * self.lists
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray, assigned: np.ndarray) -> None:
         # Rows (n,W) with their ids (n,) into their pre-assigned lists (n,).
@@ -271,27 +276,25 @@ class FaissIVFIndex:
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k most similar slots to each key (approximately): keys (B,H,W) -> (B,H,k)."""
         queries = normalize_rows(keys.detach().to(torch.float32).cpu())  # (B,H,W)
+        flat_queries = queries.flatten(0, 1).contiguous().numpy()
         heads = queries.shape[1]
         # Probe enough lists to expect IVF_MIN_CANDIDATES rows: all of them while few.
-        rows = torch.from_numpy(np.maximum(self.rows, 1))
-        probes = (self.lists * IVF_MIN_CANDIDATES + rows - 1) // rows
-        probes = probes.clamp(self.probes, self.lists)  # (B,)
+        rows = np.maximum(self.rows, 1)
+        probes = np.clip(
+            (self.lists * IVF_MIN_CANDIDATES + rows - 1) // rows, self.probes, self.lists
+        )
         most = int(probes.max())
         if int(probes.min()) == self.lists:  # every list scanned (few rows): no ranking needed
-            nearest = torch.arange(most).expand(self.batch, heads, most)
+            nearest = np.broadcast_to(np.arange(most), (self.batch * heads, most))
         else:
-            nearest = (queries @ self.centroids.T).topk(most, dim=-1).indices  # (B,H,most)
-        lists = nearest + self._item_offsets(self.lists).unsqueeze(-1)
-        unused = torch.arange(most) >= probes.view(-1, 1, 1)
-        lists = lists.masked_fill(unused, -1)  # faiss skips list -1
+            nearest = np.argsort(-(flat_queries @ self.centroids_t), axis=-1, kind="stable")
+            nearest = nearest[:, :most]
+        item_lists = np.repeat(np.arange(self.batch) * self.lists, heads)[:, None]
+        unused = np.arange(most) >= np.repeat(probes, heads)[:, None]
+        lists = np.where(unused, -1, nearest + item_lists)  # faiss skips list -1
         wanted = min(self.slots, k + EXTRA_CANDIDATES)
         self.index.nprobe = most
-        similarity, labels = self.index.search_preassigned(
-            queries.flatten(0, 1).contiguous().numpy(),
-            wanted,
-            lists.flatten(0, 1).contiguous().numpy(),
-            None,
-        )
+        similarity, labels = self.index.search_preassigned(flat_queries, wanted, lists, None)
         if FUSED_RANKING and HAVE_NUMBA:
             offsets = np.repeat(np.arange(self.batch, dtype=np.int64) * self.slots, heads)
             found = fused_knn.best_candidates(

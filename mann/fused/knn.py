@@ -80,11 +80,17 @@ def best_candidates(
 if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
-    def _ivf_changes(ids, nonzero, slots, present, counts, unique, first, stale, fresh_at):
+    def _ivf_changes(ids, vectors, slots, present, counts, unique, first, stale, fresh_at):
         # The bookkeeping of FaissIVFIndex.update: the distinct ids in increasing order with
         # the first place each occurs, which of them the index holds (stale: to remove) and
         # which rows are non-zero (fresh: to add); present and counts follow, in place.
         # Returns the numbers of distinct, stale and fresh ids.
+        nonzero = np.zeros(ids.shape[0], dtype=np.bool_)
+        for place in range(ids.shape[0]):
+            for c in range(vectors.shape[1]):
+                if vectors[place, c] != 0:
+                    nonzero[place] = True
+                    break
         order = np.argsort(ids, kind="mergesort")  # stable: equal ids keep their order
         distinct = stale_count = fresh_count = 0
         for place in order:
@@ -107,18 +113,19 @@ if HAVE_NUMBA:
         return distinct, stale_count, fresh_count
 
 
-def ivf_changes(ids: np.ndarray, nonzero: np.ndarray, slots: int, present, counts):
+def ivf_changes(ids: np.ndarray, vectors: np.ndarray, slots: int, present, counts):
     """What one ``FaissIVFIndex.update`` changes, with ``present`` and ``counts`` updated.
 
-    ids (P,) int64 (item-offset slot ids, repeats allowed), nonzero (P,) bool: whether each
-    row is non-zero. Returns (unique ids (D,), first place of each (D,), stale ids (S,) to
-    remove from the index, positions in ``unique`` of the fresh ids (F,) to add).
+    ids (P,) int64 (item-offset slot ids, repeats allowed), vectors (P,W) the rows written
+    there (an all-zero row is not held by the index). Returns (unique ids (D,), first place
+    of each (D,), stale ids (S,) to remove from the index, positions in ``unique`` of the
+    fresh ids (F,) to add).
     """
     count = ids.shape[0]
     unique, first = np.empty(count, np.int64), np.empty(count, np.int64)
     stale, fresh_at = np.empty(count, np.int64), np.empty(count, np.int64)
     with KERNEL_LOCK:
         distinct, stale_count, fresh_count = _ivf_changes(
-            ids, nonzero, slots, present, counts, unique, first, stale, fresh_at
+            ids, vectors, slots, present, counts, unique, first, stale, fresh_at
         )
     return unique[:distinct], first[:distinct], stale[:stale_count], fresh_at[:fresh_count]
