@@ -156,10 +156,16 @@ def _arange(size: int, device: torch.device) -> torch.Tensor:
     return torch.arange(size, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def _row_offsets(batch: int, rows: int, device: torch.device) -> torch.Tensor:
+    # (B,1): where each item's rows start in a table viewed (B*rows, ...). Cached: a step
+    # makes a dozen flat indexes, and each new offset tensor is two more dispatches.
+    return torch.arange(batch, device=device).unsqueeze(-1) * rows
+
+
 def flat_index(positions: torch.Tensor, rows: int) -> torch.Tensor:
     """Row numbers (B,P) of each item -> (B*P,) row numbers of the table viewed (B*rows, ...)."""
-    offsets = _arange(positions.shape[0], positions.device).unsqueeze(-1) * rows
-    return (positions + offsets).flatten()
+    return (positions + _row_offsets(positions.shape[0], rows, positions.device)).flatten()
 
 
 def rows_at(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
