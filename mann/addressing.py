@@ -266,14 +266,27 @@ def merge_sparse(
     The result is sorted by position, each slot at most once; the entries freed by merging
     are empty (position N = ``size``, value 0) and come last. Differentiable in ``values``.
     """
-    sorted_positions, order = positions.sort(dim=-1)
+    merged_positions, order, group = merge_groups(positions, size)
+    return merged_positions, merge_values(values, order, group)
+
+
+def merge_values(values: torch.Tensor, order: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """The merged values (..., P) of entries merged as ``merge_groups`` says."""
     sorted_values = values.gather(-1, order)
+    return torch.zeros_like(sorted_values).scatter_add(-1, group, sorted_values)
+
+
+def merge_groups(
+    positions: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How ``merge_sparse`` merges positions (..., P): the merged positions (..., P), the
+    sorting ``order`` (..., P) and, for each sorted entry, the merged entry it adds to."""
+    sorted_positions, order = positions.sort(dim=-1)
     starts = torch.ones_like(sorted_positions, dtype=torch.bool)
     starts[..., 1:] = sorted_positions[..., 1:] != sorted_positions[..., :-1]
     group = starts.long().cumsum(-1) - 1  # which merged entry each sorted entry adds to
-    merged_values = torch.zeros_like(sorted_values).scatter_add(-1, group, sorted_values)
     merged_positions = torch.full_like(sorted_positions, size).scatter(-1, group, sorted_positions)
-    return merged_positions, merged_values
+    return merged_positions, order, group
 
 
 def top_k_sparse(
@@ -520,12 +533,25 @@ def sparse_read_weighting(
     weights (B,R,K) (the mixture's K largest; they sum to at most 1) and the whole merged
     mixture (positions, values) before truncation.
     """
+    read_positions, read_weights, mixture, _ = sparse_read_weighting_selection(
+        backward, content, forward, read_modes, k, size
+    )
+    return read_positions, read_weights, mixture
+
+
+def sparse_read_weighting_selection(backward, content, forward, read_modes, k: int, size: int):
+    """``sparse_read_weighting``, also returning where each mixed entry went: ``(order,
+    group, kept)``, the merge's sorting order and merged entry per sorted entry
+    (``merge_groups``) and which merged entries (B,R,K) were kept. A hand-written backward
+    (``mann.access.sdnc``) routes dL/dw^r back to the entries with them."""
     modes = read_modes.unsqueeze(-1)
     positions = torch.cat([backward[0], content[0], forward[0]], -1)
     values = torch.cat(
         [modes[..., 0, :] * backward[1], modes[..., 1, :] * content[1],
          modes[..., 2, :] * forward[1]], -1,
-    )
-    mixture = merge_sparse(positions, values, size)
-    read_positions, read_weights = top_k_sparse(*mixture, k)
-    return read_positions, read_weights, mixture
+    )  # fmt: skip
+    merged_positions, order, group = merge_groups(positions, size)
+    merged_values = merge_values(values, order, group)
+    read_weights, kept = merged_values.topk(k, dim=-1)
+    read_positions = merged_positions.gather(-1, kept)
+    return read_positions, read_weights, (merged_positions, merged_values), (order, group, kept)

@@ -196,9 +196,10 @@ class MemoryAugmentedNetwork(nn.Module):
         # Transposed once per sequence: a .t() per step would be an autograd node per step.
         step_weights = self.controller.step_weights()
         interface_weight = self.interface.weight.t()
+        flat_reads = read_vectors.flatten(1)
         for t in range(steps):
             hidden, controller_state = self.controller(
-                projected_inputs[t], read_vectors.flatten(1), controller_state, step_weights
+                projected_inputs[t], flat_reads, controller_state, step_weights
             )
             if clip_hidden:
                 hidden = hidden.clamp(-clip, clip)
@@ -207,8 +208,9 @@ class MemoryAugmentedNetwork(nn.Module):
             read_vectors, access_state, step_record = self.access.step(
                 interface, access_state, record=record
             )
+            flat_reads = read_vectors.flatten(1)  # r_t, for the output and the next step
             hidden_outputs.append(hidden)
-            read_outputs.append(read_vectors.flatten(1))
+            read_outputs.append(flat_reads)
             if record:
                 records.append(step_record)
         # One output projection for all steps: fewer, larger operations.

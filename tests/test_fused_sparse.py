@@ -1,4 +1,5 @@
-"""The sparse reads' kernels (mann/fused/sparse.py) against the torch composition they replace
+"""The sparse reads' kernels (mann/fused/sparse.py) and the SDNC's read weighting as one
+autograd node (``mann.access.sdnc._ReadWeighting``) against the torch composition they replace
 (``mann.access.sam.FUSED_READS = False``): the same weights, reads and gradients, for one
 read on random rows (zero rows and keys included) and over whole SAM and SDNC runs.
 """

@@ -102,8 +102,8 @@ from mann.fused.runtime import usable as fused_usable
 FUSED_USAGE = True
 
 # Sparse reads (content weights and the weighted sum of rows) by the numba kernels of
-# mann.fused.sparse where usable, one autograd node each; False: the torch composition of
-# mann.addressing (gather, cosine, softmax, matmul), the reference tests compare them with.
+# mann.fused.sparse where usable, and SDNC's read weighting, one autograd node each; False:
+# the torch composition of mann.addressing, the reference tests compare them with.
 FUSED_READS = True
 
 # An excluded slot's last use, when picking the least used: later than any real step.

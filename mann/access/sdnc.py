@@ -62,6 +62,7 @@ from mann.access.sam import (
     SAMAccess,
     SparseRecord,
     TablesAt,
+    fused_reads_usable,
     lazy_zeros,
     memory_gradient_placeholder,
     read_rows,
@@ -189,6 +190,60 @@ class SDNCRecord(SparseRecord):
     @property
     def read_modes(self) -> torch.Tensor:
         return self._parts["read_modes"]
+
+
+class _ReadWeighting(torch.autograd.Function):
+    """Steps 5–6, the directional weightings and the read weighting, as one autograd node.
+
+    The forward is ``addressing.sparse_directional_weights`` and
+    ``sparse_read_weighting_selection``; the backward routes dL/dw^r through the entries
+    the mixture kept: the top-k picks merged entries, each merged entry is the sum of its
+    group, each entry is a mode times a backward, content or forward value, and those are
+    link weights times w^r_{t-1} (the links carry no gradient). Composed, the same is about
+    twenty autograd nodes a step.
+    """
+
+    @staticmethod
+    def forward(ctx, prev_weights, content_weights, read_modes, links, content_positions, k, size):
+        successors, successor_weights, predecessors, predecessor_weights = links
+        forward, backward = addressing.sparse_directional_weights(
+            successors, successor_weights, predecessors, predecessor_weights, prev_weights
+        )
+        read_positions, read_weights, _, (order, group, kept) = (
+            addressing.sparse_read_weighting_selection(
+                backward, (content_positions, content_weights), forward, read_modes, k, size
+            )
+        )
+        ctx.save_for_backward(
+            successor_weights, predecessor_weights, backward[1], content_weights, forward[1],
+            read_modes, order, group, kept,
+        )  # fmt: skip
+        outputs = (read_positions, *forward, *backward)
+        ctx.mark_non_differentiable(*outputs)
+        return read_weights, *outputs
+
+    @staticmethod
+    def backward(ctx, grad_read_weights, *_):
+        (successor_weights, predecessor_weights, backward_values, content_weights,
+         forward_values, read_modes, order, group, kept) = ctx.saved_tensors  # fmt: skip
+        entries = order.shape[-1]
+        grad_merged = grad_read_weights.new_zeros(*order.shape[:-1], entries)
+        grad_merged.scatter_(-1, kept, grad_read_weights)
+        grad_sorted = grad_merged.gather(-1, group)  # each sorted entry: its merged entry's
+        grad_values = torch.zeros_like(grad_merged).scatter_(-1, order, grad_sorted)
+        sizes = (backward_values.shape[-1], content_weights.shape[-1], forward_values.shape[-1])
+        grad_backward, grad_content, grad_forward = grad_values.split(sizes, -1)
+        grad_modes = torch.stack(
+            [(grad_backward * backward_values).sum(-1), (grad_content * content_weights).sum(-1),
+             (grad_forward * forward_values).sum(-1)], -1,
+        )  # fmt: skip
+        modes = read_modes.unsqueeze(-1)
+        shape = successor_weights.shape  # (B,R,K,K_L)
+        grad_prev = (
+            (modes[..., 0, :] * grad_backward).view(shape) * predecessor_weights
+            + (modes[..., 2, :] * grad_forward).view(shape) * successor_weights
+        ).sum(-1)
+        return grad_prev, modes[..., 1, :] * grad_content, grad_modes, None, None, None, None
 
 
 class SDNCAccess(SAMAccess):
@@ -376,26 +431,37 @@ class SDNCAccess(SAMAccess):
         parts = found.split([query[0].numel() for query in queries], 1)
         return [part.view(query.shape) for part, query in zip(parts, queries, strict=True)]
 
-    def _directional(self, tables, prev_positions, prev_weights):
-        """Step 5: forward and backward weightings from the links of last step's reads."""
-        flat = prev_positions.flatten(1)
-        shape = (*prev_positions.shape, self.temporal_reads)
-        successors, successor_weights = link_rows(tables, "successor", flat, self.memory_size)
-        predecessors, predecessor_weights = link_rows(tables, "predecessor", flat, self.memory_size)
-        return addressing.sparse_directional_weights(
-            successors.view(shape),
-            successor_weights.view(shape),
-            predecessors.view(shape),
-            predecessor_weights.view(shape),
-            prev_weights,
+    def _read_weighting(self, tables, state, io, content_positions, content_weights):
+        """Steps 5–6: forward and backward weightings from the links of last step's reads,
+        mixed with the content weighting by the read modes and kept to the K largest.
+        Returns (read positions, read weights, forward, backward)."""
+        N, K = self.memory_size, self.sparse_reads
+        flat = state.read_positions.flatten(1)
+        shape = (*state.read_positions.shape, self.temporal_reads)
+        successors, successor_weights = link_rows(tables, "successor", flat, N)
+        predecessors, predecessor_weights = link_rows(tables, "predecessor", flat, N)
+        links = tuple(
+            table.view(shape)
+            for table in (successors, successor_weights, predecessors, predecessor_weights)
         )
+        if fused_reads_usable(tables["memory"], state.read_weights, content_weights):
+            read_weights, read_positions, *directions = _ReadWeighting.apply(
+                state.read_weights, content_weights, io.read_modes, links, content_positions,
+                K, N,
+            )  # fmt: skip
+            return read_positions, read_weights, tuple(directions[:2]), tuple(directions[2:])
+        forward, backward = addressing.sparse_directional_weights(*links, state.read_weights)
+        read_positions, read_weights, _ = addressing.sparse_read_weighting(
+            backward, (content_positions, content_weights), forward, io.read_modes, K, N
+        )
+        return read_positions, read_weights, forward, backward
 
     # ---- the step ----------------------------------------------------------------------
     def step(
         self, interface: torch.Tensor, state: SDNCState, record: bool = True
     ) -> tuple[torch.Tensor, SDNCState, SDNCRecord]:
         io = self.parse_interface(interface)
-        N, K = self.memory_size, self.sparse_reads
+        N = self.memory_size
         store, tables = self._checkout(state)
         version = store.begin_step()
         try:
@@ -409,9 +475,8 @@ class SDNCAccess(SAMAccess):
             content_positions, content_weights, _, path = self._content_read(
                 io, store, tables, path, read=False
             )
-            forward, backward = self._directional(tables, state.read_positions, state.read_weights)
-            read_positions, read_weights, _ = addressing.sparse_read_weighting(
-                backward, (content_positions, content_weights), forward, io.read_modes, K, N
+            read_positions, read_weights, forward, backward = self._read_weighting(
+                tables, state, io, content_positions, content_weights
             )
             # An empty entry (weight 0, possible only if the mixture had fewer than K
             # non-zeros) reads slot N-1 with weight 0.
