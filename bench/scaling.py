@@ -9,7 +9,8 @@ Each configuration runs in its own process (so its peak RSS is its own) with
 ``torch.set_num_threads(2)``; times are medians over repeated steps after warm-up. One
 process's median drifts by up to ±40% on this shared machine, so each configuration runs in
 ``--runs`` processes (default 3): the table shows the median of their medians and the highest
-peak RSS. The CPU
+peak RSS. "nodes/step" is the autograd nodes of a step's graph per time step
+(``graph_size.py``), a count that does not drift with the machine. The CPU
 ms column is the process's CPU time per step: with ``--threads 1`` it stays meaningful on a
 machine shared with other work, where wall-clock times are not.
 
@@ -40,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from graph_size import autograd_nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(tempfile.gettempdir()) / "mann-scaling.json"  # the last full run, for --plot-only
@@ -98,7 +101,10 @@ def measure(arch: str, slots: int, repeats: int, threads: int, temporal: int) ->
         if index >= warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
+    logits, _ = model(batch.inputs)
+    nodes = autograd_nodes(masked_bce(logits, batch.targets, batch.mask)) / batch.inputs.shape[1]
     return {
+        "nodes": nodes,
         "ms": 1000 * statistics.median(times),
         "cpu_ms": 1000 * statistics.median(cpu_times),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -145,6 +151,7 @@ def combined(runs: list[dict | None]) -> dict | None:
         "cpu_ms": statistics.median(run["cpu_ms"] for run in runs),
         "peak_mb": max(run["peak_mb"] for run in runs),
         "baseline_mb": max(run["baseline_mb"] for run in runs),
+        "nodes": runs[0].get("nodes"),
         "runs": [run["ms"] for run in runs],
     }
 
@@ -157,8 +164,8 @@ def table(results: dict) -> str:
     """The markdown table: one row per (arch, N), references and targets beside."""
     lines = [
         "| arch | N | ms/step | CPU ms/step | package ms | speed-up | vs own N=1024 "
-        "| peak RSS MB | RSS over N=1024 MB | memory matrix MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB | RSS over N=1024 MB | memory matrix MB | nodes/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arch in ("sam", "sdnc", "dnc"):
         rows = results.get(arch, {})
@@ -173,13 +180,15 @@ def table(results: dict) -> str:
             ratio = f"{result['ms'] / first['ms']:.2f}×" if first else "-"
             growth = f"{result['peak_mb'] - first['peak_mb']:+,.0f}" if first else "-"
             reference_mb = REFERENCE_MB.get(arch, {}).get(slots)
+            nodes = f"{result['nodes']:.1f}" if result.get("nodes") else "-"
             peak = f"{result['peak_mb']:,.0f}" + (
                 f" (package {reference_mb:,})" if reference_mb else ""
             )
             lines.append(
                 f"| {arch.upper()} | {slots:,} | {result['ms']:,.1f} | {result['cpu_ms']:,.1f} "
                 f"| {reference_text} "
-                f"| {speedup} | {ratio} | {peak} | {growth} | {matrix_mb(slots):,.0f} |"
+                f"| {speedup} | {ratio} | {peak} | {growth} | {matrix_mb(slots):,.0f} "
+                f"| {nodes} |"
             )
     return "\n".join(lines)
 

@@ -6,7 +6,8 @@ process so its peak RSS is its own; times are medians over repeated steps after 
 On this shared machine one process's median still drifts by 20-50% from the next's, so each
 configuration runs in --runs processes (default 3): the table shows the median of their
 medians and, in "range", the lowest and highest. "ops/step" counts the aten operator calls
-(torch.profiler events) of one training step, forward and backward.
+(torch.profiler events) of one training step, forward and backward; "nodes/step" the autograd
+nodes of its graph per time step (``graph_size.py``): counts that do not drift with the machine.
 
     python bench/step_speed.py            # the whole table (run it alone on the machine)
     python bench/step_speed.py --quick    # fewer repeats
@@ -25,6 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from graph_size import autograd_nodes
 
 CONFIGS = {
     # name: (model config, batch size, reference ms, reference peak MB or None)
@@ -103,7 +106,10 @@ def measure(name: str, repeats: int, threads: int) -> dict:
     with torch.profiler.profile() as profile:
         train_step()
     operators = sum(event.count for event in profile.key_averages())
-    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb, "operators": operators}
+    logits, _ = model(batch.inputs)
+    nodes = autograd_nodes(masked_bce(logits, batch.targets, batch.mask)) / batch.inputs.shape[1]
+    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb, "operators": operators,
+            "nodes": nodes}  # fmt: skip
 
 
 def main() -> None:
@@ -123,8 +129,8 @@ def main() -> None:
         os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
     )
     columns = ["configuration", "ms/step", "range", "reference ms", "speed-up", "peak RSS MB",
-               "ref. MB", "ops/step"]  # fmt: skip
-    widths = [18, 8, 13, 12, 8, 11, 8, 8]
+               "ref. MB", "ops/step", "nodes/step"]  # fmt: skip
+    widths = [18, 8, 13, 12, 8, 11, 8, 8, 10]
     header = "| " + " | ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)) + " |"
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
@@ -141,7 +147,7 @@ def main() -> None:
         ]
         times = [run["ms"] for run in runs]
         result = {"ms": statistics.median(times), "peak_mb": max(r["peak_mb"] for r in runs),
-                  "operators": runs[0]["operators"]}  # fmt: skip
+                  "operators": runs[0]["operators"], "nodes": runs[0]["nodes"]}  # fmt: skip
         reference_mb_text = f"{reference_mb:,}" if reference_mb else "-"
         cells = [
             f"{name:<18}",
@@ -152,6 +158,7 @@ def main() -> None:
             f"{result['peak_mb']:>11,.0f}",
             f"{reference_mb_text:>8}",
             f"{result['operators']:>8,}",
+            f"{result['nodes']:>10.1f}",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
 
