@@ -186,17 +186,14 @@ class DNCAccess(nn.Module):
     ) -> tuple[torch.Tensor, DNCState, None]:
         # The same order as the reference: write (usage, allocation, write weighting,
         # erase-and-write), the link and the reads through it, then precedence and reads.
-        memory, usage, write_weights = fused.dnc_write(
-            interface, state.memory, state.usage, state.write_weights.squeeze(1),
-            state.read_weights,
-        )  # fmt: skip
+        memory, usage, write_weights, state_write_weights = fused.dnc_write(
+            interface, state.memory, state.usage, state.write_weights, state.read_weights
+        )
         link, forward, backward = fused.link_and_directions(
             state.link, state.precedence, write_weights, state.read_weights
         )
         read_weights, read_vectors, precedence = fused.dnc_read(
             interface, memory, state.precedence, write_weights, forward, backward
         )
-        new_state = DNCState(
-            memory, usage, link, precedence, read_weights, write_weights.unsqueeze(1)
-        )
+        new_state = DNCState(memory, usage, link, precedence, read_weights, state_write_weights)
         return read_vectors, new_state, None

@@ -507,6 +507,9 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np
 class _Write(torch.autograd.Function):
     @staticmethod
     def forward(ctx, interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights):
+        # prev_write_weights arrive as the state holds them, (B,1,N); the new ones leave both
+        # as (B,N) and, copied, as (B,1,N) for the next state: a squeeze and an unsqueeze
+        # outside would be two more autograd nodes per step.
         batch, slots, width = prev_memory.shape
         heads = prev_read_weights.shape[1]
         dtype = prev_memory.dtype
@@ -515,7 +518,10 @@ class _Write(torch.autograd.Function):
         free_list = torch.empty((batch, slots), dtype=torch.int64)
         memory, memory_array = _empty((batch, slots, width), dtype)
         write_weights, write_array = _empty((batch, slots), dtype)
-        inputs = _numpy(interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights)
+        inputs = _numpy(
+            interface, prev_memory, prev_usage, prev_write_weights.view(batch, slots),
+            prev_read_weights,
+        )  # fmt: skip
         with KERNEL_LOCK:
             sorted_arrays = sorted_array, free_list.numpy()
             _usage_forward(inputs[0], *inputs[2:], width, usage_array, *sorted_arrays)
@@ -530,12 +536,15 @@ class _Write(torch.autograd.Function):
         )  # fmt: skip
         # The inputs as arrays (not converted again) and the write content, for backward.
         ctx.arrays = (*inputs, *sorted_arrays, *content_and_similarity)
-        return memory, usage, write_weights
+        return memory, usage, write_weights, write_weights.clone().unsqueeze(1)
 
     @staticmethod
-    def backward(ctx, grad_memory, grad_usage, grad_write_weights):
+    def backward(ctx, grad_memory, grad_usage, grad_write_weights, grad_state_write_weights):
         saved = ctx.saved_tensors  # checks that no input was modified in place since
         grads, grad_arrays = zip(*(_empty(tuple(t.shape), t.dtype) for t in saved[:5]), strict=True)
+        grad_write_weights = grad_write_weights + grad_state_write_weights.squeeze(1)
+        batch, slots = grad_write_weights.shape
+        grad_arrays = (*grad_arrays[:3], grad_arrays[3].reshape(batch, slots), grad_arrays[4])
         with KERNEL_LOCK:
             _write_backward(
                 *ctx.arrays, *_numpy(grad_memory, grad_usage, grad_write_weights), *grad_arrays
@@ -587,8 +596,8 @@ def dnc_write(
     """The write half of a DNC step, fused: usage, allocation, write weighting, write.
 
     interface ξ_t (B,I) laid out as ``DNCAccess.interface_sizes``, memory M_{t-1} (B,N,W),
-    usage u_{t-1} (B,N), write weights w^w_{t-1} (B,N), read weights w^r_{t-1} (B,R,N)
-    -> (memory M_t (B,N,W), usage u_t (B,N), write weights w^w_t (B,N)).
+    usage u_{t-1} (B,N), write weights w^w_{t-1} (B,1,N), read weights w^r_{t-1} (B,R,N)
+    -> (memory M_t (B,N,W), usage u_t (B,N), write weights w^w_t (B,N) and, a copy, (B,1,N)).
     Equals ``addressing.usage``, ``allocation``, ``content_weights``, ``write_weighting`` and
     ``erase_and_write`` as ``DNCAccess.step`` composes them. CPU float tensors of one dtype.
     """
