@@ -70,6 +70,14 @@ class _Controller(nn.Module):
             hidden_bias=tuple(getattr(self, "hidden_bias", ())),
         )
 
+    @staticmethod
+    def _from_below(layer: int, projected, below, weights: StepWeights) -> torch.Tensor:
+        """A layer's input term: W_x x_t + b + W_r r_{t-1} for the first (``projected`` holds
+        W_x x_t + b, ``below`` is r_{t-1}), W_l h^{l-1}_t + b above it."""
+        if layer == 0:
+            return torch.addmm(projected, below, weights.read)
+        return torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+
     def project_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """``W_x x_t + b`` for every step: inputs (B,T,X) -> (B,T,gates·hidden)."""
         return torch.addmm(self.bias[0], inputs.flatten(0, 1), self.input_weight.t()).view(
@@ -114,10 +122,7 @@ class LSTMController(_Controller):
         below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden, cell = state[2 * layer], state[2 * layer + 1]
-            if layer == 0:
-                gates = torch.addmm(projected, reads, weights.read)
-            else:
-                gates = torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+            gates = self._from_below(layer, projected, below, weights)
             gates = torch.addmm(gates, hidden, weights.hidden[layer])
             below, cell = lstm_cell(gates, cell)  # c = f c + i g, h = o tanh(c)
             new_state += [below, cell]
@@ -160,10 +165,7 @@ class GRUController(_Controller):
         below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden = state[layer]
-            if layer == 0:
-                from_input = torch.addmm(projected, reads, weights.read)
-            else:
-                from_input = torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+            from_input = self._from_below(layer, projected, below, weights)
             from_hidden = torch.addmm(weights.hidden_bias[layer], hidden, weights.hidden[layer])
             reset, update = torch.sigmoid(from_input[:, : 2 * H] + from_hidden[:, : 2 * H]).chunk(
                 2, 1
@@ -201,9 +203,9 @@ class FeedForwardController(_Controller):
         """projected (B,H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, ());
         ``weights`` from ``step_weights`` (made here when not given)."""
         weights = weights or self.step_weights()
-        hidden = torch.tanh(torch.addmm(projected, reads, weights.read))
-        for layer in range(1, self.num_layers):
-            hidden = torch.tanh(torch.addmm(weights.bias[layer], hidden, weights.layer[layer - 1]))
+        hidden = reads
+        for layer in range(self.num_layers):
+            hidden = torch.tanh(self._from_below(layer, projected, hidden, weights))
         return hidden, ()
 
 

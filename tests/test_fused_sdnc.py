@@ -145,6 +145,9 @@ def test_a_case_the_kernel_does_not_replay_falls_back_to_torch(kernel_calls, mon
     fused = run(access, inputs, True, monkeypatch)
     assert kernel_calls == [False] * 8
     assert_identical(fused, run(access, inputs, False, monkeypatch))
+    # The kernel stopped mid-item with slots marked in its scratch maps; they are reset.
+    maps = [where for pair in fused_sdnc._SCRATCH.values() for where in pair]
+    assert maps and all((where == -1).all() for where in maps)
 
 
 def test_stepping_a_state_twice_branches_the_same_with_the_kernel(monkeypatch):

@@ -477,10 +477,6 @@ class _GatherRows(torch.autograd.Function):
         return grad_memory, None, None
 
 
-def _empty_like_shape(reference: torch.Tensor, *shape: int) -> torch.Tensor:
-    return torch.empty(shape, dtype=reference.dtype)
-
-
 def _numpy_or_zeros(gradient: torch.Tensor | None, like: torch.Tensor):
     return (gradient if gradient is not None else torch.zeros_like(like)).contiguous().numpy()
 
@@ -499,10 +495,10 @@ class _ContentRead(torch.autograd.Function):
         batch, heads, k = positions.shape
         width = memory.shape[2]
         keys, strengths = keys.detach().contiguous(), strengths.detach().contiguous()
-        rows = _empty_like_shape(keys, batch, heads, k, width)
-        similarity, row_norms, weights = (_empty_like_shape(keys, batch, heads, k) for _ in "abc")
-        key_norms = _empty_like_shape(keys, batch, heads)
-        reads = _empty_like_shape(keys, batch, heads, width)
+        rows = keys.new_empty((batch, heads, k, width))
+        similarity, row_norms, weights = (keys.new_empty((batch, heads, k)) for _ in range(3))
+        key_norms = keys.new_empty((batch, heads))
+        reads = keys.new_empty((batch, heads, width))
         fused_sparse.content_read_forward(
             memory.numpy(), positions.numpy(), keys.numpy(), strengths.numpy(),
             addressing.EPSILON, rows.numpy(), similarity.numpy(), key_norms.numpy(),
@@ -542,8 +538,8 @@ class _ReadRows(torch.autograd.Function):
         memory = tables["memory"]
         batch, heads, k = positions.shape
         weights = weights.detach().contiguous()
-        rows = _empty_like_shape(weights, batch, heads, k, memory.shape[2])
-        reads = _empty_like_shape(weights, batch, heads, memory.shape[2])
+        rows = weights.new_empty((batch, heads, k, memory.shape[2]))
+        reads = weights.new_empty((batch, heads, memory.shape[2]))
         fused_sparse.rows_read_forward(
             memory.numpy(), positions.numpy(), weights.numpy(), rows.numpy(), reads.numpy()
         )

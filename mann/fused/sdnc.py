@@ -179,7 +179,8 @@ if HAVE_NUMBA:
         predecessors/successors (B,N+1,C) int64 and their weights (B,N+1,C); written (B,P)
         and write_weights (B,P) the merged write weighting; preceding (B,Q) and
         precedence_values (B,Q) p_{t-1}; unit (1,) holds 1 in the tables' dtype;
-        written_at and preceding_at (N+1,) int64 scratch maps, all -1 (left so on return).
+        written_at and preceding_at (N+1,) int64 scratch maps, all -1 (left so when DONE; the
+        caller resets them after UNSUPPORTED, which returns from the middle of an item).
         Returns (status, predecessor rows (B,P+(Q+P)C), their slots and weights
         (B,P+(Q+P)C,C), successor rows (B,Q+P(C+1)), their slots and weights).
         """
@@ -268,8 +269,6 @@ if HAVE_NUMBA:
                 row_values[:precedents] = block[i]
                 row_values[precedents:] = rest_of_rows[i]
                 if not _top_k(row_values, row_order, capacity):
-                    _unmark(written_at, w_positions, size)
-                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 kept = np.zeros(precedents + capacity, dtype=np.bool_)
@@ -285,8 +284,6 @@ if HAVE_NUMBA:
                 column_values[:writes] = block[:, q]
                 column_values[writes:] = rest_of_columns[q]
                 if not _top_k(column_values, column_order, capacity):
-                    _unmark(written_at, w_positions, size)
-                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 kept = np.zeros(writes + capacity, dtype=np.bool_)
@@ -304,8 +301,6 @@ if HAVE_NUMBA:
                 row_values[:precedents] = block[i]
                 row_values[precedents:] = rest_of_rows[i]
                 if not _top_k(row_values, row_order, capacity):
-                    _unmark(written_at, w_positions, size)
-                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 row_positions[b, i] = w_positions[i]
@@ -319,8 +314,6 @@ if HAVE_NUMBA:
                 column_values[:writes] = block[:, q]
                 column_values[writes:] = rest_of_columns[q]
                 if not _top_k(column_values, column_order, capacity):
-                    _unmark(written_at, w_positions, size)
-                    _unmark(preceding_at, p_positions, size)
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
                 column_positions[b, q] = p_positions[q]
@@ -456,8 +449,12 @@ def link_changes(tables: dict, written, write_weights, preceding, precedence_val
             precedence_values.to(dtype),
         )
     ]
+    maps = _scratch_maps(inputs[0].shape[1])
     with KERNEL_LOCK:
-        status, *parts = _link_changes(*inputs, unit, *_scratch_maps(inputs[0].shape[1]))
+        status, *parts = _link_changes(*inputs, unit, *maps)
+        if status != DONE:
+            for where in maps:  # a rare path: the kernel stopped with some slots marked
+                where.fill(-1)
     if status != DONE:
         return None
     parts = [torch.from_numpy(part) for part in parts]
