@@ -36,6 +36,8 @@ CONFIGS = {
                          num_layers=2, read_heads=4), 16),
     "DNC 256 B=16": (dict(arch="dnc", memory_size=256, word_size=20, hidden_size=64,
                           num_layers=2, read_heads=4), 16),
+    "DNC 1024 B=8": (dict(arch="dnc", memory_size=1024, word_size=32, hidden_size=64,
+                          num_layers=2, read_heads=4), 8),
     **{
         f"{arch.upper()} {slots}": (dict(arch=arch, memory_size=slots, word_size=32,
                                          hidden_size=64, num_layers=2, read_heads=4,

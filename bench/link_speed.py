@@ -1,11 +1,16 @@
-"""The fused link's two paths, forward and backward, per time step (ms, medians).
+"""The fused temporal link's two paths (mann/fused/link.py), forward and backward, per step (ms).
 
     python bench/link_speed.py                 # B×N in 16x64, 16x128, 16x256, 8x1024
     python bench/link_speed.py 1x256 4x256     # other sizes
 
-"single pass" is ``_FusedLink`` (one numba pass each way), "BLAS" is ``_FusedLargeLink``
-(a numba pass for L_t, the reads through it by torch.bmm); ``link_and_directions`` takes the
-BLAS path from ``runtime.LARGE_LINK_ENTRIES`` entries. R = 4 read heads, 2 threads. Run alone.
+Each measurement runs the link through a sequence of 41 steps, as a DNC on the copy task does
+(each step's L_{t-1} is the previous step's output, so the links come from memory, not from
+cache), then back through all of them; medians of 5 sequences. "single pass" is
+``_FusedLink`` (one numba pass each way), "BLAS" is ``_FusedLargeLink`` (a numba pass for L_t,
+the reads through it by torch.bmm), which ``link_and_directions`` takes from
+``runtime.LARGE_LINK_ENTRIES`` entries B·N²; each runs its kernels parallel from
+``runtime.PARALLEL_MIN_ENTRIES``. "torch" is the composition in ``mann.addressing`` (N ≤ 256).
+R = 4 read heads, 2 threads. Run alone.
 """
 
 from __future__ import annotations
@@ -13,36 +18,49 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from mann.fused import link
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mann import addressing  # noqa: E402
+from mann.fused import link  # noqa: E402
+
+STEPS = 41
 
 
-def inputs(batch: int, slots: int, heads: int = 4):
+def composition(prev_link, precedence, write, read):
+    new_link = addressing.temporal_link(prev_link, precedence, write)
+    return (new_link, *addressing.directional_weights(new_link, read))
+
+
+def measure(path: str, batch: int, slots: int, repeats: int = 5) -> tuple[float, float]:
     generator = torch.Generator().manual_seed(0)
-    prev_link = torch.rand(batch, slots, slots, generator=generator) / slots
-    precedence = torch.softmax(torch.randn(batch, slots, generator=generator), -1)
-    write = torch.softmax(3 * torch.randn(batch, slots, generator=generator), -1)
-    read = torch.softmax(torch.randn(batch, heads, slots, generator=generator), -1)
-    return [t.requires_grad_() for t in (prev_link, precedence, write, read)]
+    heads = 4
 
+    def weighting(*shape):
+        return torch.softmax(3 * torch.randn(*shape, slots, generator=generator), -1)
 
-def measure(function, batch: int, slots: int, repeats: int) -> tuple[float, float]:
-    tensors = inputs(batch, slots)
-    gradients = (torch.randn(batch, slots, slots), torch.randn(batch, 4, slots),
-                 torch.randn(batch, 4, slots))  # fmt: skip
+    writes = [weighting(batch) for _ in range(STEPS)]
+    precedences = [weighting(batch) for _ in range(STEPS)]
+    reads = [weighting(batch, heads) for _ in range(STEPS)]
+    first = (torch.rand(batch, slots, slots, generator=generator) / slots).requires_grad_()
+    function = {"torch": composition, "single pass": link._FusedLink.apply,
+                "BLAS": link._FusedLargeLink.apply}[path]  # fmt: skip
     forward, backward = [], []
-    for index in range(repeats + 3):
+    for _ in range(repeats + 1):
         start = time.perf_counter()
-        outputs = function(*tensors)
+        current, loss = first, 0
+        for step in range(STEPS):
+            current, f, b = function(current, precedences[step], writes[step], reads[step])
+            loss = loss + (f * reads[step]).sum() + (b * writes[step][:, None]).sum()
         middle = time.perf_counter()
-        torch.autograd.backward(outputs, gradients)
+        loss.backward()
         end = time.perf_counter()
-        if index >= 3:
-            forward.append(middle - start)
-            backward.append(end - middle)
-    return 1000 * statistics.median(forward), 1000 * statistics.median(backward)
+        forward.append((middle - start) / STEPS)
+        backward.append((end - middle) / STEPS)
+    return 1000 * statistics.median(forward[1:]), 1000 * statistics.median(backward[1:])
 
 
 def main() -> None:
@@ -53,12 +71,11 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for size in sizes:
         batch, slots = (int(part) for part in size.split("x"))
-        repeats = 10 if slots >= 1024 else 30
-        for name, function in (("single pass", link._FusedLink.apply),
-                               ("BLAS", link._FusedLargeLink.apply)):  # fmt: skip
-            forward, backward = measure(function, batch, slots, repeats)
+        paths = ("torch", "single pass", "BLAS") if slots <= 256 else ("single pass", "BLAS")
+        for path in paths:
+            forward, backward = measure(path, batch, slots)
             total = forward + backward
-            print(f"| {size} | {name} | {forward:.3f} | {backward:.3f} | {total:.3f} |")
+            print(f"| {size} | {path} | {forward:.3f} | {backward:.3f} | {total:.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
 """The fused temporal link (mann/fused/link.py) against the torch composition in addressing.
 
-Both of its paths, the single serial pass for small links and the large-link path (forced
-here at small sizes by lowering its threshold): values, gradients through a loss that uses
-every output, gradcheck in float64, and a step whose outputs are partly unused.
+Both of its paths, the single pass for small links and the large-link path (forced here at
+small sizes by lowering its threshold), each with its kernels serial and parallel: values,
+gradients through a loss that uses every output, gradcheck in float64, and a step whose
+outputs are partly unused. Also that the two compilations of a kernel keep apart in numba's
+disk cache.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +24,12 @@ from mann.fused import runtime
 pytestmark = pytest.mark.skipif(not fused.HAVE_NUMBA, reason="the fused kernels need numba")
 
 
-@pytest.fixture(params=["small", "large"])
+@pytest.fixture(params=["small", "large", "small parallel", "large parallel"])
 def path(request, monkeypatch):
-    if request.param == "large":
+    if request.param.startswith("large"):
         monkeypatch.setattr(runtime, "LARGE_LINK_ENTRIES", 0)
+    if request.param.endswith("parallel"):
+        monkeypatch.setattr(fused.link, "_kernel", lambda parallel, serial, entries: parallel)
     return request.param
 
 
@@ -74,6 +84,40 @@ def test_unused_outputs_still_give_the_right_gradients(path):
     expected = torch.autograd.grad(reference(*inputs)[1].sum(), inputs)
     for grad, want in zip(got, expected, strict=True):
         torch.testing.assert_close(grad, want, rtol=1e-10, atol=0)
+
+
+def test_parallel_and_serial_twins_keep_their_own_cache_entries(tmp_path):
+    # numba's disk cache keys a kernel by name and bytecode, not by its flags: compiled twice
+    # under one name, whichever compiled first was loaded for both in later processes.
+    (tmp_path / "kernels.py").write_text(textwrap.dedent("""
+        import numba
+        from numba import prange
+
+        from mann.fused.runtime import parallel_and_serial
+
+        def thread_ids(out):
+            for i in prange(out.shape[0]):
+                out[i] = numba.get_thread_id()
+
+        parallel, serial = parallel_and_serial(thread_ids)
+    """))
+    script = textwrap.dedent("""
+        import numba, numpy as np
+        import kernels
+        numba.set_num_threads(2)
+        for kernel in (kernels.serial, kernels.parallel):  # the serial one compiles first
+            out = np.full(64, -1)
+            kernel(out)
+            print(len(set(out.tolist())))
+    """)
+    root = Path(__file__).resolve().parent.parent
+    environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_NUM_THREADS="2",
+                       PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))  # fmt: skip
+    for run in ("compiles", "loads from the cache"):
+        result = subprocess.run([sys.executable, "-c", script], env=environment, cwd=tmp_path,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        assert result.stdout.split() == ["1", "2"], (run, result.stdout, result.stderr)
+    assert list((tmp_path / "cache").rglob("*thread_ids_serial*.nbi"))
 
 
 def test_the_large_path_is_taken_from_its_threshold(monkeypatch):

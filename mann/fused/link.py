@@ -15,8 +15,13 @@ of that single pass dominate, and the link takes another path: a parallel stream
 L_t alone, the forward and backward weightings as two ``torch.bmm`` (BLAS), and in backward
 one streaming pass that folds the reads' rank-2R gradient into the link's.
 
-Kernels are compiled by numba on first use (cached on disk). Without numba the torch
-composition in ``addressing`` is used, with identical results up to rounding.
+Constants in the kernels take the data's dtype (``w.dtype.type(1.0)``): numba types a float
+literal float64, and float32 arithmetic that meets one runs in float64, converted both ways at
+half the vector width (the backward's row loop ran 1.3-1.6x faster without it, measured alone).
+
+Kernels are compiled by numba on first use (cached on disk), each parallel over the batch and
+serial (``runtime.parallel_and_serial``). Without numba the torch composition in
+``addressing`` is used, with identical results up to rounding.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from mann.fused.runtime import (
     POOL,
     arrays,
     njit,
+    parallel_and_serial,
     prange,
     set_threads,
     usable,
@@ -46,8 +52,8 @@ if HAVE_NUMBA:
         """Row i of backward through L_t = (1 - w_i - w_j) L_{t-1} + w_i p_j, given
         G[i, :] = dLoss/dL_t[i, :] in g_row: writes dL_{t-1}[i, :], adds to dw and dp."""
         wi = w[i]
-        keep_row = 1.0 - wi
-        g_wi = 0.0
+        keep_row = w.dtype.type(1.0) - wi
+        g_wi = w.dtype.type(0.0)
         for j in range(g_row.shape[0]):
             g = g_row[j]
             g_prev_row[j] = g * (keep_row - w[j])
@@ -56,7 +62,6 @@ if HAVE_NUMBA:
             g_p[j] += g * wi
         g_w[i] += g_wi
 
-    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def _link_forward(prev_link, prev_precedence, write_weights, prev_read_weights,
                       link, forward, backward):  # fmt: skip
         batch, slots, _ = prev_link.shape
@@ -64,20 +69,22 @@ if HAVE_NUMBA:
         for b in prange(batch):
             w = write_weights[b]
             p = prev_precedence[b]
+            zero = w.dtype.type(0.0)
+            one = w.dtype.type(1.0)
             read = prev_read_weights[b]
             for r in range(heads):
                 for j in range(slots):
                     backward[b, r, j] = 0.0
             for i in range(slots):
                 wi = w[i]
-                keep_row = 1.0 - wi
+                keep_row = one - wi
                 row_old = prev_link[b, i]
                 row = link[b, i]
                 for j in range(slots):
                     row[j] = (keep_row - w[j]) * row_old[j] + wi * p[j]
                 row[i] = 0.0
                 for r in range(heads):
-                    total = 0.0
+                    total = zero
                     read_r = read[r]
                     for j in range(slots):
                         total += row[j] * read_r[j]
@@ -87,7 +94,6 @@ if HAVE_NUMBA:
                     for j in range(slots):
                         backward_r[j] += row[j] * read_ri
 
-    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def _link_backward(prev_link, prev_precedence, write_weights, prev_read_weights,
                        grad_link, grad_forward, grad_backward,
                        grad_prev_link, grad_precedence, grad_write, grad_read):  # fmt: skip
@@ -96,6 +102,8 @@ if HAVE_NUMBA:
         for b in prange(batch):
             w = write_weights[b]
             p = prev_precedence[b]
+            zero = w.dtype.type(0.0)
+            one = w.dtype.type(1.0)
             read = prev_read_weights[b]
             g_forward = grad_forward[b]
             g_backward = grad_backward[b]
@@ -111,7 +119,7 @@ if HAVE_NUMBA:
             new_row = np.empty_like(p)
             for i in range(slots):
                 wi = w[i]
-                keep_row = 1.0 - wi
+                keep_row = one - wi
                 row_old = prev_link[b, i]
                 # G[i, :] = dLoss/dL_t[i, :], gathering the link's own gradient and the
                 # gradients of forward (f_r[i] = Σ_j L[i,j] w_r[j]) and backward
@@ -126,7 +134,7 @@ if HAVE_NUMBA:
                     read_r = read[r]
                     g_backward_r = g_backward[r]
                     g_read_r = g_read[r]
-                    total = 0.0
+                    total = zero
                     for j in range(slots):
                         g_row[j] += gf * read_r[j] + read_ri * g_backward_r[j]
                         g_read_r[j] += gf * new_row[j]
@@ -136,17 +144,18 @@ if HAVE_NUMBA:
                 _through_link_equation(g_row, row_old, w, p, i, grad_prev_link[b, i], g_w, g_p)
 
 
-    # The same kernels compiled serial. Below PARALLEL_MIN_ENTRIES they run on the calling
-    # thread: a parallel launch, even on one thread, hands the work to a pool thread, which
-    # costs a wake-up and runs without torch's flush-to-zero of subnormal floats.
-    _link_forward_serial = njit(fastmath=True, cache=True, nogil=True)(_link_forward.py_func)
-    _link_backward_serial = njit(fastmath=True, cache=True, nogil=True)(_link_backward.py_func)
+    # Each kernel is compiled parallel and serial. Below PARALLEL_MIN_ENTRIES the serial one
+    # runs on the calling thread: a parallel launch, even on one thread, hands the work to a
+    # pool thread, which costs a wake-up (35-150 µs here) and runs without torch's
+    # flush-to-zero of subnormal floats.
+    _link_forward, _link_forward_serial = parallel_and_serial(_link_forward)
+    _link_backward, _link_backward_serial = parallel_and_serial(_link_backward)
 
 
     # Large links: one streaming pass per direction, with the read heads' products left to
-    # BLAS (torch.bmm). At N=1024 the single pass above is bound by its per-head inner loops;
-    # split this way the step is about 1.5x faster although it reads L_t twice more.
-    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    # BLAS (torch.bmm). It reads L_t twice more than the single pass, yet in training (DNC
+    # 1024x32, B=8) steps took 1.45-1.49 s this way against 1.56-1.68 s with the single pass
+    # (bench/ab_speed.py): BLAS's register-blocked products beat the per-head row loops.
     def _link_update(prev_link, prev_precedence, write_weights, link):
         batch, slots, _ = prev_link.shape
         for index in prange(batch * slots):
@@ -154,15 +163,16 @@ if HAVE_NUMBA:
             i = index - b * slots
             w = write_weights[b]
             p = prev_precedence[b]
+            one = w.dtype.type(1.0)
             wi = w[i]
-            keep_row = 1.0 - wi
+            keep_row = one - wi
             row_old = prev_link[b, i]
             row = link[b, i]
             for j in range(slots):
                 row[j] = (keep_row - w[j]) * row_old[j] + wi * p[j]
             row[i] = 0.0
 
-    _link_update_serial = njit(fastmath=True, cache=True, nogil=True)(_link_update.py_func)
+    _link_update, _link_update_serial = parallel_and_serial(_link_update)
 
 
 @functools.cache
@@ -182,6 +192,8 @@ def _update_backward_kernels(rank: int):
         for b in prange(batch):
             w = write_weights[b]
             p = prev_precedence[b]
+            zero = w.dtype.type(0.0)
+            one = w.dtype.type(1.0)
             g_w = grad_write[b]
             g_p = grad_precedence[b]
             for j in range(slots):
@@ -196,8 +208,8 @@ def _update_backward_kernels(rank: int):
                 row_old = prev_link[b, i]
                 g_prev_row = grad_prev_link[b, i]
                 wi = w[i]
-                keep_row = 1.0 - wi
-                g_wi = 0.0
+                keep_row = one - wi
+                g_wi = zero
                 for j in range(slots):
                     g = incoming[j]
                     for k in range(rank):
@@ -217,9 +229,7 @@ def _update_backward_kernels(rank: int):
                 g_p[i] -= g_ii * wi
                 g_w[i] += g_wi
 
-    parallel = njit(parallel=True, fastmath=True, cache=True, nogil=True)(update_backward)
-    serial = njit(fastmath=True, cache=True, nogil=True)(update_backward)
-    return parallel, serial
+    return parallel_and_serial(update_backward)
 
 
 def _kernel(parallel, serial, entries: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import types
 
 import numpy as np
 import torch
@@ -26,7 +27,18 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     HAVE_NUMBA = False
     njit = prange = None
 
-__all__ = ["HAVE_NUMBA", "KERNEL_LOCK", "POOL", "arrays", "njit", "prange", "set_threads", "usable"]
+
+__all__ = [
+    "HAVE_NUMBA",
+    "KERNEL_LOCK",
+    "POOL",
+    "arrays",
+    "njit",
+    "parallel_and_serial",
+    "prange",
+    "set_threads",
+    "usable",
+]
 
 
 class _BufferPool:
@@ -103,3 +115,23 @@ def set_threads(entries: int) -> int:
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     return threads
+
+
+def parallel_and_serial(function):
+    """``function`` compiled twice by numba, with ``prange`` parallel and serial (cached on disk).
+
+    numba's disk cache finds a kernel by its qualified name and bytecode, not by its compile
+    flags, so two compilations of one function share a cache entry: whichever compiled first
+    was loaded for both, and the "parallel" kernel ran serially from then on. The serial one is
+    compiled from a renamed copy, which numba caches in a file of its own.
+    """
+    options = dict(fastmath=True, cache=True, nogil=True)
+    twin = types.FunctionType(
+        function.__code__,
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    twin.__qualname__ = f"{function.__qualname__}_serial"
+    return njit(parallel=True, **options)(function), njit(**options)(twin)
