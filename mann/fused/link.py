@@ -17,7 +17,8 @@ one streaming pass that folds the reads' rank-2R gradient into the link's.
 
 Constants in the kernels take the data's dtype (``w.dtype.type(1.0)``): numba types a float
 literal float64, and float32 arithmetic that meets one runs in float64, converted both ways at
-half the vector width (the backward pass ran 1.2-1.6x faster without it at 16x256, measured alone).
+half the vector width (the backward kernel ran 1.2-1.6x faster without it at 16x256 in a
+one-off timing).
 
 Kernels are compiled by numba on first use (cached on disk), each parallel over the batch and
 serial (``runtime.parallel_and_serial``). Without numba the torch composition in
