@@ -22,6 +22,7 @@ from torch import nn
 
 from mann.access.base import require_positive
 from mann.controller import CONTROLLERS, build_controller
+from mann.fused import sequence as fused_sequence
 from mann.trace import Trace
 
 ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc")
@@ -187,6 +188,12 @@ class MemoryAugmentedNetwork(nn.Module):
         batch, steps, _ = inputs.shape
         if state is None:
             state = self.initial_state(batch, inputs.device)
+        if not record and fused_sequence.usable(self, inputs, state):
+            logits, controller_state, access_fields, read_vectors = fused_sequence.run(
+                self, inputs, state
+            )
+            access_state = type(state.access)(*access_fields)
+            return logits, ModelState(controller_state, access_state, read_vectors)
         clip = self.config.clip_value
         clip_hidden = clip < 1.0  # |h_t| < 1 for every controller: a larger clip is the identity
         controller_state, access_state, read_vectors = state

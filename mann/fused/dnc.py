@@ -504,86 +504,112 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np
     return torch.from_numpy(array), array
 
 
+def write_forward(interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights):
+    """The write half without autograd: interface (B,I), M_{t-1} (B,N,W), u_{t-1} (B,N),
+    w^w_{t-1} (B,N), w^r_{t-1} (B,R,N), contiguous -> ((M_t, u_t, w^w_t (B,N)), saved),
+    ``saved`` being the arrays ``write_backward`` needs."""
+    batch, slots, width = prev_memory.shape
+    heads = prev_read_weights.shape[1]
+    dtype = prev_memory.dtype
+    usage, usage_array = _empty((batch, slots), dtype)
+    sorted_usage, sorted_array = _empty((batch, slots), dtype)
+    free_list = np.empty((batch, slots), dtype=np.int64)
+    memory, memory_array = _empty((batch, slots, width), dtype)
+    write_weights, write_array = _empty((batch, slots), dtype)
+    inputs = _numpy(interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights)
+    content_and_similarity = np.empty((batch, slots)), np.empty((batch, slots))
+    with KERNEL_LOCK:
+        _usage_forward(inputs[0], *inputs[2:], width, usage_array, sorted_array, free_list)
+        _write_forward(
+            inputs[0], inputs[1], sorted_array, free_list, heads, memory_array, write_array,
+            *content_and_similarity,
+        )  # fmt: skip
+    # The inputs as arrays (not converted again), the sort and the write content.
+    return (memory, usage, write_weights), (*inputs, sorted_array, free_list,
+                                            *content_and_similarity)  # fmt: skip
+
+
+def write_backward(saved, grad_memory, grad_usage, grad_write_weights):
+    """Gradients of (interface, M_{t-1}, u_{t-1}, w^w_{t-1} (B,N), w^r_{t-1}) from
+    ``write_forward``'s ``saved`` and the gradients of M_t, u_t, w^w_t (B,N)."""
+    dtype = torch.float32 if saved[1].dtype == np.float32 else torch.float64
+    grads, grad_arrays = zip(*(_empty(array.shape, dtype) for array in saved[:5]), strict=True)
+    with KERNEL_LOCK:
+        _write_backward(
+            *saved, *_numpy(grad_memory, grad_usage, grad_write_weights), *grad_arrays
+        )
+    return grads
+
+
 class _Write(torch.autograd.Function):
     @staticmethod
     def forward(ctx, interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights):
         # prev_write_weights arrive as the state holds them, (B,1,N); the new ones leave both
         # as (B,N) and, copied, as (B,1,N) for the next state: a squeeze and an unsqueeze
         # outside would be two more autograd nodes per step.
-        batch, slots, width = prev_memory.shape
-        heads = prev_read_weights.shape[1]
-        dtype = prev_memory.dtype
-        usage, usage_array = _empty((batch, slots), dtype)
-        sorted_usage, sorted_array = _empty((batch, slots), dtype)
-        free_list = torch.empty((batch, slots), dtype=torch.int64)
-        memory, memory_array = _empty((batch, slots, width), dtype)
-        write_weights, write_array = _empty((batch, slots), dtype)
-        inputs = _numpy(
+        batch, slots, _ = prev_memory.shape
+        (memory, usage, write_weights), ctx.arrays = write_forward(
             interface, prev_memory, prev_usage, prev_write_weights.view(batch, slots),
             prev_read_weights,
         )  # fmt: skip
-        with KERNEL_LOCK:
-            sorted_arrays = sorted_array, free_list.numpy()
-            _usage_forward(inputs[0], *inputs[2:], width, usage_array, *sorted_arrays)
-            content_and_similarity = np.empty((batch, slots)), np.empty((batch, slots))
-            _write_forward(
-                inputs[0], inputs[1], *sorted_arrays, heads, memory_array, write_array,
-                *content_and_similarity,
-            )  # fmt: skip
+        # For the check that no input was modified in place since.
         ctx.save_for_backward(
-            interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights,
-            sorted_usage, free_list,
-        )  # fmt: skip
-        # The inputs as arrays (not converted again) and the write content, for backward.
-        ctx.arrays = (*inputs, *sorted_arrays, *content_and_similarity)
+            interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights
+        )
         return memory, usage, write_weights, write_weights.clone().unsqueeze(1)
 
     @staticmethod
     def backward(ctx, grad_memory, grad_usage, grad_write_weights, grad_state_write_weights):
-        saved = ctx.saved_tensors  # checks that no input was modified in place since
-        grads, grad_arrays = zip(*(_empty(tuple(t.shape), t.dtype) for t in saved[:5]), strict=True)
+        prev_write_weights = ctx.saved_tensors[3]
         grad_write_weights = grad_write_weights + grad_state_write_weights.squeeze(1)
-        batch, slots = grad_write_weights.shape
-        grad_arrays = (*grad_arrays[:3], grad_arrays[3].reshape(batch, slots), grad_arrays[4])
-        with KERNEL_LOCK:
-            _write_backward(
-                *ctx.arrays, *_numpy(grad_memory, grad_usage, grad_write_weights), *grad_arrays
-            )
-        return grads
+        grads = write_backward(ctx.arrays, grad_memory, grad_usage, grad_write_weights)
+        return (*grads[:3], grads[3].view(prev_write_weights.shape), grads[4])
+
+
+def read_forward(interface, memory, prev_precedence, write_weights, forward, backward):
+    """The read half without autograd: interface (B,I), M_t (B,N,W), p_{t-1} (B,N), w^w_t
+    (B,N), f and b (B,R,N), contiguous -> ((w^r_t, r_t, p_t), saved), ``saved`` being the
+    arrays ``read_backward`` needs."""
+    batch, slots, width = memory.shape
+    heads = forward.shape[1]
+    dtype = memory.dtype
+    read_weights, read_weights_array = _empty((batch, heads, slots), dtype)
+    read_vectors, read_vectors_array = _empty((batch, heads, width), dtype)
+    precedence, precedence_array = _empty((batch, slots), dtype)
+    arrays = _numpy(interface, memory, prev_precedence, write_weights, forward, backward)
+    content_and_similarity = np.empty((batch, heads, slots)), np.empty((batch, heads, slots))
+    with KERNEL_LOCK:
+        _read_forward(
+            *arrays, read_weights_array, read_vectors_array, precedence_array,
+            *content_and_similarity,
+        )  # fmt: skip
+    return (read_weights, read_vectors, precedence), (*arrays, *content_and_similarity)
+
+
+def read_backward(saved, grad_read_weights, grad_read_vectors, grad_precedence):
+    """Gradients of (interface, M_t, p_{t-1}, w^w_t, f, b) from ``read_forward``'s ``saved``
+    and the gradients of w^r_t, r_t, p_t."""
+    dtype = torch.float32 if saved[1].dtype == np.float32 else torch.float64
+    grads, grad_arrays = zip(*(_empty(array.shape, dtype) for array in saved[:6]), strict=True)
+    with KERNEL_LOCK:
+        _read_backward(
+            *saved, *_numpy(grad_read_weights, grad_read_vectors, grad_precedence), *grad_arrays
+        )
+    return grads
 
 
 class _Read(torch.autograd.Function):
     @staticmethod
     def forward(ctx, interface, memory, prev_precedence, write_weights, forward, backward):
-        batch, slots, width = memory.shape
-        heads = forward.shape[1]
-        dtype = memory.dtype
-        read_weights, read_weights_array = _empty((batch, heads, slots), dtype)
-        read_vectors, read_vectors_array = _empty((batch, heads, width), dtype)
-        precedence, precedence_array = _empty((batch, slots), dtype)
         inputs = (interface, memory, prev_precedence, write_weights, forward, backward)
-        arrays = _numpy(*inputs)
-        content_and_similarity = np.empty((batch, heads, slots)), np.empty((batch, heads, slots))
-        with KERNEL_LOCK:
-            _read_forward(
-                *arrays, read_weights_array, read_vectors_array, precedence_array,
-                *content_and_similarity,
-            )  # fmt: skip
+        outputs, ctx.arrays = read_forward(*inputs)
         ctx.save_for_backward(*inputs)
-        ctx.arrays = (*arrays, *content_and_similarity)
-        return read_weights, read_vectors, precedence
+        return outputs
 
     @staticmethod
     def backward(ctx, grad_read_weights, grad_read_vectors, grad_precedence):
-        saved = ctx.saved_tensors
-        grads, grad_arrays = zip(*(_empty(tuple(t.shape), t.dtype) for t in saved), strict=True)
-        with KERNEL_LOCK:
-            _read_backward(
-                *ctx.arrays,
-                *_numpy(grad_read_weights, grad_read_vectors, grad_precedence),
-                *grad_arrays,
-            )
-        return grads
+        _ = ctx.saved_tensors  # checks that no input was modified in place since
+        return read_backward(ctx.arrays, grad_read_weights, grad_read_vectors, grad_precedence)
 
 
 def dnc_write(

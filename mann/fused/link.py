@@ -240,46 +240,107 @@ def _kernel(parallel, serial, entries: int):
     return serial
 
 
+def _small_forward(prev_link, prev_precedence, write_weights, prev_read_weights):
+    """One pass: L_t with f = L_t w^r and b = L_tᵀ w^r accumulated row by row."""
+    link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+    forward = prev_read_weights.new_empty(prev_read_weights.shape)
+    backward = prev_read_weights.new_empty(prev_read_weights.shape)
+    with KERNEL_LOCK:
+        kernel = _kernel(_link_forward, _link_forward_serial, prev_link.numel())
+        kernel(
+            *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
+            link.numpy(),
+            forward.numpy(),
+            backward.numpy(),
+        )
+    return link, forward, backward
+
+
+def _small_backward(prev_link, prev_precedence, write_weights, prev_read_weights,
+                    grad_link, grad_forward, grad_backward):  # fmt: skip
+    grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+    grad_precedence = torch.empty_like(prev_precedence)
+    grad_write = torch.empty_like(write_weights)
+    grad_read = torch.empty_like(prev_read_weights)
+    with KERNEL_LOCK:
+        kernel = _kernel(_link_backward, _link_backward_serial, prev_link.numel())
+        kernel(
+            *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
+            *arrays(grad_link, grad_forward, grad_backward),
+            grad_prev_link.numpy(),
+            grad_precedence.numpy(),
+            grad_write.numpy(),
+            grad_read.numpy(),
+        )
+    return grad_prev_link, grad_precedence, grad_write, grad_read
+
+
+def _large_forward(prev_link, prev_precedence, write_weights, prev_read_weights):
+    """A streaming pass for L_t, then f = L_t w^r and b = L_tᵀ w^r by BLAS."""
+    link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+    with KERNEL_LOCK:
+        kernel = _kernel(_link_update, _link_update_serial, prev_link.numel())
+        kernel(*arrays(prev_link, prev_precedence, write_weights), link.numpy())
+    forward = torch.bmm(prev_read_weights, link.transpose(1, 2))  # f = L w^r
+    backward = torch.bmm(prev_read_weights, link)  # b = Lᵀ w^r
+    return link, forward, backward
+
+
+def _large_backward(prev_link, prev_precedence, write_weights, prev_read_weights, link,
+                    grad_link, grad_forward, grad_backward):  # fmt: skip
+    grad_read = torch.bmm(grad_forward, link)
+    grad_read.add_(torch.bmm(grad_backward, link.transpose(1, 2)))
+    # dLoss/dL_t[i,j] gains Σ_r gf[r,i] w^r[j] + w^r[i] gb[r,j]: leftᵀ right, rank 2R.
+    left = torch.cat([grad_forward, prev_read_weights], dim=1).contiguous()
+    right = torch.cat([prev_read_weights, grad_backward], dim=1).contiguous()
+    grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
+    grad_precedence = torch.empty_like(prev_precedence)
+    grad_write = torch.empty_like(write_weights)
+    with KERNEL_LOCK:
+        kernel = _kernel(*_update_backward_kernels(left.shape[1]), prev_link.numel())
+        kernel(
+            *arrays(prev_link, prev_precedence, write_weights, left, right, grad_link),
+            grad_prev_link.numpy(),
+            grad_precedence.numpy(),
+            grad_write.numpy(),
+        )
+    return grad_prev_link, grad_precedence, grad_write, grad_read
+
+
+def forward_pass(prev_link, prev_precedence, write_weights, prev_read_weights):
+    """The link step without autograd, by the path its size takes: contiguous CPU tensors
+    -> ((link, forward, backward), saved), ``saved`` being what ``backward_pass`` needs.
+    For callers that do their own backward (``mann.fused.sequence``)."""
+    inputs = (prev_link, prev_precedence, write_weights, prev_read_weights)
+    if prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
+        outputs = _large_forward(*inputs)
+        return outputs, (*inputs, outputs[0])
+    return _small_forward(*inputs), inputs
+
+
+def backward_pass(saved, grad_link, grad_forward, grad_backward):
+    """Gradients of (prev_link, prev_precedence, write_weights, prev_read_weights) from
+    ``forward_pass``'s ``saved`` and the gradients of its outputs (tensors, not None)."""
+    if len(saved) == 5:
+        return _large_backward(*saved, grad_link, grad_forward, grad_backward)
+    return _small_backward(*saved, grad_link, grad_forward, grad_backward)
+
+
 class _FusedLink(torch.autograd.Function):
     """Small links: one serial pass each way, nothing saved but the inputs."""
 
     @staticmethod
     def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
-        link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
-        forward = prev_read_weights.new_empty(prev_read_weights.shape)
-        backward = prev_read_weights.new_empty(prev_read_weights.shape)
-        with KERNEL_LOCK:
-            kernel = _kernel(_link_forward, _link_forward_serial, prev_link.numel())
-            kernel(
-                *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
-                link.numpy(),
-                forward.numpy(),
-                backward.numpy(),
-            )
         ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights)
-        return link, forward, backward
+        return _small_forward(prev_link, prev_precedence, write_weights, prev_read_weights)
 
     @staticmethod
     def backward(ctx, grad_link, grad_forward, grad_backward):
-        prev_link, prev_precedence, write_weights, prev_read_weights = ctx.saved_tensors
-        grad_link, grad_forward, grad_backward = _zeros_for_none(
+        prev_link, _, _, prev_read_weights = ctx.saved_tensors
+        grads = _zeros_for_none(
             (grad_link, grad_forward, grad_backward), (prev_link, prev_read_weights)
         )
-        grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
-        grad_precedence = torch.empty_like(prev_precedence)
-        grad_write = torch.empty_like(write_weights)
-        grad_read = torch.empty_like(prev_read_weights)
-        with KERNEL_LOCK:
-            kernel = _kernel(_link_backward, _link_backward_serial, prev_link.numel())
-            kernel(
-                *arrays(prev_link, prev_precedence, write_weights, prev_read_weights),
-                *arrays(grad_link, grad_forward, grad_backward),
-                grad_prev_link.numpy(),
-                grad_precedence.numpy(),
-                grad_write.numpy(),
-                grad_read.numpy(),
-            )
-        return grad_prev_link, grad_precedence, grad_write, grad_read
+        return _small_backward(*ctx.saved_tensors, *grads)
 
 
 class _FusedLargeLink(torch.autograd.Function):
@@ -291,38 +352,18 @@ class _FusedLargeLink(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, prev_link, prev_precedence, write_weights, prev_read_weights):
-        link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
-        with KERNEL_LOCK:
-            kernel = _kernel(_link_update, _link_update_serial, prev_link.numel())
-            kernel(*arrays(prev_link, prev_precedence, write_weights), link.numpy())
-        forward = torch.bmm(prev_read_weights, link.transpose(1, 2))  # f = L w^r
-        backward = torch.bmm(prev_read_weights, link)  # b = Lᵀ w^r
-        ctx.save_for_backward(prev_link, prev_precedence, write_weights, prev_read_weights, link)
+        inputs = (prev_link, prev_precedence, write_weights, prev_read_weights)
+        link, forward, backward = _large_forward(*inputs)
+        ctx.save_for_backward(*inputs, link)
         return link, forward, backward
 
     @staticmethod
     def backward(ctx, grad_link, grad_forward, grad_backward):
-        prev_link, prev_precedence, write_weights, prev_read_weights, link = ctx.saved_tensors
-        grad_link, grad_forward, grad_backward = _zeros_for_none(
+        prev_link, _, _, prev_read_weights, _ = ctx.saved_tensors
+        grads = _zeros_for_none(
             (grad_link, grad_forward, grad_backward), (prev_link, prev_read_weights)
         )
-        grad_read = torch.bmm(grad_forward, link)
-        grad_read.add_(torch.bmm(grad_backward, link.transpose(1, 2)))
-        # dLoss/dL_t[i,j] gains Σ_r gf[r,i] w^r[j] + w^r[i] gb[r,j]: leftᵀ right, rank 2R.
-        left = torch.cat([grad_forward, prev_read_weights], dim=1).contiguous()
-        right = torch.cat([prev_read_weights, grad_backward], dim=1).contiguous()
-        grad_prev_link = POOL.empty(tuple(prev_link.shape), prev_link.dtype)
-        grad_precedence = torch.empty_like(prev_precedence)
-        grad_write = torch.empty_like(write_weights)
-        with KERNEL_LOCK:
-            kernel = _kernel(*_update_backward_kernels(left.shape[1]), prev_link.numel())
-            kernel(
-                *arrays(prev_link, prev_precedence, write_weights, left, right, grad_link),
-                grad_prev_link.numpy(),
-                grad_precedence.numpy(),
-                grad_write.numpy(),
-            )
-        return grad_prev_link, grad_precedence, grad_write, grad_read
+        return _large_backward(*ctx.saved_tensors, *grads)
 
 
 def _zeros_for_none(gradients, like):

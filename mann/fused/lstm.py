@@ -60,15 +60,22 @@ class _LSTMCell(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_cell):
-        sigmoids, candidate, cell_tanh, prev_cell = ctx.saved_tensors
-        grad_gates = torch.empty(prev_cell.shape[0], 4 * prev_cell.shape[1], dtype=prev_cell.dtype)
-        grad_prev_cell = torch.empty_like(prev_cell)
-        _cell_backward(
-            grad_hidden.contiguous().numpy(), grad_cell.contiguous().numpy(),
-            sigmoids.numpy(), candidate.numpy(), cell_tanh.numpy(),
-            prev_cell.contiguous().numpy(), grad_gates.numpy(), grad_prev_cell.numpy(),
-        )  # fmt: skip
-        return grad_gates, grad_prev_cell
+        return cell_backward(ctx.saved_tensors, grad_hidden, grad_cell)
+
+
+def cell_backward(saved, grad_hidden: torch.Tensor, grad_cell: torch.Tensor):
+    """dL/d(pre-activation gates) (B,4H) and dL/dc_{t-1} (B,H) from ``saved`` = (σ of i, f, o,
+    g, tanh(c_t), c_{t-1}) (``cell_forward``'s activations and the previous cell) and the
+    gradients of h_t and c_t. Needs numba."""
+    sigmoids, candidate, cell_tanh, prev_cell = saved
+    grad_gates = torch.empty(prev_cell.shape[0], 4 * prev_cell.shape[1], dtype=prev_cell.dtype)
+    grad_prev_cell = torch.empty_like(prev_cell)
+    _cell_backward(
+        grad_hidden.contiguous().numpy(), grad_cell.contiguous().numpy(),
+        sigmoids.numpy(), candidate.numpy(), cell_tanh.numpy(),
+        prev_cell.contiguous().numpy(), grad_gates.numpy(), grad_prev_cell.numpy(),
+    )  # fmt: skip
+    return grad_gates, grad_prev_cell
 
 
 def lstm_cell(gates: torch.Tensor, prev_cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
