@@ -8,11 +8,15 @@ including gradients that reach the returned state from a later call.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
 from mann import ModelConfig, ModelState, build_model
 from mann.access.dnc import DNCState
+from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
 from mann.fused import runtime, sequence
 
@@ -173,3 +177,34 @@ def test_the_large_link_path_is_taken_from_its_threshold(monkeypatch):
         model = build_model(dnc_config(memory_size=128, num_layers=1))
         model(torch.rand(batch, 3, 5))[0].sum().backward()
     assert len(taken) == 3  # three steps of the second model only
+
+
+@pytest.mark.parametrize("batch, slots", [(2, 8), (2, 128)], ids=["small link", "large link"])
+def test_a_finished_sequence_frees_what_it_saved(monkeypatch, batch, slots):
+    # The node's saved data must die with the graph, by reference counting alone. When the
+    # returned state shared tensors with it, the graph was a cycle that only a full garbage
+    # collection frees, which training rarely triggers: a DNC 256 grew 210 MB a step.
+    saved = []
+
+    def watched(original):
+        def keep_weak_references(*args):
+            outputs, kept = original(*args)
+            saved.extend(weakref.ref(value) for value in (*outputs, *kept))
+            return outputs, kept
+
+        return keep_weak_references
+
+    monkeypatch.setattr(fused_link, "forward_pass", watched(fused_link.forward_pass))
+    monkeypatch.setattr(fused_dnc, "read_forward", watched(fused_dnc.read_forward))
+    monkeypatch.setattr(fused_dnc, "write_forward", watched(fused_dnc.write_forward))
+    model = build_model(dnc_config(memory_size=slots, num_layers=1))
+    gc.collect()
+    gc.disable()
+    try:
+        logits, state = model(torch.rand(batch, 4, 5))
+        (logits.sum() + state.access.link.sum() + state.access.memory.sum()).backward()
+        assert saved and any(reference() is not None for reference in saved)
+        del logits, state
+        assert all(reference() is None for reference in saved)
+    finally:
+        gc.enable()

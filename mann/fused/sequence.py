@@ -154,8 +154,12 @@ class _Sequence(torch.autograd.Function):
         ctx.logit_mask = (raw_logits.abs() <= clip).view(steps, batch, -1)
         final = [value for pair in zip(hidden, cell, strict=True) for value in pair]
         final += [memory, usage, link, precedence, read_weights, write_weights.unsqueeze(1)]
-        ctx.final_shapes = [(t.shape, t.dtype) for t in (*final, read_vectors)]
-        return logits.contiguous(), *final, read_vectors
+        final.append(read_vectors)
+        ctx.final_shapes = [(t.shape, t.dtype) for t in final]
+        # Copies: ctx keeps the last step's tensors (the link's saved L_T, arrays viewing
+        # M_T), and an output that ctx holds is a cycle through autograd's C++ graph that
+        # Python's collector cannot see; every sequence's graph leaked until they were copies.
+        return logits.contiguous(), *(t.clone() for t in final)
 
     @staticmethod
     def backward(ctx, grad_logits, *grad_state):
