@@ -296,6 +296,8 @@ def test_whole_model_trains_the_same_with_and_without_the_fused_step(monkeypatch
     calls = []
     ntm_step = fused.ntm_step
     monkeypatch.setattr(fused, "ntm_step", lambda *a, **k: calls.append(1) or ntm_step(*a, **k))
+    # The step loop; test_fused_sequence.py holds the whole-sequence node equal to it.
+    monkeypatch.setattr(fused.sequence, "ENABLED", False)
 
     def logits_and_gradients(record: bool):
         model.zero_grad()

@@ -1,9 +1,9 @@
-"""The whole-sequence LSTM+DNC node (mann/fused/sequence.py) against the model's step loop.
+"""The whole-sequence LSTM+NTM/DNC node (mann/fused/sequence.py) against the model's step loop.
 
 The step loop (``sequence.ENABLED = False``) is itself held to ``mann.addressing`` by
-test_fused_dnc.py and test_fused_link.py; here the sequence path must equal it in logits, the
-returned state, and the gradient of every parameter, of the inputs and of the initial state,
-including gradients that reach the returned state from a later call.
+test_fused_ntm.py, test_fused_dnc.py and test_fused_link.py; here the sequence path must equal
+it in logits, the returned state, and the gradient of every parameter, of the inputs and of the
+initial state, including gradients that reach the returned state from a later call.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from mann import ModelConfig, ModelState, build_model
 from mann.access.dnc import DNCState
+from mann.access.ntm import NTMState
 from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
 from mann.fused import runtime, sequence
@@ -39,8 +40,14 @@ def random_state(model, batch: int, dtype, seed: int) -> ModelState:
     def uniform(*shape, scale=1.0):
         return scale * torch.rand(*shape, generator=generator, dtype=dtype)
 
+    if config.arch == "ntm":
+        access = NTMState(
+            memory=uniform(batch, N, W) - 0.5,
+            read_weights=torch.softmax(uniform(batch, R, N, scale=4.0), -1),
+            write_weights=torch.softmax(uniform(batch, config.write_heads, N, scale=4.0), -1),
+        )
     link = uniform(batch, N, N, scale=1.0 / N) * (1 - torch.eye(N, dtype=dtype))
-    access = DNCState(
+    access = access if config.arch == "ntm" else DNCState(
         memory=uniform(batch, N, W) - 0.5,
         usage=uniform(batch, N),
         link=link,
@@ -62,7 +69,9 @@ def flat(state: ModelState) -> list[torch.Tensor]:
 def run_both(model, inputs, state, loss_of):
     """Logits, returned state and gradients from the sequence path and the step loop."""
     results = []
-    leaves = [inputs, *model.parameters(), *flat(state)]
+    # Not the NTM's learned initial state: the state given here replaces it.
+    used = [p for name, p in model.named_parameters() if not name.startswith("access.")]
+    leaves = [inputs, *used, *flat(state)]
     for enabled in (True, False):
         sequence.ENABLED = enabled
         try:
@@ -92,22 +101,26 @@ def loss_of_logits(model, logits, state):
 
 @pytest.mark.parametrize("loss_of", [loss_through_state, loss_of_logits], ids=["state", "logits"])
 @pytest.mark.parametrize(
-    "dtype, layers, read_heads, slots, batch, clip",
+    "arch, dtype, layers, read_heads, slots, batch, clip",
     [
-        (torch.float64, 2, 3, 8, 3, 20.0),
-        (torch.float64, 1, 1, 8, 2, 20.0),
-        (torch.float64, 2, 2, 8, 3, 1.0),  # interface and logits clipped, weights scaled up
-        (torch.float64, 3, 2, 128, 2, 20.0),  # B N² = 2^15: the link's BLAS path
-        (torch.float32, 2, 4, 64, 16, 20.0),
+        ("dnc", torch.float64, 2, 3, 8, 3, 20.0),
+        ("dnc", torch.float64, 1, 1, 8, 2, 20.0),
+        ("dnc", torch.float64, 2, 2, 8, 3, 1.0),  # interface and logits clipped, weights x8
+        ("dnc", torch.float64, 3, 2, 128, 2, 20.0),  # B N² = 2^15: the link's BLAS path
+        ("dnc", torch.float32, 2, 4, 64, 16, 20.0),
+        ("ntm", torch.float64, 1, 1, 8, 3, 20.0),
+        ("ntm", torch.float64, 2, 2, 8, 3, 1.0),
+        ("ntm", torch.float32, 1, 1, 128, 16, 20.0),
     ],
 )
 def test_the_sequence_equals_the_step_loop(
-    dtype, layers, read_heads, slots, batch, clip, loss_of
+    arch, dtype, layers, read_heads, slots, batch, clip, loss_of
 ):
     torch.manual_seed(0)
     model = build_model(
-        dnc_config(num_layers=layers, read_heads=read_heads, memory_size=slots, clip_value=clip)
-    ).to(dtype)
+        dnc_config(arch=arch, num_layers=layers, read_heads=read_heads, memory_size=slots,
+                   clip_value=clip, write_heads=2 if (arch, read_heads) == ("ntm", 2) else 1)
+    ).to(dtype)  # fmt: skip
     if clip < 20:
         with torch.no_grad():
             for parameter in (model.interface.weight, model.output.weight):
@@ -126,7 +139,8 @@ def test_the_sequence_equals_the_step_loop(
     for got, want in zip(gradients, expected, strict=True):
         scale = want.abs().max().clamp_min(1.0)
         torch.testing.assert_close(got / scale, want / scale, **tolerance)
-    assert all(gradient.abs().sum() > 0 for gradient in gradients[:-8])  # inputs, parameters
+    # Inputs and parameters all get a gradient.
+    assert all(gradient.abs().sum() > 0 for gradient in gradients[: -len(flat(state))])
 
 
 def test_the_sequence_passes_gradcheck_through_inputs_and_state():
@@ -155,7 +169,8 @@ def test_the_sequence_passes_gradcheck_through_inputs_and_state():
         ({"controller": "gru"}, False, False),
         ({"controller": "feedforward"}, False, False),
         ({"clip_value": 0.5}, False, False),  # a clip below 1 also clips h_t
-        ({"arch": "ntm"}, False, False),
+        ({"arch": "ntm"}, False, True),
+        ({"arch": "sam"}, False, False),
     ],
 )
 def test_which_models_take_the_sequence_path(monkeypatch, changes, record, taken):

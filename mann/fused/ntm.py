@@ -360,42 +360,53 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np
     return torch.from_numpy(array), array
 
 
+def step_forward(interface, memory, prev_weights, read_heads: int):
+    """The step without autograd: interface (B,I), M_{t-1} (B,N,W), w_{t-1} (B,H,N)
+    -> (r_t (B,R,W), M_t, w_t). Its inputs are all its backward needs (``step_backward``)."""
+    batch, _, width = memory.shape
+    read_vectors, read_array = _empty((batch, read_heads, width), memory.dtype)
+    new_memory, memory_array = _empty(tuple(memory.shape), memory.dtype)
+    weights, weights_array = _empty(tuple(prev_weights.shape), memory.dtype)
+    with KERNEL_LOCK:
+        _ntm_forward(
+            *arrays(interface, memory, prev_weights),
+            _TINY[memory.dtype],
+            read_array,
+            memory_array,
+            weights_array,
+        )
+    return read_vectors, new_memory, weights
+
+
+def step_backward(interface, memory, prev_weights, grad_reads, grad_memory, grad_weights):
+    """Gradients of (interface, M_{t-1}, w_{t-1}) from the step's inputs and the gradients
+    of its outputs (tensors, not None)."""
+    grad_interface, interface_array = _empty(tuple(interface.shape), memory.dtype)
+    grad_prev_memory, memory_array = _empty(tuple(memory.shape), memory.dtype)
+    grad_prev_weights, weights_array = _empty(tuple(prev_weights.shape), memory.dtype)
+    with KERNEL_LOCK:
+        _ntm_backward(
+            *arrays(interface, memory, prev_weights),
+            _TINY[memory.dtype],
+            *arrays(grad_reads, grad_memory, grad_weights),
+            interface_array,
+            memory_array,
+            weights_array,
+        )
+    return grad_interface, grad_prev_memory, grad_prev_weights
+
+
 class _NTMStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, interface, memory, prev_weights, read_heads):
-        batch, _, width = memory.shape
-        read_vectors, read_array = _empty((batch, read_heads, width), memory.dtype)
-        new_memory, memory_array = _empty(tuple(memory.shape), memory.dtype)
-        weights, weights_array = _empty(tuple(prev_weights.shape), memory.dtype)
-        with KERNEL_LOCK:
-            _ntm_forward(
-                *arrays(interface, memory, prev_weights),
-                _TINY[memory.dtype],
-                read_array,
-                memory_array,
-                weights_array,
-            )
         ctx.save_for_backward(interface, memory, prev_weights)
-        return read_vectors, new_memory, weights
+        return step_forward(interface, memory, prev_weights, read_heads)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_reads, grad_memory, grad_weights):
         # Outputs without a gradient arrive as zeros (autograd materialises them).
-        interface, memory, prev_weights = ctx.saved_tensors
-        grad_interface, interface_array = _empty(tuple(interface.shape), memory.dtype)
-        grad_prev_memory, memory_array = _empty(tuple(memory.shape), memory.dtype)
-        grad_prev_weights, weights_array = _empty(tuple(prev_weights.shape), memory.dtype)
-        with KERNEL_LOCK:
-            _ntm_backward(
-                *arrays(interface, memory, prev_weights),
-                _TINY[memory.dtype],
-                *arrays(grad_reads, grad_memory, grad_weights),
-                interface_array,
-                memory_array,
-                weights_array,
-            )
-        return grad_interface, grad_prev_memory, grad_prev_weights, None
+        return (*step_backward(*ctx.saved_tensors, grad_reads, grad_memory, grad_weights), None)
 
 
 def ntm_step(

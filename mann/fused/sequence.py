@@ -1,23 +1,27 @@
-"""A whole LSTM-controlled DNC sequence as one autograd node: training without the engine.
+"""A whole LSTM-controlled NTM or DNC sequence as one autograd node: training without the engine.
 
 ``MemoryAugmentedNetwork.forward`` steps an LSTM and a memory through time; with the fused
-kernels a DNC time step is still about thirteen autograd nodes, and at the sizes a DNC
-trains at (DNC 64×20, batch 16) the engine's bookkeeping for them and the Python around each
-Function cost about as much as the kernels. Here the same computation is one
+kernels a time step is still about ten (NTM) or thirteen (DNC) autograd nodes, and at the
+sizes they train at (NTM 128×20, DNC 64×20) the engine's bookkeeping for them and the Python
+around each Function cost about as much as the kernels. Here the same computation is one
 ``torch.autograd.Function`` over the sequence: its forward runs the same loop with gradients
 off, keeping what each step's backward needs (the LSTM activations, the kernels' saved
 arrays); its backward runs the time loop in reverse by hand, carrying dL/d(state) from step
 to step, and forms every weight's gradient at the end with one matrix product over all
 steps (dW = Σ_t δ_tᵀ x_t) instead of one per step.
 
-Nothing here is a new equation: each step calls the kernels ``DNCAccess`` uses when not
-recording (``mann.fused.dnc`` write and read, ``mann.fused.link``) and ``mann.fused.lstm``'s
-cell, in the order of ``MemoryAugmentedNetwork.forward``; tests hold the two paths equal in
-values and in every gradient, including gradients that arrive through the returned state.
+Nothing here is a new equation: each step calls the kernels the memory uses when not
+recording (``NTMAccess``: ``mann.fused.ntm``; ``DNCAccess``: ``mann.fused.dnc`` write and
+read, ``mann.fused.link``) and ``mann.fused.lstm``'s cell, in the order of
+``MemoryAugmentedNetwork.forward``; tests hold the two paths equal in values and in every
+gradient, including gradients that arrive through the returned state. The memory's part of a
+step is an object with ``forward(interface, state) -> (r_t, state_t, saved)`` and
+``backward(saved, dL/dr_t, dL/dstate_t) -> (dL/dinterface, dL/dstate_{t-1})`` (``_NTMSteps``,
+``_DNCSteps``).
 
-Taken when not recording, for an LSTM controller with a DNC memory, CPU float tensors of one
-dtype, numba present and ``clip_value >= 1`` (a smaller clip also clips h_t); otherwise the
-model runs step by step.
+Taken when not recording, for an LSTM controller with an NTM or DNC memory, CPU float tensors
+of one dtype, numba present and ``clip_value >= 1`` (a smaller clip also clips h_t);
+otherwise the model runs step by step.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
+from mann.fused import ntm as fused_ntm
 from mann.fused.lstm import cell_backward, cell_forward
 from mann.fused.runtime import usable as kernels_usable
 
@@ -35,12 +40,11 @@ ENABLED = True
 
 def usable(model, inputs: torch.Tensor, state) -> bool:
     """Whether ``run`` can take this model, input and state."""
-    from mann.access.dnc import DNCAccess
     from mann.controller import LSTMController
 
     return (
         ENABLED
-        and isinstance(model.access, DNCAccess)
+        and _steps_for(model.access) is not None
         and isinstance(model.controller, LSTMController)
         and model.config.clip_value >= 1.0
         and kernels_usable(inputs, *model.parameters(), *_state_tensors(state))
@@ -50,6 +54,89 @@ def usable(model, inputs: torch.Tensor, state) -> bool:
 def _state_tensors(state) -> tuple[torch.Tensor, ...]:
     controller_state, access_state, read_vectors = state
     return (*controller_state, *access_state, read_vectors)
+
+
+class _NTMSteps:
+    """The NTM's memory step (``mann.fused.ntm``); state (M, w^r (B,R,N), w^w (B,Hw,N))."""
+
+    def __init__(self, access) -> None:
+        self.read_heads = access.read_heads
+
+    def forward(self, interface, state):
+        memory, read_weights, write_weights = state
+        previous = torch.cat([read_weights, write_weights], dim=1)
+        read_vectors, memory, weights = fused_ntm.step_forward(
+            interface, memory, previous, self.read_heads
+        )
+        heads = (self.read_heads, weights.shape[1] - self.read_heads)
+        new_state = (memory, *weights.split(heads, 1))
+        return read_vectors, new_state, (interface, state[0], previous)
+
+    def backward(self, saved, grad_reads, grad_state):
+        grad_memory, grad_read_weights, grad_write_weights = grad_state
+        grad_weights = torch.cat([grad_read_weights, grad_write_weights], dim=1)
+        grad_interface, grad_memory, grad_weights = fused_ntm.step_backward(
+            *saved, grad_reads, grad_memory, grad_weights
+        )
+        heads = (self.read_heads, grad_weights.shape[1] - self.read_heads)
+        return grad_interface, (grad_memory, *grad_weights.split(heads, 1))
+
+
+class _DNCSteps:
+    """The DNC's write, link and read kernels; state as ``DNCState`` (w^w as (B,1,N))."""
+
+    def __init__(self, access) -> None:
+        pass
+
+    def forward(self, interface, state):
+        memory, usage, link, precedence, read_weights, write_weights = state
+        batch, slots = usage.shape
+        (memory, usage, new_write_weights), write_saved = fused_dnc.write_forward(
+            interface, memory, usage, write_weights.view(batch, slots), read_weights
+        )
+        (link, forward, backward), link_saved = fused_link.forward_pass(
+            link, precedence, new_write_weights, read_weights
+        )
+        (read_weights, read_vectors, precedence), read_saved = fused_dnc.read_forward(
+            interface, memory, precedence, new_write_weights, forward, backward
+        )
+        new_state = (memory, usage, link, precedence, read_weights, new_write_weights.unsqueeze(1))
+        return read_vectors, new_state, (write_saved, link_saved, read_saved)
+
+    def backward(self, saved, grad_reads, grad_state):
+        write_saved, link_saved, read_saved = saved
+        grad_memory, grad_usage, grad_link, grad_precedence, grad_read_weights, grad_write = (
+            grad_state
+        )
+        grad_write = grad_write.squeeze(1)
+        (grad_interface, grad_memory_read, grad_prev_precedence, grad_write_read,
+         grad_forward, grad_backward) = fused_dnc.read_backward(
+            read_saved, grad_read_weights, grad_reads, grad_precedence
+        )  # fmt: skip
+        grad_link, grad_precedence_link, grad_write_link, grad_read_weights = (
+            fused_link.backward_pass(link_saved, grad_link, grad_forward, grad_backward)
+        )
+        (grad_interface_write, grad_memory, grad_usage, grad_write,
+         grad_read_weights_usage) = fused_dnc.write_backward(
+            write_saved, grad_memory + grad_memory_read, grad_usage,
+            grad_write + grad_write_read + grad_write_link,
+        )  # fmt: skip
+        grad_state = (
+            grad_memory, grad_usage, grad_link, grad_prev_precedence + grad_precedence_link,
+            grad_read_weights + grad_read_weights_usage, grad_write.unsqueeze(1),
+        )  # fmt: skip
+        return grad_interface + grad_interface_write, grad_state
+
+
+def _steps_for(access):
+    from mann.access.dnc import DNCAccess
+    from mann.access.ntm import NTMAccess
+
+    if isinstance(access, DNCAccess):
+        return _DNCSteps(access)
+    if isinstance(access, NTMAccess):
+        return _NTMSteps(access)
+    return None
 
 
 def run(model, inputs: torch.Tensor, state):
@@ -68,7 +155,7 @@ def run(model, inputs: torch.Tensor, state):
         model.output.weight,
         model.output.bias,
     )
-    plan = (layers, model.config.clip_value, len(parameters))
+    plan = (layers, model.config.clip_value, len(parameters), _steps_for(model.access))
     outputs = _Sequence.apply(plan, inputs, *parameters, *_state_tensors(state))
     logits, final = outputs[0], outputs[1:]
     controller_state, access_state = final[: 2 * layers], final[2 * layers : -1]
@@ -78,7 +165,7 @@ def run(model, inputs: torch.Tensor, state):
 class _Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, inputs, *tensors):
-        layers, clip, parameter_count = plan
+        layers, clip, parameter_count, memory_steps = plan
         parameters, state = tensors[:parameter_count], tensors[parameter_count:]
         input_weight, read_weight = parameters[:2]
         biases = parameters[2 : 2 + layers]
@@ -86,12 +173,8 @@ class _Sequence(torch.autograd.Function):
         layer_weights = parameters[2 + 2 * layers : 1 + 3 * layers]
         interface_weight, interface_bias, output_weight, output_bias = parameters[-4:]
         hidden, cell = list(state[0 : 2 * layers : 2]), list(state[1 : 2 * layers : 2])
-        memory, usage, link, precedence, read_weights, write_weights = (
-            t.contiguous() for t in state[2 * layers : -1]
-        )
+        access_state = tuple(t.contiguous() for t in state[2 * layers : -1])
         batch, steps, _ = inputs.shape
-        slots = memory.shape[1]
-        write_weights = write_weights.view(batch, slots)
         reads = state[-1].reshape(batch, -1)
 
         # Time-major, so each step's slice is contiguous.
@@ -126,18 +209,9 @@ class _Sequence(torch.autograd.Function):
             raw = torch.addmm(interface_bias, below, interface_weight_t)
             interface_masks.append(raw.abs() <= clip)  # where clamp passes the gradient
             interface = raw.clamp(-clip, clip)
-            (memory, usage, new_write_weights), write_saved = fused_dnc.write_forward(
-                interface, memory, usage, write_weights, read_weights
-            )
-            (link, forward, backward), link_saved = fused_link.forward_pass(
-                link, precedence, new_write_weights, read_weights
-            )
-            (read_weights, read_vectors, precedence), read_saved = fused_dnc.read_forward(
-                interface, memory, precedence, new_write_weights, forward, backward
-            )
-            write_weights = new_write_weights
-            access_saved.append((write_saved, link_saved, read_saved))
-            reads = read_vectors.view(batch, -1)
+            read_vectors, access_state, saved = memory_steps.forward(interface, access_state)
+            access_saved.append(saved)
+            reads = read_vectors.reshape(batch, -1)
             read_outputs.append(reads)
 
         output_inputs = torch.cat([torch.stack(top_hiddens), torch.stack(read_outputs)], -1)
@@ -145,7 +219,7 @@ class _Sequence(torch.autograd.Function):
         logits = raw_logits.clamp(-clip, clip).view(steps, batch, -1).transpose(0, 1)
 
         ctx.plan = plan
-        ctx.shapes = (batch, steps, slots, state[-1].shape)
+        ctx.shapes = (batch, steps, state[-1].shape)
         ctx.parameters = parameters
         ctx.time_major = time_major
         ctx.layer_inputs, ctx.prev_hiddens, ctx.cells = layer_inputs, prev_hiddens, cells
@@ -153,8 +227,7 @@ class _Sequence(torch.autograd.Function):
         ctx.output_inputs = output_inputs
         ctx.logit_mask = (raw_logits.abs() <= clip).view(steps, batch, -1)
         final = [value for pair in zip(hidden, cell, strict=True) for value in pair]
-        final += [memory, usage, link, precedence, read_weights, write_weights.unsqueeze(1)]
-        final.append(read_vectors)
+        final += [*access_state, read_vectors]
         ctx.final_shapes = [(t.shape, t.dtype) for t in final]
         # Copies: ctx keeps the last step's tensors (the link's saved L_T, arrays viewing
         # M_T), and an output that ctx holds is a cycle through autograd's C++ graph that
@@ -163,8 +236,8 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logits, *grad_state):
-        layers, _, _ = ctx.plan
-        batch, steps, slots, read_shape = ctx.shapes
+        layers, _, _, memory_steps = ctx.plan
+        batch, steps, read_shape = ctx.shapes
         parameters = ctx.parameters
         input_weight, read_weight = parameters[:2]
         hidden_weights = parameters[2 + layers : 2 + 2 * layers]
@@ -188,32 +261,17 @@ class _Sequence(torch.autograd.Function):
             for grad, (shape, dtype) in zip(grad_state, ctx.final_shapes, strict=True)
         ]
         grad_hidden, grad_cell = carried[0 : 2 * layers : 2], carried[1 : 2 * layers : 2]
-        grad_memory, grad_usage, grad_link, grad_precedence, grad_read_weights, grad_write = (
-            carried[2 * layers : -1]
-        )
-        grad_write = grad_write.view(batch, slots)
+        grad_access = tuple(carried[2 * layers : -1])
         grad_reads = carried[-1].view(batch, -1)
 
         grad_gates = [[None] * steps for _ in range(layers)]
         grad_interfaces = [None] * steps
         for t in reversed(range(steps)):
-            write_saved, link_saved, read_saved = ctx.access_saved[t]
             grad_reads = grad_reads + grad_output_inputs[t, :, hidden_size:]
-            (grad_interface, grad_memory_read, grad_prev_precedence, grad_write_read,
-             grad_forward, grad_backward) = fused_dnc.read_backward(
-                read_saved, grad_read_weights, grad_reads.view(read_shape), grad_precedence
-            )  # fmt: skip
-            grad_link, grad_precedence_link, grad_write_link, grad_read_weights = (
-                fused_link.backward_pass(link_saved, grad_link, grad_forward, grad_backward)
+            grad_interface, grad_access = memory_steps.backward(
+                ctx.access_saved[t], grad_reads.view(read_shape), grad_access
             )
-            (grad_interface_write, grad_memory, grad_usage, grad_write,
-             grad_read_weights_usage) = fused_dnc.write_backward(
-                write_saved, grad_memory + grad_memory_read, grad_usage,
-                grad_write + grad_write_read + grad_write_link,
-            )  # fmt: skip
-            grad_precedence = grad_prev_precedence + grad_precedence_link
-            grad_read_weights = grad_read_weights + grad_read_weights_usage
-            grad_interface = (grad_interface + grad_interface_write) * ctx.interface_masks[t]
+            grad_interface = grad_interface * ctx.interface_masks[t]
             grad_interfaces[t] = grad_interface
 
             # The controller, top layer down: h_t feeds the layer above (or the interface
@@ -254,8 +312,7 @@ class _Sequence(torch.autograd.Function):
             grad_inputs = (first @ input_weight).view(steps, batch, -1).transpose(0, 1)
 
         initial = [value for pair in zip(grad_hidden, grad_cell, strict=True) for value in pair]
-        initial += [grad_memory, grad_usage, grad_link, grad_precedence, grad_read_weights,
-                    grad_write.view(batch, 1, slots), grad_reads.view(read_shape)]  # fmt: skip
+        initial += [*grad_access, grad_reads.view(read_shape)]
         return (
             None,
             grad_inputs,
