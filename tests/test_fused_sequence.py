@@ -55,7 +55,8 @@ def random_state(model, batch: int, dtype, seed: int) -> ModelState:
         read_weights=torch.softmax(uniform(batch, R, N, scale=4.0), -1),
         write_weights=torch.softmax(uniform(batch, 1, N, scale=4.0), -1),
     )
-    controller = tuple(uniform(batch, H) - 0.5 for _ in range(2 * config.num_layers))
+    per_layer = {"lstm": 2, "gru": 1, "feedforward": 0}[config.controller]
+    controller = tuple(uniform(batch, H) - 0.5 for _ in range(per_layer * config.num_layers))
     state = ModelState(controller, access, uniform(batch, R, W) - 0.5)
     for tensor in (*state.controller, *state.access, state.read_vectors):
         tensor.requires_grad_()
@@ -101,25 +102,32 @@ def loss_of_logits(model, logits, state):
 
 @pytest.mark.parametrize("loss_of", [loss_through_state, loss_of_logits], ids=["state", "logits"])
 @pytest.mark.parametrize(
-    "arch, dtype, layers, read_heads, slots, batch, clip",
+    "arch, dtype, layers, read_heads, slots, batch, clip, controller",
     [
-        ("dnc", torch.float64, 2, 3, 8, 3, 20.0),
-        ("dnc", torch.float64, 1, 1, 8, 2, 20.0),
-        ("dnc", torch.float64, 2, 2, 8, 3, 1.0),  # interface and logits clipped, weights x8
-        ("dnc", torch.float64, 3, 2, 128, 2, 20.0),  # B N² = 2^15: the link's BLAS path
-        ("dnc", torch.float32, 2, 4, 64, 16, 20.0),
-        ("ntm", torch.float64, 1, 1, 8, 3, 20.0),
-        ("ntm", torch.float64, 2, 2, 8, 3, 1.0),
-        ("ntm", torch.float32, 1, 1, 128, 16, 20.0),
+        ("dnc", torch.float64, 2, 3, 8, 3, 20.0, "lstm"),
+        ("dnc", torch.float64, 1, 1, 8, 2, 20.0, "lstm"),
+        ("dnc", torch.float64, 2, 2, 8, 3, 1.0, "lstm"),  # interface, logits clipped; weights x8
+        ("dnc", torch.float64, 3, 2, 128, 2, 20.0, "lstm"),  # B N² = 2^15: the link's BLAS path
+        ("dnc", torch.float32, 2, 4, 64, 16, 20.0, "lstm"),
+        ("dnc", torch.float64, 2, 2, 8, 3, 20.0, "gru"),
+        ("dnc", torch.float64, 1, 2, 8, 3, 1.0, "gru"),
+        ("dnc", torch.float64, 2, 2, 8, 3, 20.0, "feedforward"),
+        ("dnc", torch.float64, 1, 1, 8, 3, 1.0, "feedforward"),
+        ("ntm", torch.float64, 1, 1, 8, 3, 20.0, "lstm"),
+        ("ntm", torch.float64, 2, 2, 8, 3, 1.0, "lstm"),
+        ("ntm", torch.float32, 1, 1, 128, 16, 20.0, "lstm"),
+        ("ntm", torch.float64, 2, 2, 8, 3, 20.0, "gru"),
+        ("ntm", torch.float64, 2, 1, 8, 3, 20.0, "feedforward"),
     ],
 )
 def test_the_sequence_equals_the_step_loop(
-    arch, dtype, layers, read_heads, slots, batch, clip, loss_of
+    arch, dtype, layers, read_heads, slots, batch, clip, controller, loss_of
 ):
     torch.manual_seed(0)
     model = build_model(
         dnc_config(arch=arch, num_layers=layers, read_heads=read_heads, memory_size=slots,
-                   clip_value=clip, write_heads=2 if (arch, read_heads) == ("ntm", 2) else 1)
+                   clip_value=clip, write_heads=2 if (arch, read_heads) == ("ntm", 2) else 1,
+                   controller=controller)
     ).to(dtype)  # fmt: skip
     if clip < 20:
         with torch.no_grad():
@@ -166,8 +174,8 @@ def test_the_sequence_passes_gradcheck_through_inputs_and_state():
     [
         ({}, False, True),
         ({}, True, False),  # recording runs the reference composition
-        ({"controller": "gru"}, False, False),
-        ({"controller": "feedforward"}, False, False),
+        ({"controller": "gru"}, False, True),
+        ({"controller": "feedforward"}, False, True),
         ({"clip_value": 0.5}, False, False),  # a clip below 1 also clips h_t
         ({"arch": "ntm"}, False, True),
         ({"arch": "sam"}, False, False),

@@ -1,27 +1,28 @@
-"""A whole LSTM-controlled NTM or DNC sequence as one autograd node: training without the engine.
+"""A whole NTM or DNC sequence as one autograd node: training without the autograd engine.
 
-``MemoryAugmentedNetwork.forward`` steps an LSTM and a memory through time; with the fused
-kernels a time step is still about ten (NTM) or thirteen (DNC) autograd nodes, and at the
-sizes they train at (NTM 128×20, DNC 64×20) the engine's bookkeeping for them and the Python
-around each Function cost about as much as the kernels. Here the same computation is one
-``torch.autograd.Function`` over the sequence: its forward runs the same loop with gradients
-off, keeping what each step's backward needs (the LSTM activations, the kernels' saved
-arrays); its backward runs the time loop in reverse by hand, carrying dL/d(state) from step
-to step, and forms every weight's gradient at the end with one matrix product over all
-steps (dW = Σ_t δ_tᵀ x_t) instead of one per step.
+``MemoryAugmentedNetwork.forward`` steps a controller and a memory through time; with the
+fused kernels a time step is still about ten (NTM) or thirteen (DNC) autograd nodes, and at
+the sizes they train at (NTM 128×20, DNC 64×20) the engine's bookkeeping for them and the
+Python around each Function cost about as much as the kernels. Here the same computation is
+one ``torch.autograd.Function`` over the sequence: its forward runs the same loop with
+gradients off, keeping what each step's backward needs (the controller's activations, the
+kernels' saved arrays); its backward runs the time loop in reverse by hand, carrying
+dL/d(state) from step to step, and forms every weight's gradient at the end with one matrix
+product over all steps (dW = Σ_t δ_tᵀ x_t) instead of one per step.
 
 Nothing here is a new equation: each step calls the kernels the memory uses when not
 recording (``NTMAccess``: ``mann.fused.ntm``; ``DNCAccess``: ``mann.fused.dnc`` write and
-read, ``mann.fused.link``) and ``mann.fused.lstm``'s cell, in the order of
-``MemoryAugmentedNetwork.forward``; tests hold the two paths equal in values and in every
-gradient, including gradients that arrive through the returned state. The memory's part of a
-step is an object with ``forward(interface, state) -> (r_t, state_t, saved)`` and
-``backward(saved, dL/dr_t, dL/dstate_t) -> (dL/dinterface, dL/dstate_{t-1})`` (``_NTMSteps``,
-``_DNCSteps``).
+read, ``mann.fused.link``) and the controller's cell as ``mann.controller`` computes it, in
+the order of ``MemoryAugmentedNetwork.forward``; tests hold the two paths equal in values and
+in every gradient, including gradients that arrive through the returned state. The two parts
+of a step are small objects: the memory's (``_NTMSteps``, ``_DNCSteps``) with
+``forward(interface, state) -> (r_t, state_t, saved)`` and ``backward(saved, dL/dr_t,
+dL/dstate_t) -> (dL/dinterface, dL/dstate_{t-1})``, and the controller's per layer
+(``_LSTMLayers``, ``_GRULayers``, ``_FeedForwardLayers``).
 
-Taken when not recording, for an LSTM controller with an NTM or DNC memory, CPU float tensors
-of one dtype, numba present and ``clip_value >= 1`` (a smaller clip also clips h_t);
-otherwise the model runs step by step.
+Taken when not recording, for an NTM or DNC memory with any controller, CPU float tensors of
+one dtype, numba present and ``clip_value >= 1`` (a smaller clip also clips h_t); otherwise
+the model runs step by step.
 """
 
 from __future__ import annotations
@@ -40,12 +41,10 @@ ENABLED = True
 
 def usable(model, inputs: torch.Tensor, state) -> bool:
     """Whether ``run`` can take this model, input and state."""
-    from mann.controller import LSTMController
-
     return (
         ENABLED
         and _steps_for(model.access) is not None
-        and isinstance(model.controller, LSTMController)
+        and _layers_for(model.controller) is not None
         and model.config.clip_value >= 1.0
         and kernels_usable(inputs, *model.parameters(), *_state_tensors(state))
     )
@@ -56,6 +55,100 @@ def _state_tensors(state) -> tuple[torch.Tensor, ...]:
     return (*controller_state, *access_state, read_vectors)
 
 
+# ---------------------------------------------------------------------------------------
+# The controller, one layer at a time. Each layer's input term ("from below": W_x x_t + b +
+# W_r r_{t-1} for the first, b + W_l h^{l-1}_t above it) is formed by the caller; a layer
+# class adds its recurrence and nonlinearity. backward returns δ for the from-below term,
+# δ for the recurrent product's output (None without one), and dL/d(its state at t-1).
+# ---------------------------------------------------------------------------------------
+class _LSTMLayers:
+    """``LSTMController``: state (h, c) per layer, gates i, f, o, g."""
+
+    state_per_layer = 2
+
+    def __init__(self, controller) -> None:
+        self.hidden_weights = tuple(controller.hidden_weight)
+        self.hidden_biases = ()
+
+    def forward(self, layer, from_below, state, hidden_weights_t):
+        hidden, cell = state
+        gates = torch.addmm(from_below, hidden, hidden_weights_t[layer])
+        new_hidden, new_cell, activations = cell_forward(gates, cell)
+        return new_hidden, (new_hidden, new_cell), (*activations, cell)
+
+    def backward(self, layer, saved, grad_output, grad_state):
+        grad_hidden, grad_cell = grad_state
+        gates_delta, grad_prev_cell = cell_backward(saved, grad_output + grad_hidden, grad_cell)
+        grad_prev_hidden = gates_delta @ self.hidden_weights[layer]
+        return gates_delta, gates_delta, (grad_prev_hidden, grad_prev_cell)
+
+
+class _GRULayers:
+    """``GRUController``: state (h,) per layer, gates r, z, n;
+    h_t = (1 - z) n + z h_{t-1}, n = tanh(a_n + r ∘ (b_hn + W_hn h_{t-1}))."""
+
+    state_per_layer = 1
+
+    def __init__(self, controller) -> None:
+        self.hidden_weights = tuple(controller.hidden_weight)
+        self.hidden_biases = tuple(controller.hidden_bias)
+        self.size = controller.hidden_size
+
+    def forward(self, layer, from_below, state, hidden_weights_t):
+        (hidden,) = state
+        size = self.size
+        from_hidden = torch.addmm(self.hidden_biases[layer], hidden, hidden_weights_t[layer])
+        reset, update = torch.sigmoid(
+            from_below[:, : 2 * size] + from_hidden[:, : 2 * size]
+        ).chunk(2, 1)
+        candidate = torch.tanh(
+            torch.addcmul(from_below[:, 2 * size :], reset, from_hidden[:, 2 * size :])
+        )
+        new_hidden = torch.addcmul(candidate, update, hidden - candidate)
+        return new_hidden, (new_hidden,), (reset, update, candidate, from_hidden, hidden)
+
+    def backward(self, layer, saved, grad_output, grad_state):
+        reset, update, candidate, from_hidden, hidden = saved
+        size = self.size
+        grad = grad_output + grad_state[0]
+        grad_candidate = grad * (1.0 - update) * (1.0 - candidate * candidate)
+        grad_reset = grad_candidate * from_hidden[:, 2 * size :] * reset * (1.0 - reset)
+        grad_update = grad * (hidden - candidate) * update * (1.0 - update)
+        below_delta = torch.cat([grad_reset, grad_update, grad_candidate], 1)
+        hidden_delta = torch.cat([grad_reset, grad_update, grad_candidate * reset], 1)
+        grad_prev_hidden = torch.addmm(grad * update, hidden_delta, self.hidden_weights[layer])
+        return below_delta, hidden_delta, (grad_prev_hidden,)
+
+
+class _FeedForwardLayers:
+    """``FeedForwardController``: h = tanh(from below), no state."""
+
+    state_per_layer = 0
+
+    def __init__(self, controller) -> None:
+        self.hidden_weights = ()
+        self.hidden_biases = ()
+
+    def forward(self, layer, from_below, state, hidden_weights_t):
+        hidden = torch.tanh(from_below)
+        return hidden, (), hidden
+
+    def backward(self, layer, saved, grad_output, grad_state):
+        return grad_output * (1.0 - saved * saved), None, ()
+
+
+def _layers_for(controller):
+    from mann.controller import FeedForwardController, GRUController, LSTMController
+
+    kinds = {LSTMController: _LSTMLayers, GRUController: _GRULayers,
+             FeedForwardController: _FeedForwardLayers}  # fmt: skip
+    kind = kinds.get(type(controller))
+    return kind(controller) if kind else None
+
+
+# ---------------------------------------------------------------------------------------
+# The memory, one step at a time.
+# ---------------------------------------------------------------------------------------
 class _NTMSteps:
     """The NTM's memory step (``mann.fused.ntm``); state (M, w^r (B,R,N), w^w (B,Hw,N))."""
 
@@ -143,115 +236,142 @@ def run(model, inputs: torch.Tensor, state):
     """The model over ``inputs`` (B,T,X) from ``state`` (a ``ModelState``) as one autograd
     node -> (logits (B,T,Y), controller state, access state fields, read vectors)."""
     controller = model.controller
-    layers = controller.num_layers
+    cells = _layers_for(controller)
     parameters = (
         controller.input_weight,
         controller.read_weight,
         *controller.bias,
-        *controller.hidden_weight,
         *controller.layer_weight,
+        *cells.hidden_weights,
+        *cells.hidden_biases,
         model.interface.weight,
         model.interface.bias,
         model.output.weight,
         model.output.bias,
     )
-    plan = (layers, model.config.clip_value, len(parameters), _steps_for(model.access))
+    plan = _Plan(controller.num_layers, model.config.clip_value, len(parameters), cells,
+                 _steps_for(model.access))  # fmt: skip
     outputs = _Sequence.apply(plan, inputs, *parameters, *_state_tensors(state))
     logits, final = outputs[0], outputs[1:]
-    controller_state, access_state = final[: 2 * layers], final[2 * layers : -1]
-    return logits, tuple(controller_state), access_state, final[-1]
+    controller_size = cells.state_per_layer * controller.num_layers
+    return logits, tuple(final[:controller_size]), final[controller_size:-1], final[-1]
+
+
+class _Plan:
+    """What the node needs besides tensors: sizes, the clip, and the two parts of a step."""
+
+    def __init__(self, layers, clip, parameter_count, cells, memory_steps) -> None:
+        self.layers, self.clip, self.parameter_count = layers, clip, parameter_count
+        self.cells, self.memory_steps = cells, memory_steps
+
+    def split(self, parameters):
+        """The parameters by role, in ``run``'s order."""
+        layers = self.layers
+        recurrent = len(self.cells.hidden_weights)
+        return dict(
+            input_weight=parameters[0],
+            read_weight=parameters[1],
+            biases=parameters[2 : 2 + layers],
+            layer_weights=parameters[2 + layers : 1 + 2 * layers],
+            hidden_weights=parameters[1 + 2 * layers : 1 + 2 * layers + recurrent],
+            hidden_biases=parameters[1 + 2 * layers + recurrent : -4],
+            interface_weight=parameters[-4],
+            output_weight=parameters[-2],
+        )
 
 
 class _Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, inputs, *tensors):
-        layers, clip, parameter_count, memory_steps = plan
-        parameters, state = tensors[:parameter_count], tensors[parameter_count:]
-        input_weight, read_weight = parameters[:2]
-        biases = parameters[2 : 2 + layers]
-        hidden_weights = parameters[2 + layers : 2 + 2 * layers]
-        layer_weights = parameters[2 + 2 * layers : 1 + 3 * layers]
-        interface_weight, interface_bias, output_weight, output_bias = parameters[-4:]
-        hidden, cell = list(state[0 : 2 * layers : 2]), list(state[1 : 2 * layers : 2])
-        access_state = tuple(t.contiguous() for t in state[2 * layers : -1])
+        layers, clip, cells = plan.layers, plan.clip, plan.cells
+        parameters, state = tensors[: plan.parameter_count], tensors[plan.parameter_count :]
+        weights = plan.split(parameters)
+        interface_bias, output_bias = parameters[-3], parameters[-1]
+        per_layer = cells.state_per_layer
+        controller_state = [
+            tuple(state[layer * per_layer : (layer + 1) * per_layer]) for layer in range(layers)
+        ]
+        access_state = tuple(t.contiguous() for t in state[layers * per_layer : -1])
         batch, steps, _ = inputs.shape
         reads = state[-1].reshape(batch, -1)
 
         # Time-major, so each step's slice is contiguous.
         time_major = inputs.transpose(0, 1).reshape(steps * batch, -1)
-        projected = torch.addmm(biases[0], time_major, input_weight.t()).view(steps, batch, -1)
-        read_weight_t = read_weight.t()
-        hidden_weights_t = [weight.t() for weight in hidden_weights]
-        layer_weights_t = [weight.t() for weight in layer_weights]
-        interface_weight_t = interface_weight.t()
+        projected = torch.addmm(
+            weights["biases"][0], time_major, weights["input_weight"].t()
+        ).view(steps, batch, -1)
+        read_weight_t = weights["read_weight"].t()
+        hidden_weights_t = [weight.t() for weight in weights["hidden_weights"]]
+        layer_weights_t = [weight.t() for weight in weights["layer_weights"]]
+        interface_weight_t = weights["interface_weight"].t()
 
-        # Per layer and step: the layer's input from below (r_{t-1} for the first), h_{t-1},
-        # the cell's activations. Per step: the interface's clamp mask, the kernels' saved.
-        layer_inputs = [[] for _ in range(layers)]
-        prev_hiddens = [[] for _ in range(layers)]
-        cells = [[] for _ in range(layers)]
+        # Per layer and step: the layer's input from below (r_{t-1} for the first), its state
+        # at t-1, what its backward needs. Per step: the interface's clamp mask, the memory's.
+        below_inputs = [[] for _ in range(layers)]
+        prev_states = [[] for _ in range(layers)]
+        cell_saved = [[] for _ in range(layers)]
         interface_masks, access_saved, top_hiddens, read_outputs = [], [], [], []
         for t in range(steps):
             below = reads
             for layer in range(layers):
                 if layer == 0:
-                    gates = torch.addmm(projected[t], reads, read_weight_t)
+                    from_below = torch.addmm(projected[t], reads, read_weight_t)
                 else:
-                    gates = torch.addmm(biases[layer], below, layer_weights_t[layer - 1])
-                gates.addmm_(hidden[layer], hidden_weights_t[layer])
-                layer_inputs[layer].append(below)
-                prev_hiddens[layer].append(hidden[layer])
-                new_hidden, new_cell, activations = cell_forward(gates, cell[layer])
-                cells[layer].append((*activations, cell[layer]))
-                hidden[layer], cell[layer] = new_hidden, new_cell
-                below = new_hidden
+                    from_below = torch.addmm(
+                        weights["biases"][layer], below, layer_weights_t[layer - 1]
+                    )
+                below_inputs[layer].append(below)
+                prev_states[layer].append(controller_state[layer])
+                below, controller_state[layer], saved = cells.forward(
+                    layer, from_below, controller_state[layer], hidden_weights_t
+                )
+                cell_saved[layer].append(saved)
             top_hiddens.append(below)
             raw = torch.addmm(interface_bias, below, interface_weight_t)
             interface_masks.append(raw.abs() <= clip)  # where clamp passes the gradient
             interface = raw.clamp(-clip, clip)
-            read_vectors, access_state, saved = memory_steps.forward(interface, access_state)
+            read_vectors, access_state, saved = plan.memory_steps.forward(interface, access_state)
             access_saved.append(saved)
             reads = read_vectors.reshape(batch, -1)
             read_outputs.append(reads)
 
         output_inputs = torch.cat([torch.stack(top_hiddens), torch.stack(read_outputs)], -1)
-        raw_logits = torch.addmm(output_bias, output_inputs.flatten(0, 1), output_weight.t())
+        raw_logits = torch.addmm(
+            output_bias, output_inputs.flatten(0, 1), weights["output_weight"].t()
+        )
         logits = raw_logits.clamp(-clip, clip).view(steps, batch, -1).transpose(0, 1)
 
         ctx.plan = plan
         ctx.shapes = (batch, steps, state[-1].shape)
         ctx.parameters = parameters
         ctx.time_major = time_major
-        ctx.layer_inputs, ctx.prev_hiddens, ctx.cells = layer_inputs, prev_hiddens, cells
+        ctx.below_inputs, ctx.prev_states, ctx.cell_saved = below_inputs, prev_states, cell_saved
         ctx.interface_masks, ctx.access_saved = interface_masks, access_saved
         ctx.output_inputs = output_inputs
         ctx.logit_mask = (raw_logits.abs() <= clip).view(steps, batch, -1)
-        final = [value for pair in zip(hidden, cell, strict=True) for value in pair]
+        final = [value for layer_state in controller_state for value in layer_state]
         final += [*access_state, read_vectors]
         ctx.final_shapes = [(t.shape, t.dtype) for t in final]
         # Copies: ctx keeps the last step's tensors (the link's saved L_T, arrays viewing
         # M_T), and an output that ctx holds is a cycle through autograd's C++ graph that
-        # Python's collector cannot see; every sequence's graph leaked until they were copies.
+        # only a full garbage collection frees: every sequence's graph outlived its step.
         return logits.contiguous(), *(t.clone() for t in final)
 
     @staticmethod
     def backward(ctx, grad_logits, *grad_state):
-        layers, _, _, memory_steps = ctx.plan
+        plan = ctx.plan
+        layers, cells = plan.layers, plan.cells
         batch, steps, read_shape = ctx.shapes
-        parameters = ctx.parameters
-        input_weight, read_weight = parameters[:2]
-        hidden_weights = parameters[2 + layers : 2 + 2 * layers]
-        layer_weights = parameters[2 + 2 * layers : 1 + 3 * layers]
-        interface_weight, output_weight = parameters[-4], parameters[-2]
-        hidden_size = hidden_weights[0].shape[1]
+        weights = plan.split(ctx.parameters)
+        hidden_size = ctx.output_inputs.shape[-1] - read_shape[-2] * read_shape[-1]
 
         # Through the output projection for all steps at once.
         if grad_logits is None:
-            grad_logits = torch.zeros_like(ctx.logit_mask, dtype=output_weight.dtype)
+            grad_logits = torch.zeros_like(ctx.logit_mask, dtype=ctx.time_major.dtype)
         else:
             grad_logits = grad_logits.transpose(0, 1) * ctx.logit_mask  # time-major
         flat_grad_logits = grad_logits.reshape(steps * batch, -1)
-        grad_output_inputs = (flat_grad_logits @ output_weight).view(steps, batch, -1)
+        grad_output_inputs = (flat_grad_logits @ weights["output_weight"]).view(steps, batch, -1)
         grad_output_weight = flat_grad_logits.t() @ ctx.output_inputs.flatten(0, 1)
         grad_output_bias = flat_grad_logits.sum(0)
 
@@ -260,69 +380,73 @@ class _Sequence(torch.autograd.Function):
             torch.zeros(shape, dtype=dtype) if grad is None else grad.contiguous()
             for grad, (shape, dtype) in zip(grad_state, ctx.final_shapes, strict=True)
         ]
-        grad_hidden, grad_cell = carried[0 : 2 * layers : 2], carried[1 : 2 * layers : 2]
-        grad_access = tuple(carried[2 * layers : -1])
+        per_layer = cells.state_per_layer
+        grad_controller = [
+            tuple(carried[layer * per_layer : (layer + 1) * per_layer]) for layer in range(layers)
+        ]
+        grad_access = tuple(carried[layers * per_layer : -1])
         grad_reads = carried[-1].view(batch, -1)
 
-        grad_gates = [[None] * steps for _ in range(layers)]
+        below_deltas = [[None] * steps for _ in range(layers)]
+        hidden_deltas = [[None] * steps for _ in range(layers)]
         grad_interfaces = [None] * steps
         for t in reversed(range(steps)):
             grad_reads = grad_reads + grad_output_inputs[t, :, hidden_size:]
-            grad_interface, grad_access = memory_steps.backward(
+            grad_interface, grad_access = plan.memory_steps.backward(
                 ctx.access_saved[t], grad_reads.view(read_shape), grad_access
             )
             grad_interface = grad_interface * ctx.interface_masks[t]
             grad_interfaces[t] = grad_interface
 
             # The controller, top layer down: h_t feeds the layer above (or the interface
-            # and the output) and its own next step.
+            # and the output) and, through the layer's state, its own next step.
             grad_from_above = torch.addmm(
-                grad_output_inputs[t, :, :hidden_size], grad_interface, interface_weight
+                grad_output_inputs[t, :, :hidden_size], grad_interface, weights["interface_weight"]
             )
             for layer in reversed(range(layers)):
-                grad_gates_t, grad_cell[layer] = cell_backward(
-                    ctx.cells[layer][t], grad_from_above + grad_hidden[layer], grad_cell[layer]
+                below_delta, hidden_delta, grad_controller[layer] = cells.backward(
+                    layer, ctx.cell_saved[layer][t], grad_from_above, grad_controller[layer]
                 )
-                grad_gates[layer][t] = grad_gates_t
-                grad_hidden[layer] = grad_gates_t @ hidden_weights[layer]
+                below_deltas[layer][t], hidden_deltas[layer][t] = below_delta, hidden_delta
                 if layer > 0:
-                    grad_from_above = grad_gates_t @ layer_weights[layer - 1]
+                    grad_from_above = below_delta @ weights["layer_weights"][layer - 1]
                 else:
-                    grad_reads = grad_gates_t @ read_weight
+                    grad_reads = below_delta @ weights["read_weight"]
 
         # Every weight's gradient as one product over all steps: dW = Σ_t δ_tᵀ x_t.
         def over_time(deltas, values):
             return torch.stack(deltas).flatten(0, 1).t() @ torch.stack(values).flatten(0, 1)
 
-        first = torch.stack(grad_gates[0]).flatten(0, 1)
-        grad_input_weight = first.t() @ ctx.time_major
-        grad_read_weight = over_time(grad_gates[0], ctx.layer_inputs[0])
-        grad_biases = [torch.stack(grad_gates[layer]).sum((0, 1)) for layer in range(layers)]
-        grad_hidden_weights = [
-            over_time(grad_gates[layer], ctx.prev_hiddens[layer]) for layer in range(layers)
-        ]
-        grad_layer_weights = [
-            over_time(grad_gates[layer], ctx.layer_inputs[layer]) for layer in range(1, layers)
-        ]
-        top_hiddens = ctx.output_inputs[..., :hidden_size].unbind(0)
-        grad_interface_weight = over_time(grad_interfaces, top_hiddens)
-        grad_interface_bias = torch.stack(grad_interfaces).sum((0, 1))
+        first = torch.stack(below_deltas[0]).flatten(0, 1)
         grad_inputs = None
         if ctx.needs_input_grad[1]:
-            grad_inputs = (first @ input_weight).view(steps, batch, -1).transpose(0, 1)
-
-        initial = [value for pair in zip(grad_hidden, grad_cell, strict=True) for value in pair]
+            grad_inputs = (first @ weights["input_weight"]).view(steps, batch, -1).transpose(0, 1)
+        grad_biases = [torch.stack(below_deltas[layer]).sum((0, 1)) for layer in range(layers)]
+        grad_layer_weights = [
+            over_time(below_deltas[layer], ctx.below_inputs[layer]) for layer in range(1, layers)
+        ]
+        grad_hidden_weights = [
+            over_time(hidden_deltas[layer], [state[0] for state in ctx.prev_states[layer]])
+            for layer in range(len(weights["hidden_weights"]))
+        ]
+        grad_hidden_biases = [
+            torch.stack(hidden_deltas[layer]).sum((0, 1))
+            for layer in range(len(weights["hidden_biases"]))
+        ]
+        top_hiddens = ctx.output_inputs[..., :hidden_size].unbind(0)
+        initial = [value for layer_grads in grad_controller for value in layer_grads]
         initial += [*grad_access, grad_reads.view(read_shape)]
         return (
             None,
             grad_inputs,
-            grad_input_weight,
-            grad_read_weight,
+            first.t() @ ctx.time_major,
+            over_time(below_deltas[0], ctx.below_inputs[0]),
             *grad_biases,
-            *grad_hidden_weights,
             *grad_layer_weights,
-            grad_interface_weight,
-            grad_interface_bias,
+            *grad_hidden_weights,
+            *grad_hidden_biases,
+            over_time(grad_interfaces, top_hiddens),
+            torch.stack(grad_interfaces).sum((0, 1)),
             grad_output_weight,
             grad_output_bias,
             *initial,
