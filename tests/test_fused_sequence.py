@@ -231,3 +231,13 @@ def test_a_finished_sequence_frees_what_it_saved(monkeypatch, batch, slots):
         assert all(reference() is None for reference in saved)
     finally:
         gc.enable()
+
+
+def test_a_second_derivative_through_the_sequence_is_refused():
+    # The backward is hand-written; differentiating it again must fail loudly, not be wrong.
+    model = build_model(dnc_config(num_layers=1))
+    inputs = torch.rand(2, 3, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(inputs)[0].sum(), inputs, create_graph=True)
+    # The first derivative comes back without a graph (or one that raises when used).
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()

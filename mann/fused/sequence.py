@@ -28,6 +28,7 @@ the model runs step by step.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
@@ -358,6 +359,7 @@ class _Sequence(torch.autograd.Function):
         return logits.contiguous(), *(t.clone() for t in final)
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written: no second derivative through it
     def backward(ctx, grad_logits, *grad_state):
         plan = ctx.plan
         layers, cells = plan.layers, plan.cells
