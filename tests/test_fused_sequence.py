@@ -241,3 +241,30 @@ def test_a_second_derivative_through_the_sequence_is_refused():
     # The first derivative comes back without a graph (or one that raises when used).
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         grad.sum().backward()
+
+
+def test_without_gradients_no_step_keeps_the_one_before(monkeypatch):
+    # Evaluation (no_grad) needs no backward: each step's link and saved arrays must be freed
+    # as the loop moves on, as the step loop frees them. Kept to the end, a DNC 256 at batch 64
+    # over 161 steps peaked at 3.6 GB instead of 0.45.
+    earlier = []
+    original = sequence._DNCSteps.forward
+
+    def forward(self, interface, state):
+        read_vectors, new_state, saved = original(self, interface, state)
+        # Step t-1's state_t-1 is this step's input, and the loop's last `saved` holds its
+        # own inputs: what came out of step t-3 and before must be gone.
+        kept = [reference for references in earlier[:-2] for reference in references]
+        assert all(reference() is None for reference in kept), "an earlier step is still held"
+        earlier.append([weakref.ref(t) for t in new_state])
+        return read_vectors, new_state, saved
+
+    monkeypatch.setattr(sequence._DNCSteps, "forward", forward)
+    model = build_model(dnc_config(memory_size=128, num_layers=1))
+    gc.disable()
+    try:
+        with torch.no_grad():
+            model(torch.rand(2, 6, 5))
+    finally:
+        gc.enable()
+    assert len(earlier) == 6
