@@ -96,9 +96,21 @@ if HAVE_NUMBA:
     def _transpose(memory, memory_t, norms):
         """memory (N,W) -> memory_t (W,N) and row norms |M[i]| (N,)."""
         slots, width = memory.shape
-        for i in range(slots):
-            for w in range(width):
-                memory_t[w, i] = memory[i, w]
+        if slots < 512:
+            for i in range(slots):
+                for w in range(width):
+                    memory_t[w, i] = memory[i, w]
+        else:
+            # Slot by slot, the writes go to W rows N·8 bytes apart: from N=512 a multiple of
+            # 4 KB, so every row maps to the same L1 sets and they evict each other. In blocks
+            # of 16 slots each row's writes fill whole cache lines (one-off timing at N=1024,
+            # W=32: 131 -> 36 µs an item; at N=256 blocks were slower, 5.0 -> 5.8).
+            for start in range(0, slots, 16):
+                stop = min(start + 16, slots)
+                for w in range(width):
+                    row = memory_t[w]
+                    for i in range(start, stop):
+                        row[i] = memory[i, w]
         norms[:] = 0.0
         for w in range(width):
             for i in range(slots):
