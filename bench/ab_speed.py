@@ -9,9 +9,10 @@ git worktree, removed afterwards.
 
     python bench/ab_speed.py --baseline 390502f                 # all configurations
     python bench/ab_speed.py --baseline HEAD~1 --only "SAM 16384" --pairs 4
+    python bench/ab_speed.py --baseline HEAD~1 --only "DNC 1024"     # a substring of the names
 
-Configurations are those of step_speed.py (NTM, DNC) and scaling.py (SAM, SDNC at batch 8,
-word 32, 4 reads, K=4, K_L=8), on the copy task of 20 8-bit vectors (41 time steps).
+Configurations are those of step_speed.py (NTM, DNC, named as there) and scaling.py (SAM,
+SDNC), on the copy task of 20 8-bit vectors (41 time steps).
 """
 
 from __future__ import annotations
@@ -25,23 +26,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import scaling
+import step_speed
 from graph_size import autograd_nodes
 
 ROOT = Path(__file__).resolve().parent.parent
+# name: (model config, batch size): step_speed.py's configurations, then scaling.py's sparse
+# memories at 1,024 and 16,384 slots, so an A/B measures exactly what those tables do.
 CONFIGS = {
-    # name: (model config, batch size)
-    "NTM 128 B=1": (dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100), 1),
-    "NTM 128 B=16": (dict(arch="ntm", memory_size=128, word_size=20, hidden_size=100), 16),
-    "DNC 64 B=16": (dict(arch="dnc", memory_size=64, word_size=20, hidden_size=64,
-                         num_layers=2, read_heads=4), 16),
-    "DNC 256 B=16": (dict(arch="dnc", memory_size=256, word_size=20, hidden_size=64,
-                          num_layers=2, read_heads=4), 16),
-    "DNC 1024 B=8": (dict(arch="dnc", memory_size=1024, word_size=32, hidden_size=64,
-                          num_layers=2, read_heads=4), 8),
+    **{name: (values, batch) for name, (values, batch, *_) in step_speed.CONFIGS.items()},
     **{
-        f"{arch.upper()} {slots}": (dict(arch=arch, memory_size=slots, word_size=32,
-                                         hidden_size=64, num_layers=2, read_heads=4,
-                                         sparse_reads=4, temporal_reads=8), 8)
+        f"{arch.upper()} {slots}": (dict(arch=arch, memory_size=slots, word_size=scaling.WORD,
+                                         hidden_size=64, num_layers=2, read_heads=scaling.READS,
+                                         sparse_reads=scaling.SPARSE,
+                                         temporal_reads=scaling.TEMPORAL), scaling.BATCH)
         for arch in ("sam", "sdnc") for slots in (1024, 16384)
     },
 }  # fmt: skip
