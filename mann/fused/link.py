@@ -316,16 +316,16 @@ def forward_pass(prev_link, prev_precedence, write_weights, prev_read_weights):
     inputs = (prev_link, prev_precedence, write_weights, prev_read_weights)
     if prev_link.numel() >= runtime.LARGE_LINK_ENTRIES:
         outputs = _large_forward(*inputs)
-        return outputs, (*inputs, outputs[0])
-    return _small_forward(*inputs), inputs
+        return outputs, (_large_backward, (*inputs, outputs[0]))
+    return _small_forward(*inputs), (_small_backward, inputs)
 
 
 def backward_pass(saved, grad_link, grad_forward, grad_backward):
     """Gradients of (prev_link, prev_precedence, write_weights, prev_read_weights) from
-    ``forward_pass``'s ``saved`` and the gradients of its outputs (tensors, not None)."""
-    if len(saved) == 5:
-        return _large_backward(*saved, grad_link, grad_forward, grad_backward)
-    return _small_backward(*saved, grad_link, grad_forward, grad_backward)
+    ``forward_pass``'s ``saved`` (its path's backward and what that needs) and the gradients
+    of its outputs (tensors, not None)."""
+    backward, tensors = saved
+    return backward(*tensors, grad_link, grad_forward, grad_backward)
 
 
 class _FusedLink(torch.autograd.Function):
