@@ -516,6 +516,12 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np
     return torch.from_numpy(array), array
 
 
+def _empty_like(array: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """A buffer of ``array``'s shape and dtype, as a tensor and as the array."""
+    buffer = np.empty_like(array)
+    return torch.from_numpy(buffer), buffer
+
+
 def write_forward(interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights):
     """The write half without autograd: interface (B,I), M_{t-1} (B,N,W), u_{t-1} (B,N),
     w^w_{t-1} (B,N), w^r_{t-1} (B,R,N), contiguous -> ((M_t, u_t, w^w_t (B,N)), saved),
@@ -544,8 +550,8 @@ def write_forward(interface, prev_memory, prev_usage, prev_write_weights, prev_r
 def write_backward(saved, grad_memory, grad_usage, grad_write_weights):
     """Gradients of (interface, M_{t-1}, u_{t-1}, w^w_{t-1} (B,N), w^r_{t-1}) from
     ``write_forward``'s ``saved`` and the gradients of M_t, u_t, w^w_t (B,N)."""
-    dtype = torch.float32 if saved[1].dtype == np.float32 else torch.float64
-    grads, grad_arrays = zip(*(_empty(array.shape, dtype) for array in saved[:5]), strict=True)
+    # Gradients of the saved inputs, shaped and typed like them.
+    grads, grad_arrays = zip(*(_empty_like(array) for array in saved[:5]), strict=True)
     with KERNEL_LOCK:
         _write_backward(
             *saved, *_numpy(grad_memory, grad_usage, grad_write_weights), *grad_arrays
@@ -601,8 +607,8 @@ def read_forward(interface, memory, prev_precedence, write_weights, forward, bac
 def read_backward(saved, grad_read_weights, grad_read_vectors, grad_precedence):
     """Gradients of (interface, M_t, p_{t-1}, w^w_t, f, b) from ``read_forward``'s ``saved``
     and the gradients of w^r_t, r_t, p_t."""
-    dtype = torch.float32 if saved[1].dtype == np.float32 else torch.float64
-    grads, grad_arrays = zip(*(_empty(array.shape, dtype) for array in saved[:6]), strict=True)
+    # Gradients of the saved inputs, shaped and typed like them.
+    grads, grad_arrays = zip(*(_empty_like(array) for array in saved[:6]), strict=True)
     with KERNEL_LOCK:
         _read_backward(
             *saved, *_numpy(grad_read_weights, grad_read_vectors, grad_precedence), *grad_arrays
