@@ -42,6 +42,28 @@ def _uniform(*shape: int, bound: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
+def layer_input(layer: int, projected, below, weights: StepWeights) -> torch.Tensor:
+    """A layer's input term: W_x x_t + b + W_r r_{t-1} for the first (``projected`` holds
+    W_x x_t + b, ``below`` is r_{t-1}), W_l h^{l-1}_t + b above it."""
+    if layer == 0:
+        return torch.addmm(projected, below, weights.read)
+    return torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+
+
+def gru_cell(from_input: torch.Tensor, from_hidden: torch.Tensor, hidden: torch.Tensor):
+    """h_t = (1 - z) n + z h_{t-1}, n = tanh(a_n + r ∘ (W_hn h_{t-1} + b_hn)), from the
+    layer's input term ``from_input`` (B,3H) and ``from_hidden`` = W_h h_{t-1} + b_h (B,3H),
+    gates ordered r, z, n -> (h_t, (r, z, n))."""
+    size = hidden.shape[1]
+    reset, update = torch.sigmoid(
+        from_input[:, : 2 * size] + from_hidden[:, : 2 * size]
+    ).chunk(2, 1)
+    candidate = torch.tanh(
+        torch.addcmul(from_input[:, 2 * size :], reset, from_hidden[:, 2 * size :])
+    )
+    return torch.addcmul(candidate, update, hidden - candidate), (reset, update, candidate)
+
+
 class _Controller(nn.Module):
     """Shared plumbing: the first layer's input projection W_x x_t + b for all steps."""
 
@@ -69,14 +91,6 @@ class _Controller(nn.Module):
             bias=tuple(self.bias),
             hidden_bias=tuple(getattr(self, "hidden_bias", ())),
         )
-
-    @staticmethod
-    def _from_below(layer: int, projected, below, weights: StepWeights) -> torch.Tensor:
-        """A layer's input term: W_x x_t + b + W_r r_{t-1} for the first (``projected`` holds
-        W_x x_t + b, ``below`` is r_{t-1}), W_l h^{l-1}_t + b above it."""
-        if layer == 0:
-            return torch.addmm(projected, below, weights.read)
-        return torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
 
     def project_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """``W_x x_t + b`` for every step: inputs (B,T,X) -> (B,T,gates·hidden)."""
@@ -122,7 +136,7 @@ class LSTMController(_Controller):
         below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden, cell = state[2 * layer], state[2 * layer + 1]
-            gates = self._from_below(layer, projected, below, weights)
+            gates = layer_input(layer, projected, below, weights)
             gates = torch.addmm(gates, hidden, weights.hidden[layer])
             below, cell = lstm_cell(gates, cell)  # c = f c + i g, h = o tanh(c)
             new_state += [below, cell]
@@ -159,21 +173,14 @@ class GRUController(_Controller):
     ):
         """projected (B,3H) from ``project_inputs``, reads r_{t-1} (B,R·W) -> (h_t, state);
         ``weights`` from ``step_weights`` (made here when not given)."""
-        H = self.hidden_size
         weights = weights or self.step_weights()
         new_state: list[torch.Tensor] = []
         below = reads  # the output of the layer below (unused by the first layer)
         for layer in range(self.num_layers):
             hidden = state[layer]
-            from_input = self._from_below(layer, projected, below, weights)
+            from_input = layer_input(layer, projected, below, weights)
             from_hidden = torch.addmm(weights.hidden_bias[layer], hidden, weights.hidden[layer])
-            reset, update = torch.sigmoid(from_input[:, : 2 * H] + from_hidden[:, : 2 * H]).chunk(
-                2, 1
-            )
-            candidate = torch.tanh(
-                torch.addcmul(from_input[:, 2 * H :], reset, from_hidden[:, 2 * H :])
-            )
-            below = torch.addcmul(candidate, update, hidden - candidate)  # (1-z) n + z h
+            below, _ = gru_cell(from_input, from_hidden, hidden)
             new_state.append(below)
         return below, tuple(new_state)
 
@@ -205,7 +212,7 @@ class FeedForwardController(_Controller):
         weights = weights or self.step_weights()
         hidden = reads
         for layer in range(self.num_layers):
-            hidden = torch.tanh(self._from_below(layer, projected, hidden, weights))
+            hidden = torch.tanh(layer_input(layer, projected, hidden, weights))
         return hidden, ()
 
 

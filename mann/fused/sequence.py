@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from mann.controller import StepWeights, gru_cell, layer_input
 from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
 from mann.fused import ntm as fused_ntm
@@ -57,9 +58,9 @@ def _state_tensors(state) -> tuple[torch.Tensor, ...]:
 
 
 # ---------------------------------------------------------------------------------------
-# The controller, one layer at a time. Each layer's input term ("from below": W_x x_t + b +
-# W_r r_{t-1} for the first, b + W_l h^{l-1}_t above it) is formed by the caller; a layer
-# class adds its recurrence and nonlinearity. backward returns δ for the from-below term,
+# The controller, one layer at a time. Each layer's input term (``controller.layer_input``)
+# is formed by the caller; a layer class adds its recurrence and nonlinearity as the
+# controller does, given the step's ``StepWeights``. backward returns δ for the input term,
 # δ for the recurrent product's output (None without one), and dL/d(its state at t-1).
 # ---------------------------------------------------------------------------------------
 class _LSTMLayers:
@@ -71,9 +72,9 @@ class _LSTMLayers:
         self.hidden_weights = tuple(controller.hidden_weight)
         self.hidden_biases = ()
 
-    def forward(self, layer, from_below, state, hidden_weights_t):
+    def forward(self, layer, from_below, state, weights: StepWeights):
         hidden, cell = state
-        gates = torch.addmm(from_below, hidden, hidden_weights_t[layer])
+        gates = torch.addmm(from_below, hidden, weights.hidden[layer])
         new_hidden, new_cell, activations = cell_forward(gates, cell)
         return new_hidden, (new_hidden, new_cell), (*activations, cell)
 
@@ -93,24 +94,16 @@ class _GRULayers:
     def __init__(self, controller) -> None:
         self.hidden_weights = tuple(controller.hidden_weight)
         self.hidden_biases = tuple(controller.hidden_bias)
-        self.size = controller.hidden_size
 
-    def forward(self, layer, from_below, state, hidden_weights_t):
+    def forward(self, layer, from_below, state, weights: StepWeights):
         (hidden,) = state
-        size = self.size
-        from_hidden = torch.addmm(self.hidden_biases[layer], hidden, hidden_weights_t[layer])
-        reset, update = torch.sigmoid(
-            from_below[:, : 2 * size] + from_hidden[:, : 2 * size]
-        ).chunk(2, 1)
-        candidate = torch.tanh(
-            torch.addcmul(from_below[:, 2 * size :], reset, from_hidden[:, 2 * size :])
-        )
-        new_hidden = torch.addcmul(candidate, update, hidden - candidate)
+        from_hidden = torch.addmm(weights.hidden_bias[layer], hidden, weights.hidden[layer])
+        new_hidden, (reset, update, candidate) = gru_cell(from_below, from_hidden, hidden)
         return new_hidden, (new_hidden,), (reset, update, candidate, from_hidden, hidden)
 
     def backward(self, layer, saved, grad_output, grad_state):
         reset, update, candidate, from_hidden, hidden = saved
-        size = self.size
+        size = hidden.shape[1]
         grad = grad_output + grad_state[0]
         grad_candidate = grad * (1.0 - update) * (1.0 - candidate * candidate)
         grad_reset = grad_candidate * from_hidden[:, 2 * size :] * reset * (1.0 - reset)
@@ -130,7 +123,7 @@ class _FeedForwardLayers:
         self.hidden_weights = ()
         self.hidden_biases = ()
 
-    def forward(self, layer, from_below, state, hidden_weights_t):
+    def forward(self, layer, from_below, state, weights: StepWeights):
         hidden = torch.tanh(from_below)
         return hidden, (), hidden
 
@@ -179,9 +172,6 @@ class _NTMSteps:
 class _DNCSteps:
     """The DNC's write, link and read kernels; state as ``DNCState`` (w^w as (B,1,N))."""
 
-    def __init__(self, access) -> None:
-        pass
-
     def forward(self, interface, state):
         memory, usage, link, precedence, read_weights, write_weights = state
         batch, slots = usage.shape
@@ -227,7 +217,7 @@ def _steps_for(access):
     from mann.access.ntm import NTMAccess
 
     if isinstance(access, DNCAccess):
-        return _DNCSteps(access)
+        return _DNCSteps()
     if isinstance(access, NTMAccess):
         return _NTMSteps(access)
     return None
@@ -306,9 +296,13 @@ class _Sequence(torch.autograd.Function):
         projected = torch.addmm(
             weights["biases"][0], time_major, weights["input_weight"].t()
         ).view(steps, batch, -1)
-        read_weight_t = weights["read_weight"].t()
-        hidden_weights_t = [weight.t() for weight in weights["hidden_weights"]]
-        layer_weights_t = [weight.t() for weight in weights["layer_weights"]]
+        step_weights = StepWeights(
+            read=weights["read_weight"].t(),
+            hidden=tuple(weight.t() for weight in weights["hidden_weights"]),
+            layer=tuple(weight.t() for weight in weights["layer_weights"]),
+            bias=tuple(weights["biases"]),
+            hidden_bias=tuple(weights["hidden_biases"]),
+        )
         interface_weight_t = weights["interface_weight"].t()
 
         # Per layer and step: the layer's input from below (r_{t-1} for the first), its state
@@ -321,17 +315,12 @@ class _Sequence(torch.autograd.Function):
         for t in range(steps):
             below = reads
             for layer in range(layers):
-                if layer == 0:
-                    from_below = torch.addmm(projected[t], reads, read_weight_t)
-                else:
-                    from_below = torch.addmm(
-                        weights["biases"][layer], below, layer_weights_t[layer - 1]
-                    )
+                from_below = layer_input(layer, projected[t], below, step_weights)
                 if keep:
                     below_inputs[layer].append(below)
                     prev_states[layer].append(controller_state[layer])
                 below, controller_state[layer], saved = cells.forward(
-                    layer, from_below, controller_state[layer], hidden_weights_t
+                    layer, from_below, controller_state[layer], step_weights
                 )
                 if keep:
                     cell_saved[layer].append(saved)
