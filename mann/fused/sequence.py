@@ -351,10 +351,10 @@ class _Sequence(torch.autograd.Function):
         final = [value for layer_state in controller_state for value in layer_state]
         final += [*access_state, read_vectors]
         ctx.final_shapes = [(t.shape, t.dtype) for t in final]
-        # Copies: ctx keeps the last step's tensors (the link's saved L_T, arrays viewing
-        # M_T), and an output that ctx holds is a cycle through autograd's C++ graph that
-        # only a full garbage collection frees: every sequence's graph outlived its step.
-        return logits.contiguous(), *(t.clone() for t in final)
+        # Copies when ctx keeps the last step's tensors (the link's saved L_T, arrays viewing
+        # M_T): an output that ctx holds is a cycle through autograd's C++ graph that only a
+        # full garbage collection frees, and every sequence's graph outlived its step.
+        return logits.contiguous(), *(t.clone() if keep else t for t in final)
 
     @staticmethod
     @once_differentiable  # the backward is hand-written: no second derivative through it
