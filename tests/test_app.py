@@ -108,25 +108,6 @@ def expected_trace(directory: Path, name: str, length: int = 20, seed: int = 0):
     return demo.record(model, demo.sample_input(COPY, length, seed))
 
 
-def test_every_url_path_is_its_page_files_name():
-    # With a pages/ directory beside st.navigation, Streamlit first looks a requested URL up
-    # by page file name; a url_path unlike the file's name showed "Page not found" over the
-    # right page on a fresh server's first request (tests/test_browser.py opens one).
-    import ast
-
-    tree = ast.parse((Path(__file__).resolve().parent.parent / "app.py").read_text())
-    pages = {}
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "Page":
-            key = call.args[0].slice.value  # shared.PAGES["..."]
-            url = {k.arg: k.value.value for k in call.keywords}.get("url_path")
-            pages[key] = url
-    assert set(pages) == set(shared.PAGES)
-    for key, url in pages.items():
-        if url is not None:  # the default page has none
-            assert Path(shared.PAGES[key]).stem == url, (key, url)
-
-
 def test_the_sidebar_knows_every_task():
     assert set(shared.TASK_NAMES) == set(TASKS)
 

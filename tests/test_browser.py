@@ -72,11 +72,6 @@ def open_page(tab, url: str) -> None:
     settle(tab)
     exceptions = tab.locator('[data-testid="stException"]')
     assert exceptions.count() == 0, exceptions.first.inner_text()
-    # A link straight to a page must not meet Streamlit's "Page not found" modal. With a
-    # pages/ directory beside st.navigation, the directory's registry answers first, by file
-    # name: a url_path that is not its page file's name raised the modal over the right page.
-    dialogs = tab.get_by_role("dialog")
-    assert dialogs.count() == 0, dialogs.first.inner_text()
 
 
 def charts(tab, at_least: int = 1):
@@ -107,20 +102,6 @@ def drag_slider(tab, index: int, fraction: float) -> None:
     rail = tab.locator(".js-plotly-plot").nth(index).locator(".slider-rail-rect")
     box = rail.bounding_box()
     tab.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
-
-
-def test_a_link_straight_to_a_page_opens_it_on_a_fresh_server(server, browser):
-    # First in this module, so /inspect is the server's first request: the case where a
-    # url_path unlike its page file's name raised "Page not found" (test_app.py checks the
-    # names for every page).
-    for path in ("inspect", "train"):
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        tab = context.new_page()
-        try:
-            open_page(tab, f"{server}/{path}")
-            assert tab.locator("h1").count() >= 1
-        finally:
-            context.close()
 
 
 def test_every_page_in_a_real_browser(server, page):

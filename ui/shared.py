@@ -33,10 +33,10 @@ TASK_NAMES = ("copy", "repeat_copy", "associative_recall", "priority_sort", "add
 ARCH_NAMES = {"ntm": "NTM", "dnc": "DNC", "sam": "SAM", "sdnc": "SDNC"}
 PAGES = {
     "home": "pages/home.py",
-    "inspect": "pages/inspect.py",
+    "inspect": "pages/inspect_memory.py",
     "explain": "pages/explain.py",
     "compare": "pages/compare.py",
-    "train": "pages/train.py",
+    "train": "pages/train_model.py",
     "generalisation": "pages/generalisation.py",
     "export": "pages/export.py",
 }
