@@ -6,6 +6,7 @@ to the torch composition in ``mann.addressing`` (``usable`` says which to take).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import threading
@@ -14,14 +15,32 @@ import types
 import numpy as np
 import torch
 
+
+def _threading_layer() -> str:
+    """numba's OpenMP layer where the system's libgomp is installed, else its workqueue.
+
+    A DNC step launches a parallel kernel four times per time step. The workqueue's threads
+    sleep between launches, and waking one took 110-200 µs here (a 2-core VM), against 2 µs
+    for GNU OpenMP, whose threads spin a while after each parallel region before sleeping: a
+    DNC 1024 training step went from 1.36 to 0.97-1.00 s (bench/ab_speed.py). The OpenMP
+    layer loads the system's libgomp beside torch's bundled copy, so there are two thread
+    teams (both spin only briefly, and the measured steps are faster with both); starting
+    numba's would reset torch's thread count, which ``_start_threads`` keeps.
+    """
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401  (fails without libgomp1)
+    except ImportError:  # pragma: no cover - depends on the machine's packages
+        return "workqueue"
+    return "omp"
+
+
 try:
     import numba
     from numba import njit, prange
 
-    # numba's own thread pool: its OpenMP layer would load a second libgomp beside torch's
-    # and reset torch's thread count. The pool is not safe for concurrent launches (the app
-    # runs models in several threads), so launches are serialised by KERNEL_LOCK.
-    numba.config.THREADING_LAYER = "workqueue"
+    # Neither layer is safe for concurrent launches (the app runs models in several
+    # threads), so launches are serialised by KERNEL_LOCK.
+    numba.config.THREADING_LAYER = _threading_layer()
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     HAVE_NUMBA = False
@@ -33,6 +52,7 @@ __all__ = [
     "KERNEL_LOCK",
     "POOL",
     "arrays",
+    "batch_kernel",
     "njit",
     "parallel_and_serial",
     "prange",
@@ -103,21 +123,46 @@ PARALLEL_MIN_ENTRIES = 1 << 18
 # (R=4): below it the two paths tie; at B=16 the BLAS path is 1.2x faster at N=64, 1.6x at
 # N=128 and 2x at N=256.
 LARGE_LINK_ENTRIES = 1 << 15
+# Below this much per-step work (B N W) a batch-split kernel runs serially.
+PARALLEL_MIN_BATCH_WORK = 1 << 14
 
 
-def set_threads(entries: int) -> int:
-    """Give the next parallel kernel torch's thread count, or one thread if it is small.
+@functools.cache
+def _start_threads() -> None:
+    # numba starts its thread pool on first use, and starting the OpenMP one sets torch's
+    # thread count to the machine's (tests/test_access.py): start it here, keep torch's.
+    threads = torch.get_num_threads()
+    numba.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def set_threads(entries: int, minimum: int = PARALLEL_MIN_ENTRIES) -> int:
+    """Give the next parallel kernel torch's thread count, or one thread if it is small
+    (fewer than ``minimum`` entries).
 
     Returns the thread count set: with 1, callers should prefer a serial kernel.
     """
-    threads = 1 if entries < PARALLEL_MIN_ENTRIES else torch.get_num_threads()
+    threads = 1 if entries < minimum else torch.get_num_threads()
     threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    _start_threads()
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     return threads
 
 
-def parallel_and_serial(function):
+def batch_kernel(parallel, serial, shape: tuple[int, ...]):
+    """For kernels that split their batch into parts, taken as their last argument (the DNC
+    and NTM steps; item b is in part ``b * parts // B``, and every item's arithmetic is the
+    same in either build): for memory of ``shape`` (B,N,W), the parallel build with its
+    threads set and one part per thread when the batch splits and B N W pays for a launch,
+    else the serial build with one part. Returns a callable that appends the parts."""
+    batch = shape[0]
+    threads = set_threads(math.prod(shape), PARALLEL_MIN_BATCH_WORK) if batch > 1 else 1
+    kernel, parts = (parallel, min(batch, threads)) if threads > 1 else (serial, 1)
+    return lambda *arguments: kernel(*arguments, parts)
+
+
+def parallel_and_serial(function, **options):
     """``function`` compiled twice by numba, with ``prange`` parallel and serial (cached on disk).
 
     numba's disk cache finds a kernel by its qualified name and bytecode, not by its compile
@@ -125,7 +170,7 @@ def parallel_and_serial(function):
     was loaded for both, and the "parallel" kernel ran serially from then on. The serial one is
     compiled from a renamed copy, which numba caches in a file of its own.
     """
-    options = dict(fastmath=True, cache=True, nogil=True)
+    options = dict(fastmath=True, cache=True, nogil=True) | options
     twin = types.FunctionType(
         function.__code__,
         function.__globals__,
