@@ -19,7 +19,7 @@ import torch
 def _threading_layer() -> str:
     """numba's OpenMP layer where the system's libgomp is installed, else its workqueue.
 
-    A DNC step launches a parallel kernel four times per time step. The workqueue's threads
+    A DNC step launches parallel kernels several times per time step. The workqueue's threads
     sleep between launches, and waking one took 110-200 µs here (a 2-core VM), against 2 µs
     for GNU OpenMP, whose threads spin a while after each parallel region before sleeping: a
     DNC 1024 training step went from 1.36 to 0.97-1.00 s (bench/ab_speed.py). The OpenMP
