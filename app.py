@@ -33,7 +33,8 @@ navigation = st.navigation(
 )
 # An upload is checked before the page runs, so the page already shows the uploaded model.
 shared.take_pending_upload()
-navigation.run()
+with shared.inside_app():
+    navigation.run()
 # The sidebar comes after the page: its widgets' values reach the page all the same (they are
 # read from the session at the start of the run), and the page's first lines show without
 # waiting for the sidebar's checkpoint loading. Pages end by returning, never by st.stop(),

@@ -5,6 +5,8 @@ import streamlit as st
 
 from ui import shared
 
+shared.page_needs_app()
+
 
 def main() -> None:
     st.title("Compare")

@@ -6,6 +6,8 @@ import streamlit as st
 from mann import figures
 from ui import shared
 
+shared.page_needs_app()
+
 
 def main() -> None:
     st.title("Export")

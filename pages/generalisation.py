@@ -6,6 +6,8 @@ from mann import figures
 from mann.demo import parse_lengths, training_lengths
 from ui import shared
 
+shared.page_needs_app()
+
 
 def main() -> None:
     st.title("Generalisation")

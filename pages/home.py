@@ -4,6 +4,8 @@ import streamlit as st
 
 from ui import shared
 
+shared.page_needs_app()
+
 st.title("Watch memory-augmented networks at work")
 st.markdown(
     """

@@ -108,6 +108,36 @@ def expected_trace(directory: Path, name: str, length: int = 20, seed: int = 0):
     return demo.record(model, demo.sample_input(COPY, length, seed))
 
 
+def test_every_page_is_served_through_app_py_even_when_streamlit_routes_by_file():
+    # A fresh server routes its first request by the pages/ directory (streamlit#8860): the
+    # file must be named after its URL (else a "Page not found" dialog), and its first
+    # statement must hand the run to app.py (else it is served without the navigation and
+    # sidebar). tests/test_browser.py checks the effect for two pages; this checks them all.
+    import ast
+
+    root = Path(APP).parent
+    navigation = ast.parse((root / "app.py").read_text())
+    url_paths = {
+        keyword.value.value: ast.unparse(call.args[0])
+        for call in ast.walk(navigation)
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "st.Page"
+        for keyword in call.keywords
+        if keyword.arg == "url_path"
+    }
+    assert set(url_paths) == set(shared.PAGES) - {"home"}
+    for url_path, page in url_paths.items():
+        assert page == f"shared.PAGES[{url_path!r}]"
+        assert Path(shared.PAGES[url_path]).stem == url_path
+    for path in shared.PAGES.values():
+        body = [
+            statement
+            for statement in ast.parse((root / path).read_text()).body
+            if not isinstance(statement, (ast.Import, ast.ImportFrom))
+            and not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))
+        ]
+        assert ast.unparse(body[0]) == "shared.page_needs_app()", path
+
+
 def test_the_sidebar_knows_every_task():
     assert set(shared.TASK_NAMES) == set(TASKS)
 

@@ -107,10 +107,10 @@ def drag_slider(tab, index: int, fraction: float) -> None:
 def test_a_link_straight_to_a_page_opens_it_inside_the_app(server, browser):
     # First in this module, so /inspect is the server's first request. The page must run
     # inside app.py's st.navigation, with its titled page links and the model selector in the
-    # sidebar. (A pages/ directory beside st.navigation makes Streamlit show a "Page not
-    # found" modal over the right page on a fresh server's first request, streamlit#8860;
-    # naming the page files after their URLs removed the modal but let the directory's own
-    # registry serve them without app.py: no model selector, file names as links.)
+    # sidebar, and without a "Page not found" dialog. (On a fresh server Streamlit routes the
+    # first request by the pages/ directory, streamlit#8860: page files named otherwise than
+    # their URLs showed that dialog; named after them, but without shared.page_needs_app,
+    # they were served without app.py: no model selector, file names as links.)
     for path in ("inspect", "train"):
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         tab = context.new_page()
@@ -121,6 +121,8 @@ def test_a_link_straight_to_a_page_opens_it_inside_the_app(server, browser):
             assert sidebar.get_by_role("link", name="Home", exact=True).count() == 1
             assert sidebar.get_by_text("Model", exact=True).count() == 1
             assert tab.locator('[data-testid="stException"]').count() == 0
+            assert tab.get_by_text("Page not found").count() == 0
+            assert tab.get_by_role("heading", name=path.capitalize()).count() >= 1
         finally:
             context.close()
 

@@ -16,9 +16,12 @@ Models are cached with ``st.cache_resource``, traces with a bounded ``st.cache_d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import runpy
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +36,43 @@ TASK_NAMES = ("copy", "repeat_copy", "associative_recall", "priority_sort", "add
 ARCH_NAMES = {"ntm": "NTM", "dnc": "DNC", "sam": "SAM", "sdnc": "SDNC"}
 PAGES = {
     "home": "pages/home.py",
-    "inspect": "pages/inspect_memory.py",
+    "inspect": "pages/inspect.py",
     "explain": "pages/explain.py",
     "compare": "pages/compare.py",
-    "train": "pages/train_model.py",
+    "train": "pages/train.py",
     "generalisation": "pages/generalisation.py",
     "export": "pages/export.py",
 }
+
+
+# Whether this thread's script run is inside app.py's navigation (``inside_app``).
+_APP_RUN = threading.local()
+
+
+@contextlib.contextmanager
+def inside_app():
+    """app.py runs the chosen page inside this: ``page_needs_app`` then knows it is served
+    as every page should be, within app.py's navigation and sidebar."""
+    _APP_RUN.inside = True
+    try:
+        yield
+    finally:
+        _APP_RUN.inside = False
+
+
+def page_needs_app() -> None:
+    """Each page's first call: where Streamlit ran the page file on its own, run app.py
+    instead (which serves this page inside its navigation and sidebar), then end the run.
+
+    That happens once per server: until ``st.navigation`` has run in some session,
+    Streamlit routes by the ``pages/`` directory (streamlit#8860), so the first request
+    for /inspect runs pages/inspect.py without app.py. The page files are named after their
+    URLs so that this routing finds them; were they not, it would show a "Page not found"
+    dialog over the page (tests/test_browser.py checks neither happens).
+    """
+    if not getattr(_APP_RUN, "inside", False):
+        runpy.run_path(str(REPOSITORY / "app.py"))
+        st.stop()
 
 
 def checkpoint_dir() -> Path:

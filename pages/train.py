@@ -14,6 +14,8 @@ from mann.tasks import TASKS, make_task
 from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
 from ui import shared
 
+shared.page_needs_app()
+
 st.title("Train")
 st.caption(
     "Training runs in the background: the rest of the app stays usable, and this page shows "

@@ -7,6 +7,8 @@ import streamlit as st
 from mann import figures
 from ui import shared
 
+shared.page_needs_app()
+
 
 def edit_input(base_input: shared.InputChoice) -> bool:
     """The hand-edit table; stores an edit under the input's key. False if the input fails."""
