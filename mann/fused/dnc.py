@@ -17,12 +17,11 @@ inputs; only the content weights and similarities are kept from the forward, as 
 them costs N exponentials per head and item, the largest single cost here. The interface
 vector is read in place, by the layout of ``DNCAccess.interface_sizes``; both Functions
 return a gradient for the whole vector, zero outside the fields they use, and autograd adds
-the two. Each kernel splits its batch into one part per thread from
-``runtime.PARALLEL_MIN_BATCH_WORK`` (B N W; items are independent, and each item's arithmetic
-is the same in the serial build, bit for bit). With numba's OpenMP layer (``runtime``) a
-launch costs about 2 µs, so this pays from small sizes: a DNC 256 (B=16) training step went
-from 158-161 to 129-131 ms (``bench/ab_speed.py``). They may reassociate sums (to vectorise them)
-but keep IEEE infinities, NaNs and functions, and pass ``torch.autograd.gradcheck`` in float64.
+the two. The kernels are serial; they may reassociate sums (to vectorise them) but keep IEEE
+infinities, NaNs and functions, and pass ``torch.autograd.gradcheck`` in float64. From
+``runtime.PARALLEL_MIN_BATCH_WORK`` (B N W) each runs split across threads, one slice of the
+batch per thread (``*_split``): a DNC 256 (B=16) training step went from 158-161 to 129-131 ms
+(``bench/ab_speed.py``, both on numba's OpenMP layer).
 
 Allocation sorts usage stably (numba's merge sort), as ``addressing.allocation`` does with
 ``torch.sort(stable=True)``: a stable sort's order is unique, so at the start, when every
@@ -40,14 +39,7 @@ import numpy as np
 import torch
 
 from mann.addressing import EPSILON
-from mann.fused.runtime import (
-    HAVE_NUMBA,
-    KERNEL_LOCK,
-    batch_kernel,
-    njit,
-    parallel_and_serial,
-    prange,
-)
+from mann.fused.runtime import HAVE_NUMBA, KERNEL_LOCK, batch_kernel, njit, prange
 
 # torch's softplus returns x itself above this threshold (and its slope is then 1).
 SOFTPLUS_THRESHOLD = 20.0
@@ -199,8 +191,9 @@ if HAVE_NUMBA:
     # -----------------------------------------------------------------------------------
     # Write: usage, allocation, write weighting, erase-and-write
     # -----------------------------------------------------------------------------------
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _usage_forward(interface, prev_usage, prev_write_weights, prev_read_weights, width,
-                       usage, sorted_usage, free_list, parts):  # fmt: skip
+                       usage, sorted_usage, free_list):  # fmt: skip
         # u_t = (u + w^w - u ∘ w^w) ∘ ψ, ψ = Π_r (1 - f^r w^r); then ε + (1 - ε) u_t sorted
         # ascending, stably (equal usages lowest slot first, as torch.sort(stable=True)
         # orders them: a stable sort's order is unique), and the free list φ.
@@ -209,27 +202,22 @@ if HAVE_NUMBA:
         batch, slots = prev_usage.shape
         heads = prev_read_weights.shape[1]
         free_gates_at = _layout(heads, width)[5]
-        for part in prange(parts):
-            free_gates = np.empty(heads)
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
+        free_gates = np.empty(heads)
+        for b in range(batch):
+            for r in range(heads):
+                free_gates[r] = _sigmoid(interface[b, free_gates_at + r])
+            for i in range(slots):
+                retention = 1.0
                 for r in range(heads):
-                    free_gates[r] = _sigmoid(interface[b, free_gates_at + r])
-                for i in range(slots):
-                    retention = 1.0
-                    for r in range(heads):
-                        retention *= 1.0 - free_gates[r] * prev_read_weights[b, r, i]
-                    used, written = prev_usage[b, i], prev_write_weights[b, i]
-                    usage[b, i] = (used + written - used * written) * retention
-                    sorted_usage[b, i] = EPSILON + (1.0 - EPSILON) * usage[b, i]
-                order = np.argsort(sorted_usage[b], kind="mergesort")
-                mapped = sorted_usage[b].copy()
-                for j in range(slots):
-                    free_list[b, j] = order[j]
-                    sorted_usage[b, j] = mapped[order[j]]
-
-    _usage_forward, _usage_forward_serial = parallel_and_serial(
-        _usage_forward, fastmath=False, error_model="numpy"
-    )
+                    retention *= 1.0 - free_gates[r] * prev_read_weights[b, r, i]
+                used, written = prev_usage[b, i], prev_write_weights[b, i]
+                usage[b, i] = (used + written - used * written) * retention
+                sorted_usage[b, i] = EPSILON + (1.0 - EPSILON) * usage[b, i]
+            order = np.argsort(sorted_usage[b], kind="mergesort")
+            mapped = sorted_usage[b].copy()
+            for j in range(slots):
+                free_list[b, j] = order[j]
+                sorted_usage[b, j] = mapped[order[j]]
 
     @njit(**KERNEL)
     def _write_weighting(x, content, sorted_usage, free_list, heads, width, allocation,
@@ -250,162 +238,158 @@ if HAVE_NUMBA:
             mixed = allocation_gate * allocation[i] + (1.0 - allocation_gate) * content[i]
             weights[i] = write_gate * mixed
 
+    @njit(**KERNEL)
     def _write_forward(interface, prev_memory, sorted_usage, free_list, heads,
-                       memory, write_weights, content, similarity, parts):  # fmt: skip
+                       memory, write_weights, content, similarity):  # fmt: skip
         # Also keeps the write content c^w and similarity D(k^w, M_{t-1}[i]) (B,N), which
         # the backward would otherwise recompute at the price of N exponentials an item.
         batch, slots, width = prev_memory.shape
         (write_key, write_vector, _, write_strength, erase_at,
          _, _, _, _) = _layout(heads, width)  # fmt: skip
-        for part in prange(parts):
-            memory_t = np.empty((width, slots))
-            norms = np.empty(slots)
-            allocation, used_before, weights = np.empty(slots), np.empty(slots), np.empty(slots)
-            erase, vector = np.empty(width), np.empty(width)
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
-                x = interface[b]
-                _transpose(prev_memory[b], memory_t, norms)
-                key, strength = x[write_key : write_key + width], _oneplus(x[write_strength])
-                _content(memory_t, norms, key, strength, content[b], similarity[b])
-                _write_weighting(x, content[b], sorted_usage[b], free_list[b], heads, width,
-                                 allocation, used_before, weights)  # fmt: skip
+        memory_t = np.empty((width, slots))
+        norms = np.empty(slots)
+        allocation, used_before, weights = np.empty(slots), np.empty(slots), np.empty(slots)
+        erase, vector = np.empty(width), np.empty(width)
+        for b in range(batch):
+            x = interface[b]
+            _transpose(prev_memory[b], memory_t, norms)
+            key, strength = x[write_key : write_key + width], _oneplus(x[write_strength])
+            _content(memory_t, norms, key, strength, content[b], similarity[b])
+            _write_weighting(x, content[b], sorted_usage[b], free_list[b], heads, width,
+                             allocation, used_before, weights)  # fmt: skip
+            for w in range(width):
+                erase[w] = _sigmoid(x[erase_at + w])
+                vector[w] = x[write_vector + w]
+            # M_t = M_{t-1} ∘ (1 - w^w eᵀ) + w^w vᵀ
+            for i in range(slots):
+                weight = weights[i]
+                write_weights[b, i] = weight
                 for w in range(width):
-                    erase[w] = _sigmoid(x[erase_at + w])
-                    vector[w] = x[write_vector + w]
-                # M_t = M_{t-1} ∘ (1 - w^w eᵀ) + w^w vᵀ
-                for i in range(slots):
-                    weight = weights[i]
-                    write_weights[b, i] = weight
-                    for w in range(width):
-                        memory[b, i, w] = (
-                            prev_memory[b, i, w] * (1.0 - weight * erase[w]) + weight * vector[w]
-                        )
+                    memory[b, i, w] = (
+                        prev_memory[b, i, w] * (1.0 - weight * erase[w]) + weight * vector[w]
+                    )
 
-    _write_forward, _write_forward_serial = parallel_and_serial(_write_forward, **KERNEL)
-
+    @njit(**KERNEL)
     def _write_backward(interface, prev_memory, prev_usage, prev_write_weights,
                         prev_read_weights, sorted_usage, free_list, saved_content,
                         saved_similarity, grad_memory, grad_usage, grad_write_weights,
                         grad_interface, grad_prev_memory, grad_prev_usage,
-                        grad_prev_write_weights, grad_prev_read_weights, parts):  # fmt: skip
+                        grad_prev_write_weights, grad_prev_read_weights):  # fmt: skip
         batch, slots, width = prev_memory.shape
         heads = prev_read_weights.shape[1]
         (write_key, write_vector, _, write_strength, erase_at, free_gates_at,
          allocation_gate_at, write_gate_at, _) = _layout(heads, width)  # fmt: skip
-        for part in prange(parts):
-            memory_t, grad_memory_t = np.empty((width, slots)), np.empty((width, slots))
-            norms = np.empty(slots)
-            allocation, used_before, weights = np.empty(slots), np.empty(slots), np.empty(slots)
-            grad_weights, grad_content = np.empty(slots), np.empty(slots)
-            grad_new_usage, scratch = np.empty(slots), np.empty((2, slots))
-            erase, vector = np.empty(width), np.empty(width)
-            grad_erase, grad_vector, grad_key = np.empty(width), np.empty(width), np.empty(width)
-            free_gates, grad_free_gates = np.empty(heads), np.empty(heads)
-            kept = np.empty(heads)  # 1 - f^r w^r[i]
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
-                x = interface[b]
-                # Recompute this item's forward pass.
-                content, similarity = saved_content[b], saved_similarity[b]
-                _transpose(prev_memory[b], memory_t, norms)
-                _write_weighting(x, content, sorted_usage[b], free_list[b], heads, width,
-                                 allocation, used_before, weights)  # fmt: skip
-                allocation_gate = _sigmoid(x[allocation_gate_at])
-                write_gate = _sigmoid(x[write_gate_at])
+        memory_t, grad_memory_t = np.empty((width, slots)), np.empty((width, slots))
+        norms = np.empty(slots)
+        allocation, used_before, weights = np.empty(slots), np.empty(slots), np.empty(slots)
+        grad_weights, grad_content = np.empty(slots), np.empty(slots)
+        grad_new_usage, scratch = np.empty(slots), np.empty((2, slots))
+        erase, vector = np.empty(width), np.empty(width)
+        grad_erase, grad_vector, grad_key = np.empty(width), np.empty(width), np.empty(width)
+        free_gates, grad_free_gates = np.empty(heads), np.empty(heads)
+        kept = np.empty(heads)  # 1 - f^r w^r[i]
+        for b in range(batch):
+            x = interface[b]
+            # Recompute this item's forward pass.
+            content, similarity = saved_content[b], saved_similarity[b]
+            _transpose(prev_memory[b], memory_t, norms)
+            _write_weighting(x, content, sorted_usage[b], free_list[b], heads, width,
+                             allocation, used_before, weights)  # fmt: skip
+            allocation_gate = _sigmoid(x[allocation_gate_at])
+            write_gate = _sigmoid(x[write_gate_at])
+            for w in range(width):
+                erase[w] = _sigmoid(x[erase_at + w])
+                vector[w] = x[write_vector + w]
+
+            # M_t = M_{t-1} ∘ (1 - w^w eᵀ) + w^w vᵀ: onto w^w, e and v.
+            grad_erase[:] = 0.0
+            grad_vector[:] = 0.0
+            for i in range(slots):
+                weight = weights[i]
+                total = 0.0
                 for w in range(width):
-                    erase[w] = _sigmoid(x[erase_at + w])
-                    vector[w] = x[write_vector + w]
+                    grad = grad_memory[b, i, w]
+                    value = prev_memory[b, i, w]
+                    total += grad * (vector[w] - value * erase[w])
+                    grad_erase[w] -= grad * value * weight
+                    grad_vector[w] += grad * weight
+                grad_weights[i] = grad_write_weights[b, i] + total
 
-                # M_t = M_{t-1} ∘ (1 - w^w eᵀ) + w^w vᵀ: onto w^w, e and v.
-                grad_erase[:] = 0.0
-                grad_vector[:] = 0.0
-                for i in range(slots):
-                    weight = weights[i]
-                    total = 0.0
-                    for w in range(width):
-                        grad = grad_memory[b, i, w]
-                        value = prev_memory[b, i, w]
-                        total += grad * (vector[w] - value * erase[w])
-                        grad_erase[w] -= grad * value * weight
-                        grad_vector[w] += grad * weight
-                    grad_weights[i] = grad_write_weights[b, i] + total
+            # w^w = g^w [g^a a + (1 - g^a) c^w]
+            grad_write_gate = 0.0
+            grad_allocation_gate = 0.0
+            for i in range(slots):
+                mixed = allocation_gate * allocation[i] + (1.0 - allocation_gate) * content[i]
+                grad_write_gate += grad_weights[i] * mixed
+                grad_allocation_gate += grad_weights[i] * (allocation[i] - content[i])
+                grad_content[i] = grad_weights[i] * write_gate * (1.0 - allocation_gate)
+            grad_allocation_gate *= write_gate
 
-                # w^w = g^w [g^a a + (1 - g^a) c^w]
-                grad_write_gate = 0.0
-                grad_allocation_gate = 0.0
-                for i in range(slots):
-                    mixed = allocation_gate * allocation[i] + (1.0 - allocation_gate) * content[i]
-                    grad_write_gate += grad_weights[i] * mixed
-                    grad_allocation_gate += grad_weights[i] * (allocation[i] - content[i])
-                    grad_content[i] = grad_weights[i] * write_gate * (1.0 - allocation_gate)
-                grad_allocation_gate *= write_gate
-
-                grad_memory_t[:] = 0.0
-                grad_key[:] = 0.0
-                strength_logit = x[write_strength]
-                grad_strength = _content_backward(
-                    memory_t, norms, x[write_key : write_key + width], _oneplus(strength_logit),
-                    content, similarity, grad_content, grad_memory_t, grad_key, scratch,
-                )  # fmt: skip
-                for i in range(slots):
-                    weight = weights[i]
-                    for w in range(width):
-                        grad_prev_memory[b, i, w] = (
-                            grad_memory[b, i, w] * (1.0 - weight * erase[w]) + grad_memory_t[w, i]
-                        )
-
-                # Allocation, as torch differentiates it: through the sorted values and the
-                # exclusive cumprod (dL/dx_m = Σ_{k>=m} y_k dL/dy_k / x_m), not the sort order.
-                later = 0.0  # Σ_{k>j} Π_{m<k} u[φ_m] dL/d(Π_{m<k} u[φ_m])
-                for j in range(slots - 1, -1, -1):
-                    slot = free_list[b, j]
-                    sorted_value = sorted_usage[b, j]
-                    grad_allocation = grad_weights[slot] * write_gate * allocation_gate
-                    grad_sorted = -grad_allocation * used_before[j] + later / sorted_value
-                    later += used_before[j] * grad_allocation * (1.0 - sorted_value)
-                    grad_new_usage[slot] = grad_usage[b, slot] + (1.0 - EPSILON) * grad_sorted
-
-                # u_t = (u + w^w - u ∘ w^w) ∘ Π_r (1 - f^r w^r)
-                for r in range(heads):
-                    free_gates[r] = _sigmoid(x[free_gates_at + r])
-                    grad_free_gates[r] = 0.0
-                for i in range(slots):
-                    retention = 1.0
-                    for r in range(heads):
-                        kept[r] = 1.0 - free_gates[r] * prev_read_weights[b, r, i]
-                        retention *= kept[r]
-                    used, written = prev_usage[b, i], prev_write_weights[b, i]
-                    grad_written = grad_new_usage[i] * retention
-                    grad_prev_usage[b, i] = grad_written * (1.0 - written)
-                    grad_prev_write_weights[b, i] = grad_written * (1.0 - used)
-                    grad_retention = grad_new_usage[i] * (used + written - used * written)
-                    for r in range(heads):
-                        # The product of the other heads' factors: exact even where one is 0.
-                        others = 1.0
-                        for other in range(heads):
-                            if other != r:
-                                others *= kept[other]
-                        grad_kept = grad_retention * others
-                        grad_prev_read_weights[b, r, i] = -grad_kept * free_gates[r]
-                        grad_free_gates[r] -= grad_kept * prev_read_weights[b, r, i]
-
-                # Through the squashing functions onto the raw interface; zero elsewhere.
-                grad_x = grad_interface[b]
-                grad_x[:] = 0.0
+            grad_memory_t[:] = 0.0
+            grad_key[:] = 0.0
+            strength_logit = x[write_strength]
+            grad_strength = _content_backward(
+                memory_t, norms, x[write_key : write_key + width], _oneplus(strength_logit),
+                content, similarity, grad_content, grad_memory_t, grad_key, scratch,
+            )  # fmt: skip
+            for i in range(slots):
+                weight = weights[i]
                 for w in range(width):
-                    grad_x[write_key + w] = grad_key[w]
-                    grad_x[write_vector + w] = grad_vector[w]
-                    grad_x[erase_at + w] = grad_erase[w] * erase[w] * (1.0 - erase[w])
-                grad_x[write_strength] = grad_strength * _oneplus_slope(strength_logit)
-                for r in range(heads):
-                    grad_x[free_gates_at + r] = (
-                        grad_free_gates[r] * free_gates[r] * (1.0 - free_gates[r])
+                    grad_prev_memory[b, i, w] = (
+                        grad_memory[b, i, w] * (1.0 - weight * erase[w]) + grad_memory_t[w, i]
                     )
-                grad_x[allocation_gate_at] = (
-                    grad_allocation_gate * allocation_gate * (1.0 - allocation_gate)
-                )
-                grad_x[write_gate_at] = grad_write_gate * write_gate * (1.0 - write_gate)
 
-    _write_backward, _write_backward_serial = parallel_and_serial(_write_backward, **KERNEL)
+            # Allocation, as torch differentiates it: through the sorted values and the
+            # exclusive cumprod (dL/dx_m = Σ_{k>=m} y_k dL/dy_k / x_m), not the sort order.
+            later = 0.0  # Σ_{k>j} Π_{m<k} u[φ_m] dL/d(Π_{m<k} u[φ_m])
+            for j in range(slots - 1, -1, -1):
+                slot = free_list[b, j]
+                sorted_value = sorted_usage[b, j]
+                grad_allocation = grad_weights[slot] * write_gate * allocation_gate
+                grad_sorted = -grad_allocation * used_before[j] + later / sorted_value
+                later += used_before[j] * grad_allocation * (1.0 - sorted_value)
+                grad_new_usage[slot] = grad_usage[b, slot] + (1.0 - EPSILON) * grad_sorted
+
+            # u_t = (u + w^w - u ∘ w^w) ∘ Π_r (1 - f^r w^r)
+            for r in range(heads):
+                free_gates[r] = _sigmoid(x[free_gates_at + r])
+                grad_free_gates[r] = 0.0
+            for i in range(slots):
+                retention = 1.0
+                for r in range(heads):
+                    kept[r] = 1.0 - free_gates[r] * prev_read_weights[b, r, i]
+                    retention *= kept[r]
+                used, written = prev_usage[b, i], prev_write_weights[b, i]
+                grad_written = grad_new_usage[i] * retention
+                grad_prev_usage[b, i] = grad_written * (1.0 - written)
+                grad_prev_write_weights[b, i] = grad_written * (1.0 - used)
+                grad_retention = grad_new_usage[i] * (used + written - used * written)
+                for r in range(heads):
+                    # The product of the other heads' factors: exact even where one is 0.
+                    others = 1.0
+                    for other in range(heads):
+                        if other != r:
+                            others *= kept[other]
+                    grad_kept = grad_retention * others
+                    grad_prev_read_weights[b, r, i] = -grad_kept * free_gates[r]
+                    grad_free_gates[r] -= grad_kept * prev_read_weights[b, r, i]
+
+            # Through the squashing functions onto the raw interface; zero elsewhere.
+            grad_x = grad_interface[b]
+            grad_x[:] = 0.0
+            for w in range(width):
+                grad_x[write_key + w] = grad_key[w]
+                grad_x[write_vector + w] = grad_vector[w]
+                grad_x[erase_at + w] = grad_erase[w] * erase[w] * (1.0 - erase[w])
+            grad_x[write_strength] = grad_strength * _oneplus_slope(strength_logit)
+            for r in range(heads):
+                grad_x[free_gates_at + r] = (
+                    grad_free_gates[r] * free_gates[r] * (1.0 - free_gates[r])
+                )
+            grad_x[allocation_gate_at] = (
+                grad_allocation_gate * allocation_gate * (1.0 - allocation_gate)
+            )
+            grad_x[write_gate_at] = grad_write_gate * write_gate * (1.0 - write_gate)
 
     # -----------------------------------------------------------------------------------
     # Read: precedence, read content, read modes, read weightings and vectors
@@ -422,110 +406,181 @@ if HAVE_NUMBA:
                 modes[0] * backward[head, i] + modes[1] * content[i] + modes[2] * forward[head, i]
             )
 
+    @njit(**KERNEL)
     def _read_forward(interface, memory, prev_precedence, write_weights, forward, backward,
-                      read_weights, read_vectors, precedence, content, similarity,
-                      parts):  # fmt: skip
+                      read_weights, read_vectors, precedence, content, similarity):  # fmt: skip
         # Also keeps the read content c^r and similarity D(k^r, M_t[i]) (B,R,N) for the
         # backward, as the write does.
         batch, slots, width = memory.shape
         heads = forward.shape[1]
         read_strengths = _layout(heads, width)[2]
-        for part in prange(parts):
-            memory_t = np.empty((width, slots))
-            norms, weights, modes = np.empty(slots), np.empty(slots), np.empty(3)
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
-                # p_t = (1 - Σ_i w^w[i]) p_{t-1} + w^w
-                written = 0.0
+        memory_t = np.empty((width, slots))
+        norms, weights, modes = np.empty(slots), np.empty(slots), np.empty(3)
+        for b in range(batch):
+            # p_t = (1 - Σ_i w^w[i]) p_{t-1} + w^w
+            written = 0.0
+            for i in range(slots):
+                written += write_weights[b, i]
+            for i in range(slots):
+                precedence[b, i] = (1.0 - written) * prev_precedence[b, i] + write_weights[b, i]
+            _transpose(memory[b], memory_t, norms)
+            x = interface[b]
+            for r in range(heads):
+                key, strength = x[r * width : (r + 1) * width], _oneplus(x[read_strengths + r])
+                _content(memory_t, norms, key, strength, content[b, r], similarity[b, r])
+                _read_weighting(x, content[b, r], forward[b], backward[b], r, width, modes,
+                                weights)  # fmt: skip
                 for i in range(slots):
-                    written += write_weights[b, i]
-                for i in range(slots):
-                    precedence[b, i] = (1.0 - written) * prev_precedence[b, i] + write_weights[b, i]
-                _transpose(memory[b], memory_t, norms)
-                x = interface[b]
-                for r in range(heads):
-                    key, strength = x[r * width : (r + 1) * width], _oneplus(x[read_strengths + r])
-                    _content(memory_t, norms, key, strength, content[b, r], similarity[b, r])
-                    _read_weighting(x, content[b, r], forward[b], backward[b], r, width, modes,
-                                    weights)  # fmt: skip
+                    read_weights[b, r, i] = weights[i]
+                # r = Σ_i w^r[i] M_t[i]
+                for w in range(width):
+                    total = 0.0
                     for i in range(slots):
-                        read_weights[b, r, i] = weights[i]
-                    # r = Σ_i w^r[i] M_t[i]
-                    for w in range(width):
-                        total = 0.0
-                        for i in range(slots):
-                            total += weights[i] * memory_t[w, i]
-                        read_vectors[b, r, w] = total
+                        total += weights[i] * memory_t[w, i]
+                    read_vectors[b, r, w] = total
 
-    _read_forward, _read_forward_serial = parallel_and_serial(_read_forward, **KERNEL)
-
+    @njit(**KERNEL)
     def _read_backward(interface, memory, prev_precedence, write_weights, forward, backward,
                        saved_content, saved_similarity,
                        grad_read_weights, grad_read_vectors, grad_precedence,
                        grad_interface, grad_memory, grad_prev_precedence, grad_write_weights,
-                       grad_forward, grad_backward, parts):  # fmt: skip
+                       grad_forward, grad_backward):  # fmt: skip
         batch, slots, width = memory.shape
         heads = forward.shape[1]
         fields = _layout(heads, width)
         read_strengths, read_modes = fields[2], fields[8]
-        for part in prange(parts):
-            memory_t, grad_memory_t = np.empty((width, slots)), np.empty((width, slots))
-            norms = np.empty(slots)
-            weights, grad_weights, grad_content = np.empty(slots), np.empty(slots), np.empty(slots)
-            scratch, grad_key = np.empty((2, slots)), np.empty(width)
-            modes, grad_modes = np.empty(3), np.empty(3)
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
-                x = interface[b]
-                grad_x = grad_interface[b]
-                grad_x[:] = 0.0
-                # p_t = (1 - Σ_i w^w[i]) p_{t-1} + w^w
-                written = 0.0
-                carried = 0.0  # Σ_j dL/dp_t[j] p_{t-1}[j]
+        memory_t, grad_memory_t = np.empty((width, slots)), np.empty((width, slots))
+        norms = np.empty(slots)
+        weights, grad_weights, grad_content = np.empty(slots), np.empty(slots), np.empty(slots)
+        scratch, grad_key = np.empty((2, slots)), np.empty(width)
+        modes, grad_modes = np.empty(3), np.empty(3)
+        for b in range(batch):
+            x = interface[b]
+            grad_x = grad_interface[b]
+            grad_x[:] = 0.0
+            # p_t = (1 - Σ_i w^w[i]) p_{t-1} + w^w
+            written = 0.0
+            carried = 0.0  # Σ_j dL/dp_t[j] p_{t-1}[j]
+            for i in range(slots):
+                written += write_weights[b, i]
+                carried += grad_precedence[b, i] * prev_precedence[b, i]
+            for i in range(slots):
+                grad_prev_precedence[b, i] = grad_precedence[b, i] * (1.0 - written)
+                grad_write_weights[b, i] = grad_precedence[b, i] - carried
+            _transpose(memory[b], memory_t, norms)
+            grad_memory_t[:] = 0.0
+            for r in range(heads):
+                content, similarity = saved_content[b, r], saved_similarity[b, r]
+                _read_weighting(x, content, forward[b], backward[b], r, width, modes, weights)
+                # r = Σ_i w^r[i] M_t[i]: onto w^r and M_t.
                 for i in range(slots):
-                    written += write_weights[b, i]
-                    carried += grad_precedence[b, i] * prev_precedence[b, i]
-                for i in range(slots):
-                    grad_prev_precedence[b, i] = grad_precedence[b, i] * (1.0 - written)
-                    grad_write_weights[b, i] = grad_precedence[b, i] - carried
-                _transpose(memory[b], memory_t, norms)
-                grad_memory_t[:] = 0.0
-                for r in range(heads):
-                    content, similarity = saved_content[b, r], saved_similarity[b, r]
-                    _read_weighting(x, content, forward[b], backward[b], r, width, modes, weights)
-                    # r = Σ_i w^r[i] M_t[i]: onto w^r and M_t.
+                    grad_weights[i] = grad_read_weights[b, r, i]
+                for w in range(width):
+                    grad_vector = grad_read_vectors[b, r, w]
                     for i in range(slots):
-                        grad_weights[i] = grad_read_weights[b, r, i]
-                    for w in range(width):
-                        grad_vector = grad_read_vectors[b, r, w]
-                        for i in range(slots):
-                            grad_weights[i] += grad_vector * memory_t[w, i]
-                            grad_memory_t[w, i] += weights[i] * grad_vector
-                    # w^r = π[0] b + π[1] c^r + π[2] f
-                    grad_modes[:] = 0.0
-                    for i in range(slots):
-                        grad_backward[b, r, i] = modes[0] * grad_weights[i]
-                        grad_content[i] = modes[1] * grad_weights[i]
-                        grad_forward[b, r, i] = modes[2] * grad_weights[i]
-                        grad_modes[0] += grad_weights[i] * backward[b, r, i]
-                        grad_modes[1] += grad_weights[i] * content[i]
-                        grad_modes[2] += grad_weights[i] * forward[b, r, i]
-                    expected = modes[0] * grad_modes[0] + modes[1] * grad_modes[1]
-                    expected += modes[2] * grad_modes[2]
-                    for k in range(3):
-                        grad_x[read_modes + 3 * r + k] = modes[k] * (grad_modes[k] - expected)
-                    grad_key[:] = 0.0
-                    strength_logit = x[read_strengths + r]
-                    grad_strength = _content_backward(
-                        memory_t, norms, x[r * width : (r + 1) * width], _oneplus(strength_logit),
-                        content, similarity, grad_content, grad_memory_t, grad_key, scratch,
-                    )  # fmt: skip
-                    for w in range(width):
-                        grad_x[r * width + w] = grad_key[w]
-                    grad_x[read_strengths + r] = grad_strength * _oneplus_slope(strength_logit)
+                        grad_weights[i] += grad_vector * memory_t[w, i]
+                        grad_memory_t[w, i] += weights[i] * grad_vector
+                # w^r = π[0] b + π[1] c^r + π[2] f
+                grad_modes[:] = 0.0
                 for i in range(slots):
-                    for w in range(width):
-                        grad_memory[b, i, w] = grad_memory_t[w, i]
+                    grad_backward[b, r, i] = modes[0] * grad_weights[i]
+                    grad_content[i] = modes[1] * grad_weights[i]
+                    grad_forward[b, r, i] = modes[2] * grad_weights[i]
+                    grad_modes[0] += grad_weights[i] * backward[b, r, i]
+                    grad_modes[1] += grad_weights[i] * content[i]
+                    grad_modes[2] += grad_weights[i] * forward[b, r, i]
+                expected = modes[0] * grad_modes[0] + modes[1] * grad_modes[1]
+                expected += modes[2] * grad_modes[2]
+                for k in range(3):
+                    grad_x[read_modes + 3 * r + k] = modes[k] * (grad_modes[k] - expected)
+                grad_key[:] = 0.0
+                strength_logit = x[read_strengths + r]
+                grad_strength = _content_backward(
+                    memory_t, norms, x[r * width : (r + 1) * width], _oneplus(strength_logit),
+                    content, similarity, grad_content, grad_memory_t, grad_key, scratch,
+                )  # fmt: skip
+                for w in range(width):
+                    grad_x[r * width + w] = grad_key[w]
+                grad_x[read_strengths + r] = grad_strength * _oneplus_slope(strength_logit)
+            for i in range(slots):
+                for w in range(width):
+                    grad_memory[b, i, w] = grad_memory_t[w, i]
 
-    _read_backward, _read_backward_serial = parallel_and_serial(_read_backward, **KERNEL)
+    # -----------------------------------------------------------------------------------
+    # The kernels above split across threads: one part of the batch per thread, each part
+    # the serial kernel on a slice (items are independent, so each item's arithmetic is the
+    # serial kernel's, bit for bit). On numba's OpenMP layer a launch costs about 2 µs
+    # (``runtime``); ``runtime.batch_kernel`` picks between a kernel and its split.
+    # -----------------------------------------------------------------------------------
+    SPLIT = dict(parallel=True, cache=True, nogil=True)
+
+    @njit(**SPLIT)
+    def _usage_forward_split(interface, prev_usage, prev_write_weights, prev_read_weights,
+                             width, usage, sorted_usage, free_list, parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _usage_forward(interface[a:z], prev_usage[a:z], prev_write_weights[a:z],
+                           prev_read_weights[a:z], width, usage[a:z], sorted_usage[a:z],
+                           free_list[a:z])  # fmt: skip
+
+    @njit(**SPLIT)
+    def _write_forward_split(interface, prev_memory, sorted_usage, free_list, heads,
+                             memory, write_weights, content, similarity, parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _write_forward(interface[a:z], prev_memory[a:z], sorted_usage[a:z],
+                           free_list[a:z], heads, memory[a:z], write_weights[a:z],
+                           content[a:z], similarity[a:z])  # fmt: skip
+
+    @njit(**SPLIT)
+    def _write_backward_split(interface, prev_memory, prev_usage, prev_write_weights,
+                              prev_read_weights, sorted_usage, free_list, saved_content,
+                              saved_similarity, grad_memory, grad_usage, grad_write_weights,
+                              grad_interface, grad_prev_memory, grad_prev_usage,
+                              grad_prev_write_weights, grad_prev_read_weights,
+                              parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _write_backward(interface[a:z], prev_memory[a:z], prev_usage[a:z],
+                            prev_write_weights[a:z], prev_read_weights[a:z],
+                            sorted_usage[a:z], free_list[a:z], saved_content[a:z],
+                            saved_similarity[a:z], grad_memory[a:z], grad_usage[a:z],
+                            grad_write_weights[a:z], grad_interface[a:z],
+                            grad_prev_memory[a:z], grad_prev_usage[a:z],
+                            grad_prev_write_weights[a:z],
+                            grad_prev_read_weights[a:z])  # fmt: skip
+
+    @njit(**SPLIT)
+    def _read_forward_split(interface, memory, prev_precedence, write_weights, forward,
+                            backward, read_weights, read_vectors, precedence, content,
+                            similarity, parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _read_forward(interface[a:z], memory[a:z], prev_precedence[a:z],
+                          write_weights[a:z], forward[a:z], backward[a:z],
+                          read_weights[a:z], read_vectors[a:z], precedence[a:z],
+                          content[a:z], similarity[a:z])  # fmt: skip
+
+    @njit(**SPLIT)
+    def _read_backward_split(interface, memory, prev_precedence, write_weights, forward,
+                             backward, saved_content, saved_similarity, grad_read_weights,
+                             grad_read_vectors, grad_precedence, grad_interface,
+                             grad_memory, grad_prev_precedence, grad_write_weights,
+                             grad_forward, grad_backward, parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _read_backward(interface[a:z], memory[a:z], prev_precedence[a:z],
+                           write_weights[a:z], forward[a:z], backward[a:z],
+                           saved_content[a:z], saved_similarity[a:z],
+                           grad_read_weights[a:z], grad_read_vectors[a:z],
+                           grad_precedence[a:z], grad_interface[a:z], grad_memory[a:z],
+                           grad_prev_precedence[a:z], grad_write_weights[a:z],
+                           grad_forward[a:z], grad_backward[a:z])  # fmt: skip
 
 
 def _numpy(*tensors: torch.Tensor) -> list[np.ndarray]:
@@ -560,10 +615,11 @@ def write_forward(interface, prev_memory, prev_usage, prev_write_weights, prev_r
     write_weights, write_array = _empty((batch, slots), dtype)
     inputs = _numpy(interface, prev_memory, prev_usage, prev_write_weights, prev_read_weights)
     content_and_similarity = np.empty((batch, slots)), np.empty((batch, slots))
+    shape = prev_memory.shape
     with KERNEL_LOCK:
-        usage_kernel = batch_kernel(_usage_forward, _usage_forward_serial, prev_memory.shape)
+        usage_kernel = batch_kernel(_usage_forward, _usage_forward_split, shape)
         usage_kernel(inputs[0], *inputs[2:], width, usage_array, sorted_array, free_list)
-        batch_kernel(_write_forward, _write_forward_serial, prev_memory.shape)(
+        batch_kernel(_write_forward, _write_forward_split, shape)(
             inputs[0], inputs[1], sorted_array, free_list, heads, memory_array, write_array,
             *content_and_similarity,
         )  # fmt: skip
@@ -578,7 +634,7 @@ def write_backward(saved, grad_memory, grad_usage, grad_write_weights):
     # Gradients of the saved inputs, shaped and typed like them.
     grads, grad_arrays = zip(*(_empty_like(array) for array in saved[:5]), strict=True)
     with KERNEL_LOCK:
-        batch_kernel(_write_backward, _write_backward_serial, saved[1].shape)(
+        batch_kernel(_write_backward, _write_backward_split, saved[1].shape)(
             *saved, *_numpy(grad_memory, grad_usage, grad_write_weights), *grad_arrays
         )
     return grads
@@ -622,7 +678,7 @@ def read_forward(interface, memory, prev_precedence, write_weights, forward, bac
     arrays = _numpy(interface, memory, prev_precedence, write_weights, forward, backward)
     content_and_similarity = np.empty((batch, heads, slots)), np.empty((batch, heads, slots))
     with KERNEL_LOCK:
-        batch_kernel(_read_forward, _read_forward_serial, memory.shape)(
+        batch_kernel(_read_forward, _read_forward_split, memory.shape)(
             *arrays, read_weights_array, read_vectors_array, precedence_array,
             *content_and_similarity,
         )  # fmt: skip
@@ -635,7 +691,7 @@ def read_backward(saved, grad_read_weights, grad_read_vectors, grad_precedence):
     # Gradients of the saved inputs, shaped and typed like them.
     grads, grad_arrays = zip(*(_empty_like(array) for array in saved[:6]), strict=True)
     with KERNEL_LOCK:
-        batch_kernel(_read_backward, _read_backward_serial, saved[1].shape)(
+        batch_kernel(_read_backward, _read_backward_split, saved[1].shape)(
             *saved, *_numpy(grad_read_weights, grad_read_vectors, grad_precedence), *grad_arrays
         )
     return grads

@@ -23,15 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from mann.addressing import EPSILON
-from mann.fused.runtime import (
-    HAVE_NUMBA,
-    KERNEL_LOCK,
-    arrays,
-    batch_kernel,
-    njit,
-    parallel_and_serial,
-    prange,
-)
+from mann.fused.runtime import HAVE_NUMBA, KERNEL_LOCK, arrays, batch_kernel, njit, prange
 
 # torch.nn.functional.softplus returns x itself above this (and passes the gradient as is).
 SOFTPLUS_THRESHOLD = 20.0
@@ -160,64 +152,59 @@ if HAVE_NUMBA:
     def _shift_count(interface, heads, writes, width):
         return (interface.shape[1] - writes * 2 * width) // heads - width - 3
 
-    def _ntm_forward(
-        interface, memory, prev_weights, tiny, read_vectors, new_memory, weights, parts
-    ):
+    @njit(fastmath=_FASTMATH, cache=True, nogil=True)
+    def _ntm_forward(interface, memory, prev_weights, tiny, read_vectors, new_memory, weights):
         batch, slots, width = memory.shape
         heads = prev_weights.shape[1]
         reads = read_vectors.shape[1]
         writes = heads - reads
         shifts = _shift_count(interface, heads, writes, width)
-        for part in prange(parts):
-            memory_norms = np.empty(slots)
-            similarity = np.empty((heads, slots))
-            content = np.empty((heads, slots))
-            gated = np.empty((heads, slots))
-            shifted = np.empty((heads, slots))
-            sharpened = np.empty((heads, slots))
-            scalars = np.empty((heads, 4))
-            shift_probs = np.empty((heads, shifts))
-            erase = np.empty((writes, width))
-            add = np.empty((writes, width))
-            read_sums = np.empty((reads, width))
-            keep = np.empty(width)
-            added = np.empty(width)
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
-                _address(interface[b], memory[b], prev_weights[b], tiny, shifts,
-                         memory_norms, similarity, content, gated, shifted, sharpened,
-                         scalars, shift_probs)  # fmt: skip
-                _write_parts(interface[b], heads, reads, width, shifts, erase, add)
-                for h in range(heads):
-                    for i in range(slots):
-                        weights[b, h, i] = sharpened[h, i]
-                # Reads see M_{t-1}: r = Σ_i w[i] M[i].
-                read_sums[:] = 0.0
+        memory_norms = np.empty(slots)
+        similarity = np.empty((heads, slots))
+        content = np.empty((heads, slots))
+        gated = np.empty((heads, slots))
+        shifted = np.empty((heads, slots))
+        sharpened = np.empty((heads, slots))
+        scalars = np.empty((heads, 4))
+        shift_probs = np.empty((heads, shifts))
+        erase = np.empty((writes, width))
+        add = np.empty((writes, width))
+        read_sums = np.empty((reads, width))
+        keep = np.empty(width)
+        added = np.empty(width)
+        for b in range(batch):
+            _address(interface[b], memory[b], prev_weights[b], tiny, shifts,
+                     memory_norms, similarity, content, gated, shifted, sharpened,
+                     scalars, shift_probs)  # fmt: skip
+            _write_parts(interface[b], heads, reads, width, shifts, erase, add)
+            for h in range(heads):
                 for i in range(slots):
-                    for r in range(reads):
-                        read_weight = sharpened[r, i]
-                        for j in range(width):
-                            read_sums[r, j] += read_weight * memory[b, i, j]
+                    weights[b, h, i] = sharpened[h, i]
+            # Reads see M_{t-1}: r = Σ_i w[i] M[i].
+            read_sums[:] = 0.0
+            for i in range(slots):
                 for r in range(reads):
+                    read_weight = sharpened[r, i]
                     for j in range(width):
-                        read_vectors[b, r, j] = read_sums[r, j]
-                # M_t = M_{t-1} ∘ Π_w (1 - w_w e_wᵀ) + Σ_w w_w a_wᵀ, a row at a time.
-                for i in range(slots):
-                    _keep_row(sharpened, reads, i, erase, -1, keep)
-                    added[:] = 0.0
-                    for w in range(writes):
-                        write_weight = sharpened[reads + w, i]
-                        for j in range(width):
-                            added[j] += write_weight * add[w, j]
+                        read_sums[r, j] += read_weight * memory[b, i, j]
+            for r in range(reads):
+                for j in range(width):
+                    read_vectors[b, r, j] = read_sums[r, j]
+            # M_t = M_{t-1} ∘ Π_w (1 - w_w e_wᵀ) + Σ_w w_w a_wᵀ, a row at a time.
+            for i in range(slots):
+                _keep_row(sharpened, reads, i, erase, -1, keep)
+                added[:] = 0.0
+                for w in range(writes):
+                    write_weight = sharpened[reads + w, i]
                     for j in range(width):
-                        new_memory[b, i, j] = memory[b, i, j] * keep[j] + added[j]
+                        added[j] += write_weight * add[w, j]
+                for j in range(width):
+                    new_memory[b, i, j] = memory[b, i, j] * keep[j] + added[j]
 
-    _ntm_forward, _ntm_forward_serial = parallel_and_serial(
-        _ntm_forward, fastmath=_FASTMATH, cache=True, nogil=True
-    )
-
+    @njit(fastmath=_FASTMATH, cache=True, nogil=True)
     def _ntm_backward(interface, memory, prev_weights, tiny,
                       grad_reads, grad_new_memory, grad_weights,
-                      grad_interface, grad_memory, grad_prev_weights, parts):  # fmt: skip
+                      grad_interface, grad_memory, grad_prev_weights):  # fmt: skip
         batch, slots, width = memory.shape
         heads = prev_weights.shape[1]
         reads = grad_reads.shape[1]
@@ -225,153 +212,169 @@ if HAVE_NUMBA:
         shifts = _shift_count(interface, heads, writes, width)
         block = width + 3 + shifts
         half = shifts // 2
-        for part in prange(parts):
-            memory_norms = np.empty(slots)
-            similarity = np.empty((heads, slots))
-            content = np.empty((heads, slots))
-            gated = np.empty((heads, slots))
-            shifted = np.empty((heads, slots))
-            sharpened = np.empty((heads, slots))
-            scalars = np.empty((heads, 4))
-            shift_probs = np.empty((heads, shifts))
-            erase = np.empty((writes, width))
-            add = np.empty((writes, width))
-            grad_sharpened = np.empty((heads, slots))  # dL/dw, all paths
-            grad_erase = np.empty((writes, width))
-            grad_add = np.empty((writes, width))
-            grad_shifted = np.empty(slots)
-            grad_gated = np.empty(slots)
-            grad_content = np.empty(slots)
-            grad_shift = np.empty(shifts)
-            grad_key = np.empty(width)
-            keep = np.empty(width)
-            others = np.empty(width)
-            for b in range(part * batch // parts, (part + 1) * batch // parts):
-                item = interface[b]
-                old = memory[b]
-                _address(item, old, prev_weights[b], tiny, shifts,
-                         memory_norms, similarity, content, gated, shifted, sharpened,
-                         scalars, shift_probs)  # fmt: skip
-                _write_parts(item, heads, reads, width, shifts, erase, add)
-                g_item = grad_interface[b]
-                g_old = grad_memory[b]
-                g_new = grad_new_memory[b]
-                g_read = grad_reads[b]
+        memory_norms = np.empty(slots)
+        similarity = np.empty((heads, slots))
+        content = np.empty((heads, slots))
+        gated = np.empty((heads, slots))
+        shifted = np.empty((heads, slots))
+        sharpened = np.empty((heads, slots))
+        scalars = np.empty((heads, 4))
+        shift_probs = np.empty((heads, shifts))
+        erase = np.empty((writes, width))
+        add = np.empty((writes, width))
+        grad_sharpened = np.empty((heads, slots))  # dL/dw, all paths
+        grad_erase = np.empty((writes, width))
+        grad_add = np.empty((writes, width))
+        grad_shifted = np.empty(slots)
+        grad_gated = np.empty(slots)
+        grad_content = np.empty(slots)
+        grad_shift = np.empty(shifts)
+        grad_key = np.empty(width)
+        keep = np.empty(width)
+        others = np.empty(width)
+        for b in range(batch):
+            item = interface[b]
+            old = memory[b]
+            _address(item, old, prev_weights[b], tiny, shifts,
+                     memory_norms, similarity, content, gated, shifted, sharpened,
+                     scalars, shift_probs)  # fmt: skip
+            _write_parts(item, heads, reads, width, shifts, erase, add)
+            g_item = grad_interface[b]
+            g_old = grad_memory[b]
+            g_new = grad_new_memory[b]
+            g_read = grad_reads[b]
 
-                # Through the write and the reads, to M_{t-1}, w, e and a, a row at a time.
-                for h in range(heads):
-                    for i in range(slots):
-                        grad_sharpened[h, i] = grad_weights[b, h, i]
-                grad_erase[:] = 0.0
-                grad_add[:] = 0.0
+            # Through the write and the reads, to M_{t-1}, w, e and a, a row at a time.
+            for h in range(heads):
                 for i in range(slots):
-                    g = g_new[i]
-                    m = old[i]
-                    _keep_row(sharpened, reads, i, erase, -1, keep)
+                    grad_sharpened[h, i] = grad_weights[b, h, i]
+            grad_erase[:] = 0.0
+            grad_add[:] = 0.0
+            for i in range(slots):
+                g = g_new[i]
+                m = old[i]
+                _keep_row(sharpened, reads, i, erase, -1, keep)
+                for j in range(width):
+                    g_old[i, j] = g[j] * keep[j]
+                for r in range(reads):
+                    read_weight = sharpened[r, i]
+                    total = 0.0
                     for j in range(width):
-                        g_old[i, j] = g[j] * keep[j]
-                    for r in range(reads):
-                        read_weight = sharpened[r, i]
-                        total = 0.0
-                        for j in range(width):
-                            g_old[i, j] += read_weight * g_read[r, j]
-                            total += g_read[r, j] * m[j]
-                        grad_sharpened[r, i] += total
-                    for w in range(writes):
-                        write_weight = sharpened[reads + w, i]
-                        # The other heads' keep factors, multiplied out (no division: one may be 0).
-                        _keep_row(sharpened, reads, i, erase, w, others)
-                        total = 0.0
-                        for j in range(width):
-                            erased = g[j] * m[j] * others[j]
-                            total += g[j] * add[w, j] - erased * erase[w, j]
-                            grad_erase[w, j] -= erased * write_weight
-                            grad_add[w, j] += g[j] * write_weight
-                        grad_sharpened[reads + w, i] += total
-                start = heads * block
+                        g_old[i, j] += read_weight * g_read[r, j]
+                        total += g_read[r, j] * m[j]
+                    grad_sharpened[r, i] += total
                 for w in range(writes):
+                    write_weight = sharpened[reads + w, i]
+                    # The other heads' keep factors, multiplied out (no division: one may be 0).
+                    _keep_row(sharpened, reads, i, erase, w, others)
+                    total = 0.0
                     for j in range(width):
-                        e = erase[w, j]
-                        g_item[start + 2 * w * width + j] = grad_erase[w, j] * e * (1.0 - e)
-                        g_item[start + (2 * w + 1) * width + j] = grad_add[w, j]
+                        erased = g[j] * m[j] * others[j]
+                        total += g[j] * add[w, j] - erased * erase[w, j]
+                        grad_erase[w, j] -= erased * write_weight
+                        grad_add[w, j] += g[j] * write_weight
+                    grad_sharpened[reads + w, i] += total
+            start = heads * block
+            for w in range(writes):
+                for j in range(width):
+                    e = erase[w, j]
+                    g_item[start + 2 * w * width + j] = grad_erase[w, j] * e * (1.0 - e)
+                    g_item[start + (2 * w + 1) * width + j] = grad_add[w, j]
 
-                # Back through each head's addressing, last equation first.
-                for h in range(heads):
-                    strength = scalars[h, 0]
-                    gate = scalars[h, 1]
-                    gamma = scalars[h, 2]
-                    key_norm = scalars[h, 3]
-                    start = h * block
-                    # Sharpening: w = softmax(u), u = γ log max(w̃, tiny).
-                    weighted = 0.0
-                    for i in range(slots):
-                        weighted += sharpened[h, i] * grad_sharpened[h, i]
-                    grad_gamma = 0.0
-                    for i in range(slots):
-                        grad_u = sharpened[h, i] * (grad_sharpened[h, i] - weighted)
-                        value = shifted[h, i]
-                        if value >= tiny:
-                            grad_gamma += grad_u * np.log(value)
-                            grad_shifted[i] = gamma * grad_u / value
-                        else:  # the clamp passes no gradient below tiny
-                            grad_gamma += grad_u * np.log(tiny)
-                            grad_shifted[i] = 0.0
-                    # Circular shift.
-                    grad_gated[:] = 0.0
-                    grad_shift[:] = 0.0
-                    for i in range(slots):
-                        g = grad_shifted[i]
-                        for k in range(shifts):
-                            source = _wrap(i - k + half, slots)
-                            grad_gated[source] += g * shift_probs[h, k]
-                            grad_shift[k] += g * gated[h, source]
-                    # Interpolation.
-                    grad_gate = 0.0
-                    for i in range(slots):
-                        g = grad_gated[i]
-                        grad_gate += g * (content[h, i] - prev_weights[b, h, i])
-                        grad_prev_weights[b, h, i] = (1.0 - gate) * g
-                        grad_content[i] = gate * g
-                    # Content: softmax of z = β D, D = k·M[i] / (|k||M[i]| + ε).
-                    weighted = 0.0
-                    for i in range(slots):
-                        weighted += content[h, i] * grad_content[i]
-                    grad_strength = 0.0
-                    grad_key_norm = 0.0
-                    grad_key[:] = 0.0
-                    for i in range(slots):
-                        grad_z = content[h, i] * (grad_content[i] - weighted)
-                        grad_strength += grad_z * similarity[h, i]
-                        denominator = key_norm * memory_norms[i] + EPSILON
-                        grad_dot = strength * grad_z / denominator
-                        grad_denominator = -grad_dot * similarity[h, i]
-                        grad_key_norm += grad_denominator * memory_norms[i]
-                        # d|M[i]|/dM[i] = M[i]/|M[i]|, taken as 0 at |M[i]| = 0 as torch does.
-                        scale = 0.0
-                        if memory_norms[i] > 0.0:
-                            scale = grad_denominator * key_norm / memory_norms[i]
-                        for j in range(width):
-                            grad_key[j] += grad_dot * old[i, j]
-                            g_old[i, j] += grad_dot * item[start + j] + scale * old[i, j]
-                    key_scale = grad_key_norm / key_norm if key_norm > 0.0 else 0.0
+            # Back through each head's addressing, last equation first.
+            for h in range(heads):
+                strength = scalars[h, 0]
+                gate = scalars[h, 1]
+                gamma = scalars[h, 2]
+                key_norm = scalars[h, 3]
+                start = h * block
+                # Sharpening: w = softmax(u), u = γ log max(w̃, tiny).
+                weighted = 0.0
+                for i in range(slots):
+                    weighted += sharpened[h, i] * grad_sharpened[h, i]
+                grad_gamma = 0.0
+                for i in range(slots):
+                    grad_u = sharpened[h, i] * (grad_sharpened[h, i] - weighted)
+                    value = shifted[h, i]
+                    if value >= tiny:
+                        grad_gamma += grad_u * np.log(value)
+                        grad_shifted[i] = gamma * grad_u / value
+                    else:  # the clamp passes no gradient below tiny
+                        grad_gamma += grad_u * np.log(tiny)
+                        grad_shifted[i] = 0.0
+                # Circular shift.
+                grad_gated[:] = 0.0
+                grad_shift[:] = 0.0
+                for i in range(slots):
+                    g = grad_shifted[i]
+                    for k in range(shifts):
+                        source = _wrap(i - k + half, slots)
+                        grad_gated[source] += g * shift_probs[h, k]
+                        grad_shift[k] += g * gated[h, source]
+                # Interpolation.
+                grad_gate = 0.0
+                for i in range(slots):
+                    g = grad_gated[i]
+                    grad_gate += g * (content[h, i] - prev_weights[b, h, i])
+                    grad_prev_weights[b, h, i] = (1.0 - gate) * g
+                    grad_content[i] = gate * g
+                # Content: softmax of z = β D, D = k·M[i] / (|k||M[i]| + ε).
+                weighted = 0.0
+                for i in range(slots):
+                    weighted += content[h, i] * grad_content[i]
+                grad_strength = 0.0
+                grad_key_norm = 0.0
+                grad_key[:] = 0.0
+                for i in range(slots):
+                    grad_z = content[h, i] * (grad_content[i] - weighted)
+                    grad_strength += grad_z * similarity[h, i]
+                    denominator = key_norm * memory_norms[i] + EPSILON
+                    grad_dot = strength * grad_z / denominator
+                    grad_denominator = -grad_dot * similarity[h, i]
+                    grad_key_norm += grad_denominator * memory_norms[i]
+                    # d|M[i]|/dM[i] = M[i]/|M[i]|, taken as 0 at |M[i]| = 0 as torch does.
+                    scale = 0.0
+                    if memory_norms[i] > 0.0:
+                        scale = grad_denominator * key_norm / memory_norms[i]
                     for j in range(width):
-                        g_item[start + j] = grad_key[j] + key_scale * item[start + j]
-                    # The interface's pre-activations: softplus, sigmoid, softmax, oneplus.
-                    g_item[start + width] = grad_strength * _softplus_slope(item[start + width])
-                    g_item[start + width + 1] = grad_gate * gate * (1.0 - gate)
-                    weighted = 0.0
-                    for k in range(shifts):
-                        weighted += shift_probs[h, k] * grad_shift[k]
-                    for k in range(shifts):
-                        g_item[start + width + 2 + k] = shift_probs[h, k] * (
-                            grad_shift[k] - weighted
-                        )
-                    gamma_logit = item[start + width + 2 + shifts]
-                    g_item[start + width + 2 + shifts] = grad_gamma * _softplus_slope(gamma_logit)
+                        grad_key[j] += grad_dot * old[i, j]
+                        g_old[i, j] += grad_dot * item[start + j] + scale * old[i, j]
+                key_scale = grad_key_norm / key_norm if key_norm > 0.0 else 0.0
+                for j in range(width):
+                    g_item[start + j] = grad_key[j] + key_scale * item[start + j]
+                # The interface's pre-activations: softplus, sigmoid, softmax, oneplus.
+                g_item[start + width] = grad_strength * _softplus_slope(item[start + width])
+                g_item[start + width + 1] = grad_gate * gate * (1.0 - gate)
+                weighted = 0.0
+                for k in range(shifts):
+                    weighted += shift_probs[h, k] * grad_shift[k]
+                for k in range(shifts):
+                    g_item[start + width + 2 + k] = shift_probs[h, k] * (grad_shift[k] - weighted)
+                gamma_logit = item[start + width + 2 + shifts]
+                g_item[start + width + 2 + shifts] = grad_gamma * _softplus_slope(gamma_logit)
 
-    _ntm_backward, _ntm_backward_serial = parallel_and_serial(
-        _ntm_backward, fastmath=_FASTMATH, cache=True, nogil=True
-    )
+    # The two kernels split across threads, one slice of the batch each (as the DNC's,
+    # mann.fused.dnc; each item's arithmetic is the serial kernel's).
+    @njit(parallel=True, cache=True, nogil=True)
+    def _ntm_forward_split(interface, memory, prev_weights, tiny, read_vectors, new_memory,
+                           weights, parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _ntm_forward(interface[a:z], memory[a:z], prev_weights[a:z], tiny,
+                         read_vectors[a:z], new_memory[a:z], weights[a:z])  # fmt: skip
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _ntm_backward_split(interface, memory, prev_weights, tiny, grad_reads,
+                            grad_new_memory, grad_weights, grad_interface, grad_memory,
+                            grad_prev_weights, parts):  # fmt: skip
+        batch = interface.shape[0]
+        for part in prange(parts):
+            a, z = part * batch // parts, (part + 1) * batch // parts
+            _ntm_backward(interface[a:z], memory[a:z], prev_weights[a:z], tiny,
+                          grad_reads[a:z], grad_new_memory[a:z], grad_weights[a:z],
+                          grad_interface[a:z], grad_memory[a:z],
+                          grad_prev_weights[a:z])  # fmt: skip
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
@@ -388,7 +391,7 @@ def step_forward(interface, memory, prev_weights, read_heads: int):
     new_memory, memory_array = _empty(tuple(memory.shape), memory.dtype)
     weights, weights_array = _empty(tuple(prev_weights.shape), memory.dtype)
     with KERNEL_LOCK:
-        batch_kernel(_ntm_forward, _ntm_forward_serial, memory.shape)(
+        batch_kernel(_ntm_forward, _ntm_forward_split, memory.shape)(
             *arrays(interface, memory, prev_weights),
             _TINY[memory.dtype],
             read_array,
@@ -405,7 +408,7 @@ def step_backward(interface, memory, prev_weights, grad_reads, grad_memory, grad
     grad_prev_memory, memory_array = _empty(tuple(memory.shape), memory.dtype)
     grad_prev_weights, weights_array = _empty(tuple(prev_weights.shape), memory.dtype)
     with KERNEL_LOCK:
-        batch_kernel(_ntm_backward, _ntm_backward_serial, memory.shape)(
+        batch_kernel(_ntm_backward, _ntm_backward_split, memory.shape)(
             *arrays(interface, memory, prev_weights),
             _TINY[memory.dtype],
             *arrays(grad_reads, grad_memory, grad_weights),

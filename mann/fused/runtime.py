@@ -150,19 +150,20 @@ def set_threads(entries: int, minimum: int = PARALLEL_MIN_ENTRIES) -> int:
     return threads
 
 
-def batch_kernel(parallel, serial, shape: tuple[int, ...]):
-    """For kernels that split their batch into parts, taken as their last argument (the DNC
-    and NTM steps; item b is in part ``b * parts // B``, and every item's arithmetic is the
-    same in either build): for memory of ``shape`` (B,N,W), the parallel build with its
-    threads set and one part per thread when the batch splits and B N W pays for a launch,
-    else the serial build with one part. Returns a callable that appends the parts."""
+def batch_kernel(serial, split, shape: tuple[int, ...]):
+    """A serial kernel over a batch, or its split (the DNC and NTM steps: a parallel driver
+    that runs ``serial`` on one slice of the batch per thread, taking the number of slices
+    as its last argument). For memory of ``shape`` (B,N,W): the split, its threads set,
+    when the batch splits and B N W pays for a launch; else the serial kernel."""
     batch = shape[0]
     threads = set_threads(math.prod(shape), PARALLEL_MIN_BATCH_WORK) if batch > 1 else 1
-    kernel, parts = (parallel, min(batch, threads)) if threads > 1 else (serial, 1)
-    return lambda *arguments: kernel(*arguments, parts)
+    if threads == 1:
+        return serial
+    parts = min(batch, threads)
+    return lambda *arguments: split(*arguments, parts)
 
 
-def parallel_and_serial(function, **options):
+def parallel_and_serial(function):
     """``function`` compiled twice by numba, with ``prange`` parallel and serial (cached on disk).
 
     numba's disk cache finds a kernel by its qualified name and bytecode, not by its compile
@@ -170,7 +171,7 @@ def parallel_and_serial(function, **options):
     was loaded for both, and the "parallel" kernel ran serially from then on. The serial one is
     compiled from a renamed copy, which numba caches in a file of its own.
     """
-    options = dict(fastmath=True, cache=True, nogil=True) | options
+    options = dict(fastmath=True, cache=True, nogil=True)
     twin = types.FunctionType(
         function.__code__,
         function.__globals__,
