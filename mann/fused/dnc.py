@@ -519,20 +519,20 @@ if HAVE_NUMBA:
                              width, usage, sorted_usage, free_list, parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _usage_forward(interface[a:z], prev_usage[a:z], prev_write_weights[a:z],
-                           prev_read_weights[a:z], width, usage[a:z], sorted_usage[a:z],
-                           free_list[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _usage_forward(interface[lo:hi], prev_usage[lo:hi], prev_write_weights[lo:hi],
+                           prev_read_weights[lo:hi], width, usage[lo:hi], sorted_usage[lo:hi],
+                           free_list[lo:hi])  # fmt: skip
 
     @njit(**SPLIT)
     def _write_forward_split(interface, prev_memory, sorted_usage, free_list, heads,
                              memory, write_weights, content, similarity, parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _write_forward(interface[a:z], prev_memory[a:z], sorted_usage[a:z],
-                           free_list[a:z], heads, memory[a:z], write_weights[a:z],
-                           content[a:z], similarity[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _write_forward(interface[lo:hi], prev_memory[lo:hi], sorted_usage[lo:hi],
+                           free_list[lo:hi], heads, memory[lo:hi], write_weights[lo:hi],
+                           content[lo:hi], similarity[lo:hi])  # fmt: skip
 
     @njit(**SPLIT)
     def _write_backward_split(interface, prev_memory, prev_usage, prev_write_weights,
@@ -543,15 +543,15 @@ if HAVE_NUMBA:
                               parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _write_backward(interface[a:z], prev_memory[a:z], prev_usage[a:z],
-                            prev_write_weights[a:z], prev_read_weights[a:z],
-                            sorted_usage[a:z], free_list[a:z], saved_content[a:z],
-                            saved_similarity[a:z], grad_memory[a:z], grad_usage[a:z],
-                            grad_write_weights[a:z], grad_interface[a:z],
-                            grad_prev_memory[a:z], grad_prev_usage[a:z],
-                            grad_prev_write_weights[a:z],
-                            grad_prev_read_weights[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _write_backward(interface[lo:hi], prev_memory[lo:hi], prev_usage[lo:hi],
+                            prev_write_weights[lo:hi], prev_read_weights[lo:hi],
+                            sorted_usage[lo:hi], free_list[lo:hi], saved_content[lo:hi],
+                            saved_similarity[lo:hi], grad_memory[lo:hi], grad_usage[lo:hi],
+                            grad_write_weights[lo:hi], grad_interface[lo:hi],
+                            grad_prev_memory[lo:hi], grad_prev_usage[lo:hi],
+                            grad_prev_write_weights[lo:hi],
+                            grad_prev_read_weights[lo:hi])  # fmt: skip
 
     @njit(**SPLIT)
     def _read_forward_split(interface, memory, prev_precedence, write_weights, forward,
@@ -559,11 +559,11 @@ if HAVE_NUMBA:
                             similarity, parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _read_forward(interface[a:z], memory[a:z], prev_precedence[a:z],
-                          write_weights[a:z], forward[a:z], backward[a:z],
-                          read_weights[a:z], read_vectors[a:z], precedence[a:z],
-                          content[a:z], similarity[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _read_forward(interface[lo:hi], memory[lo:hi], prev_precedence[lo:hi],
+                          write_weights[lo:hi], forward[lo:hi], backward[lo:hi],
+                          read_weights[lo:hi], read_vectors[lo:hi], precedence[lo:hi],
+                          content[lo:hi], similarity[lo:hi])  # fmt: skip
 
     @njit(**SPLIT)
     def _read_backward_split(interface, memory, prev_precedence, write_weights, forward,
@@ -573,14 +573,14 @@ if HAVE_NUMBA:
                              grad_forward, grad_backward, parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _read_backward(interface[a:z], memory[a:z], prev_precedence[a:z],
-                           write_weights[a:z], forward[a:z], backward[a:z],
-                           saved_content[a:z], saved_similarity[a:z],
-                           grad_read_weights[a:z], grad_read_vectors[a:z],
-                           grad_precedence[a:z], grad_interface[a:z], grad_memory[a:z],
-                           grad_prev_precedence[a:z], grad_write_weights[a:z],
-                           grad_forward[a:z], grad_backward[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _read_backward(interface[lo:hi], memory[lo:hi], prev_precedence[lo:hi],
+                           write_weights[lo:hi], forward[lo:hi], backward[lo:hi],
+                           saved_content[lo:hi], saved_similarity[lo:hi],
+                           grad_read_weights[lo:hi], grad_read_vectors[lo:hi],
+                           grad_precedence[lo:hi], grad_interface[lo:hi], grad_memory[lo:hi],
+                           grad_prev_precedence[lo:hi], grad_write_weights[lo:hi],
+                           grad_forward[lo:hi], grad_backward[lo:hi])  # fmt: skip
 
 
 def _numpy(*tensors: torch.Tensor) -> list[np.ndarray]:

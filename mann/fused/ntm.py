@@ -360,9 +360,9 @@ if HAVE_NUMBA:
                            weights, parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _ntm_forward(interface[a:z], memory[a:z], prev_weights[a:z], tiny,
-                         read_vectors[a:z], new_memory[a:z], weights[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _ntm_forward(interface[lo:hi], memory[lo:hi], prev_weights[lo:hi], tiny,
+                         read_vectors[lo:hi], new_memory[lo:hi], weights[lo:hi])  # fmt: skip
 
     @njit(parallel=True, cache=True, nogil=True)
     def _ntm_backward_split(interface, memory, prev_weights, tiny, grad_reads,
@@ -370,11 +370,11 @@ if HAVE_NUMBA:
                             grad_prev_weights, parts):  # fmt: skip
         batch = interface.shape[0]
         for part in prange(parts):
-            a, z = part * batch // parts, (part + 1) * batch // parts
-            _ntm_backward(interface[a:z], memory[a:z], prev_weights[a:z], tiny,
-                          grad_reads[a:z], grad_new_memory[a:z], grad_weights[a:z],
-                          grad_interface[a:z], grad_memory[a:z],
-                          grad_prev_weights[a:z])  # fmt: skip
+            lo, hi = part * batch // parts, (part + 1) * batch // parts
+            _ntm_backward(interface[lo:hi], memory[lo:hi], prev_weights[lo:hi], tiny,
+                          grad_reads[lo:hi], grad_new_memory[lo:hi], grad_weights[lo:hi],
+                          grad_interface[lo:hi], grad_memory[lo:hi],
+                          grad_prev_weights[lo:hi])  # fmt: skip
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
