@@ -42,6 +42,18 @@ def _uniform(*shape: int, bound: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
+def make_step_weights(read_weight, hidden_weights, layer_weights, biases, hidden_biases):
+    """``StepWeights`` from a controller's parameters (W_r, W_h per layer, W_l per layer
+    above the first, b per layer, GRU's b_h per layer), the matrices transposed."""
+    return StepWeights(
+        read=read_weight.t(),
+        hidden=tuple(weight.t() for weight in hidden_weights),
+        layer=tuple(weight.t() for weight in layer_weights),
+        bias=tuple(biases),
+        hidden_bias=tuple(hidden_biases),
+    )
+
+
 def layer_input(layer: int, projected, below, weights: StepWeights) -> torch.Tensor:
     """A layer's input term: W_x x_t + b + W_r r_{t-1} for the first (``projected`` holds
     W_x x_t + b, ``below`` is r_{t-1}), W_l h^{l-1}_t + b above it."""
@@ -84,12 +96,12 @@ class _Controller(nn.Module):
 
     def step_weights(self) -> StepWeights:
         """The matrices ``forward`` uses, transposed: make once per sequence."""
-        return StepWeights(
-            read=self.read_weight.t(),
-            hidden=tuple(weight.t() for weight in getattr(self, "hidden_weight", ())),
-            layer=tuple(weight.t() for weight in self.layer_weight),
-            bias=tuple(self.bias),
-            hidden_bias=tuple(getattr(self, "hidden_bias", ())),
+        return make_step_weights(
+            self.read_weight,
+            getattr(self, "hidden_weight", ()),
+            self.layer_weight,
+            self.bias,
+            getattr(self, "hidden_bias", ()),
         )
 
     def project_inputs(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from mann.controller import StepWeights, gru_cell, layer_input
+from mann.controller import StepWeights, gru_cell, layer_input, make_step_weights
 from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
 from mann.fused import ntm as fused_ntm
@@ -272,7 +272,9 @@ class _Plan:
             hidden_weights=parameters[1 + 2 * layers : 1 + 2 * layers + recurrent],
             hidden_biases=parameters[1 + 2 * layers + recurrent : -4],
             interface_weight=parameters[-4],
+            interface_bias=parameters[-3],
             output_weight=parameters[-2],
+            output_bias=parameters[-1],
         )
 
 
@@ -282,7 +284,6 @@ class _Sequence(torch.autograd.Function):
         layers, clip, cells = plan.layers, plan.clip, plan.cells
         parameters, state = tensors[: plan.parameter_count], tensors[plan.parameter_count :]
         weights = plan.split(parameters)
-        interface_bias, output_bias = parameters[-3], parameters[-1]
         per_layer = cells.state_per_layer
         controller_state = [
             tuple(state[layer * per_layer : (layer + 1) * per_layer]) for layer in range(layers)
@@ -296,14 +297,12 @@ class _Sequence(torch.autograd.Function):
         projected = torch.addmm(
             weights["biases"][0], time_major, weights["input_weight"].t()
         ).view(steps, batch, -1)
-        step_weights = StepWeights(
-            read=weights["read_weight"].t(),
-            hidden=tuple(weight.t() for weight in weights["hidden_weights"]),
-            layer=tuple(weight.t() for weight in weights["layer_weights"]),
-            bias=tuple(weights["biases"]),
-            hidden_bias=tuple(weights["hidden_biases"]),
-        )
+        step_weights = make_step_weights(
+            weights["read_weight"], weights["hidden_weights"], weights["layer_weights"],
+            weights["biases"], weights["hidden_biases"],
+        )  # fmt: skip
         interface_weight_t = weights["interface_weight"].t()
+        interface_bias = weights["interface_bias"]
 
         # Per layer and step: the layer's input from below (r_{t-1} for the first), its state
         # at t-1, what its backward needs. Per step: the interface's clamp mask, the memory's.
@@ -336,7 +335,7 @@ class _Sequence(torch.autograd.Function):
 
         output_inputs = torch.cat([torch.stack(top_hiddens), torch.stack(read_outputs)], -1)
         raw_logits = torch.addmm(
-            output_bias, output_inputs.flatten(0, 1), weights["output_weight"].t()
+            weights["output_bias"], output_inputs.flatten(0, 1), weights["output_weight"].t()
         )
         logits = raw_logits.clamp(-clip, clip).view(steps, batch, -1).transpose(0, 1)
 
