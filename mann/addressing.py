@@ -281,7 +281,7 @@ def merge_groups(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """How ``merge_sparse`` merges positions (..., P): the merged positions (..., P), the
     sorting ``order`` (..., P) and, for each sorted entry, the merged entry it adds to."""
-    sorted_positions, order = positions.sort(dim=-1)
+    sorted_positions, order = positions.sort(dim=-1, stable=True)  # repeats add up in order
     starts = torch.ones_like(sorted_positions, dtype=torch.bool)
     starts[..., 1:] = sorted_positions[..., 1:] != sorted_positions[..., :-1]
     group = starts.long().cumsum(-1) - 1  # which merged entry each sorted entry adds to
@@ -392,7 +392,10 @@ def sparse_precedence(
     prev p_{t-1} (positions, values) (B,K_L), write weighting w^w_t (positions, weights)
     (B,P), size N -> p_t (positions, values) (B,K_L): the K_L largest entries.
     """
-    written = write_weights.sum(-1, keepdim=True)
+    # A running sum, not .sum(): its order (left to right, in double) does not depend on
+    # vector lanes, so slots whose entries are equal keep equal values here and in the
+    # kernels (mann.fused.sparse_step), and a tie between them is broken the same way.
+    written = write_weights.cumsum(-1)[..., -1:]
     positions = torch.cat([prev_positions, write_positions], -1)
     values = torch.cat([(1.0 - written) * prev_values, write_weights], -1)
     positions, values = merge_sparse(positions, values, size)

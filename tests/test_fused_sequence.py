@@ -179,7 +179,9 @@ def test_the_sequence_passes_gradcheck_through_inputs_and_state():
         ({"controller": "feedforward"}, False, True),
         ({"clip_value": 0.5}, False, False),  # a clip below 1 also clips h_t
         ({"arch": "ntm"}, False, True),
-        ({"arch": "sam"}, False, False),
+        ({"arch": "sam"}, False, True),
+        ({"arch": "sdnc"}, False, True),
+        ({"arch": "sdnc"}, True, False),
     ],
 )
 def test_which_models_take_the_sequence_path(monkeypatch, changes, record, taken):

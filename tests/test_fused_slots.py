@@ -64,7 +64,7 @@ def test_touch_equals_the_torch_update(with_minima, monkeypatch):
             rng_state = np.random.default_rng(seed)  # the same tables for both
             store, last_access = random_tables(rng_state, batch, slots, steps=5)
             if with_minima:
-                store._minima(last_access)
+                store.minima(last_access)
             positions = torch.from_numpy(rng_state.integers(0, slots, (batch, count)))
             # Weights at and around the threshold δ, in float32 as a model gives them.
             threshold = addressing.USAGE_THRESHOLD

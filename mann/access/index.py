@@ -215,6 +215,7 @@ class FaissIVFIndex:
         self.lists = lists or max(1, round(math.sqrt(slots)))
         self.probes = min(probes, self.lists)
         self.centroids = torch.from_numpy(_random_centroids(self.lists, width))
+        self.centroids_t = np.ascontiguousarray(self.centroids.numpy().T)  # (W, lists)
         # faiss wants a quantizer; the pre-assigned calls never use it.
         self.quantizer = faiss.IndexFlatIP(width)
         self.index = faiss.IndexIVFFlat(
@@ -224,28 +225,36 @@ class FaissIVFIndex:
         self.index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove by id in O(1)
         self.present = np.zeros(batch * slots, dtype=bool)  # which ids are in the index
         self.rows = np.zeros(batch, dtype=np.int64)  # how many rows each item has in it
+        self._offsets = np.zeros(0, dtype=np.int64)
         if not empty:
             positions = torch.arange(slots).expand(batch, slots)
             self.update(positions, memory.detach())
+
+    def _query_offsets(self, heads: int) -> np.ndarray:
+        # Slot 0's id for each of the B H queries (kept: a search is every time step).
+        if self._offsets.shape[0] != self.batch * heads:
+            self._offsets = np.repeat(np.arange(self.batch, dtype=np.int64) * self.slots, heads)
+        return self._offsets
 
     def _item_offsets(self, per_item: int) -> torch.Tensor:
         return torch.arange(self.batch).unsqueeze(-1) * per_item
 
     def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
         """Rows (B,P,W) were written at slots ``positions`` (B,P); repeats carry equal rows."""
+        if FUSED_RANKING and HAVE_NUMBA:
+            stale, fresh, vectors, assigned = fused_knn.ivf_update(
+                positions.cpu().contiguous().numpy(),
+                rows.detach().to(torch.float32).cpu().contiguous().numpy(), self.slots,
+                self.present, self.rows, self.centroids_t,
+            )  # fmt: skip
+            if stale.size:
+                self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
+            if fresh.size:
+                self._add(fresh, vectors, assigned)
+            return
         normalized = normalize_rows(rows.detach().to(torch.float32).cpu())
         vectors = normalized.flatten(0, 1).numpy()
         ids = (positions.cpu() + self._item_offsets(self.slots)).flatten().numpy()
-        if FUSED_RANKING and HAVE_NUMBA:
-            unique, first, stale, fresh_at = fused_knn.ivf_changes(
-                ids, vectors, self.slots, self.present, self.rows
-            )
-            if stale.size:
-                self.index.remove_ids(faiss.IDSelectorArray(stale.size, faiss.swig_ptr(stale)))
-            if fresh_at.size:
-                fresh, fresh_vectors = unique[fresh_at], vectors[first[fresh_at]]
-                self._add(fresh, fresh_vectors, self._lists_of(fresh, fresh_vectors))
-            return
         ids, first = np.unique(ids, return_index=True)
         stale = ids[self.present[ids]]
         if stale.size:
@@ -276,6 +285,21 @@ class FaissIVFIndex:
 
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k most similar slots to each key (approximately): keys (B,H,W) -> (B,H,k)."""
+        wanted = min(self.slots, k + EXTRA_CANDIDATES)
+        if FUSED_RANKING and HAVE_NUMBA:
+            heads = keys.shape[1]
+            flat_queries, lists = fused_knn.ivf_probes(
+                keys.detach().to(torch.float32).cpu().contiguous().numpy(), self.centroids_t,
+                self.rows, self.probes, IVF_MIN_CANDIDATES,
+            )  # fmt: skip
+            if self.index.nprobe != lists.shape[1]:
+                self.index.nprobe = lists.shape[1]
+            similarity, labels = self.index.search_preassigned(flat_queries, wanted, lists, None)
+            found = fused_knn.best_candidates(
+                similarity, labels, self._query_offsets(heads), k, self.slots, TIE_RESOLUTION,
+                fill=True,
+            )  # fmt: skip
+            return torch.from_numpy(found.reshape(self.batch, heads, k))
         queries = normalize_rows(keys.detach().to(torch.float32).cpu())  # (B,H,W)
         flat_queries = queries.flatten(0, 1).contiguous().numpy()
         heads = queries.shape[1]
@@ -293,15 +317,8 @@ class FaissIVFIndex:
         item_lists = np.repeat(np.arange(self.batch) * self.lists, heads)[:, None]
         unused = np.arange(most) >= np.repeat(probes, heads)[:, None]
         lists = np.where(unused, -1, nearest + item_lists)  # faiss skips list -1
-        wanted = min(self.slots, k + EXTRA_CANDIDATES)
         self.index.nprobe = most
         similarity, labels = self.index.search_preassigned(flat_queries, wanted, lists, None)
-        if FUSED_RANKING and HAVE_NUMBA:
-            offsets = np.repeat(np.arange(self.batch, dtype=np.int64) * self.slots, heads)
-            found = fused_knn.best_candidates(
-                similarity, labels, offsets, k, self.slots, TIE_RESOLUTION, fill=True
-            )
-            return torch.from_numpy(found.reshape(self.batch, heads, k))
         labels = labels.reshape(self.batch, heads, wanted)
         offsets = (np.arange(self.batch) * self.slots).reshape(-1, 1, 1)
         labels = torch.from_numpy(np.where(labels >= 0, labels - offsets, -1))

@@ -87,6 +87,7 @@ import math
 import mmap
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,6 +135,7 @@ class SAMInterface(NamedTuple):
 # ---------------------------------------------------------------------------------------
 class Change(NamedTuple):
     version: int  # the step that made the change
+    # Tensors, or numpy arrays where a kernel made the change (converted when applied):
     index: torch.Tensor  # (P,) rows changed, numbered in the table viewed as (B*rows, ...)
     old: torch.Tensor  # (P,...) their values before (repeated rows carry equal values)
     new: torch.Tensor  # (P,...) and after
@@ -214,7 +216,8 @@ class SlotStore:
     def _apply(table: torch.Tensor, changes, undo: bool) -> None:
         flat = table.flatten(0, 1)
         for change in changes:
-            flat.index_copy_(0, change.index, change.old if undo else change.new)
+            values = torch.as_tensor(change.old if undo else change.new)
+            flat.index_copy_(0, torch.as_tensor(change.index), values)
 
     def rollback(self, tables: dict, version: int) -> None:
         """Undo, in place, every change made after ``version`` (a step that failed)."""
@@ -291,11 +294,27 @@ class SlotStore:
         flat.index_add_(0, flat_index(positions, slots), additions)
         new = flat.index_select(0, touched)
         self._journal("memory", touched, old, new)
+        self.rows_written(memory, touched_positions, new.view(batch, -1, width))
+
+    def rows_written(self, memory: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor):
+        """Rows (B,P,W) were just written at slots ``positions`` (B,P): the index follows."""
         if self.index is None and self.memory_is_zero:
             self.index = build_index(self.index_kind, memory, empty=True)  # nothing to scan
         self.memory_is_zero = False
         if self.index is not None:
-            self.index.update(touched_positions, new.view(batch, -1, width))
+            self.index.update(positions, rows)
+
+    def changed(self, tables: dict, name: str, positions: np.ndarray, old, new) -> None:
+        """Journal a change a kernel made in place: rows ``positions`` (B,P) of table ``name``
+        were ``old`` and are ``new`` (numpy (B,P,...)). In numpy: a step journals six."""
+        rows = tables[name].shape[1]
+        index = (positions + np.arange(0, positions.shape[0] * rows, rows)[:, None]).ravel()
+        self.journal_rows(name, index, old.reshape(-1, *old.shape[2:]),
+                          new.reshape(-1, *new.shape[2:]))  # fmt: skip
+
+    def journal_rows(self, name: str, index: np.ndarray, old, new) -> None:
+        """``changed`` with the rows numbered in the table viewed as (B*rows, ...)."""
+        self._journal(name, index, old, new)
 
     def search(self, tables: dict, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k nearest slots to each key (B,H,W) in the current memory -> (B,H,k)."""
@@ -305,20 +324,25 @@ class SlotStore:
 
     # ---- usage -------------------------------------------------------------------------
     @staticmethod
-    def _block_size(slots: int) -> int:
+    def block_size(slots: int) -> int:
         return math.ceil(math.sqrt(slots))
 
     def _block_slots(self, blocks: torch.Tensor, slots: int) -> torch.Tensor:
         # (B,...) block numbers -> (B,..., block size) their slots; the last block's overhang
         # repeats slot N-1 (same block, so minima and first-minimum positions are unchanged).
-        size = self._block_size(slots)
+        size = self.block_size(slots)
         offsets = _arange(size, blocks.device)
         return (blocks.unsqueeze(-1) * size + offsets).clamp_max(slots - 1)
 
-    def _minima(self, last_access: torch.Tensor) -> torch.Tensor:
+    def minima(self, last_access: torch.Tensor) -> torch.Tensor:
+        if self.block_minima is None and self.memory_is_zero:
+            # A new state's tables (initial_state) are all zero: every minimum is 0, with no
+            # pass over the N slots (at N = 16384 and batch 8 that pass took 2.4 ms).
+            blocks = math.ceil(last_access.shape[1] / self.block_size(last_access.shape[1]))
+            self.block_minima = last_access.new_zeros((last_access.shape[0], blocks))
         if self.block_minima is None:
             slots = last_access.shape[1]
-            blocks = torch.arange(math.ceil(slots / self._block_size(slots)))
+            blocks = torch.arange(math.ceil(slots / self.block_size(slots)))
             ids = self._block_slots(blocks.to(last_access.device), slots)
             self.block_minima = last_access[:, ids].amin(-1)
         return self.block_minima
@@ -334,9 +358,9 @@ class SlotStore:
     ) -> torch.Tensor:
         """The least recently used slot U (B,), not one of ``excluded`` (B,P) where
         ``exclude`` (B,P) is set, unless every slot is. O(P √N): a √N-block minimum."""
-        minima = self._minima(last_access)
+        minima = self.minima(last_access)
         if FUSED_USAGE and fused_slots.usable(last_access, excluded):
-            size = self._block_size(last_access.shape[1])
+            size = self.block_size(last_access.shape[1])
             return fused_slots.least_used(last_access, minima, size, excluded, exclude)
         least = self._least_used_in(last_access, minima)
         if not ((least.unsqueeze(-1) == excluded) & exclude).any():
@@ -347,7 +371,7 @@ class SlotStore:
         saved = last_access.gather(1, excluded)
         marked = torch.where(exclude, torch.full_like(saved, _EXCLUDED), saved)
         last_access.scatter_reduce_(1, excluded, marked, reduce="amax")
-        blocks = excluded // self._block_size(slots)
+        blocks = excluded // self.block_size(slots)
         ids = self._block_slots(blocks, slots)
         fresh = last_access.gather(1, ids.flatten(1)).view(ids.shape).amin(-1)
         least = self._least_used_in(last_access, minima.scatter(-1, blocks, fresh))
@@ -361,7 +385,7 @@ class SlotStore:
         index = flat_index(positions, slots)
         if FUSED_USAGE and fused_slots.usable(last_access, positions):
             old, new = fused_slots.touch(
-                last_access, self.block_minima, self._block_size(slots), positions, weights,
+                last_access, self.block_minima, self.block_size(slots), positions, weights,
                 addressing.USAGE_THRESHOLD, self.version,
             )  # fmt: skip
             self._journal("last_access", index, old.flatten(), new.flatten())
@@ -373,7 +397,7 @@ class SlotStore:
         flat.scatter_reduce_(0, index, now, reduce="amax")  # repeats: used by any entry
         self._journal("last_access", index, old, flat.index_select(0, index))
         if self.block_minima is not None:
-            blocks = positions // self._block_size(slots)
+            blocks = positions // self.block_size(slots)
             ids = self._block_slots(blocks, slots)
             fresh = last_access.gather(1, ids.flatten(1)).view(ids.shape).amin(-1)
             self.block_minima.scatter_(-1, blocks, fresh)

@@ -129,3 +129,113 @@ def ivf_changes(ids: np.ndarray, vectors: np.ndarray, slots: int, present, count
             ids, vectors, slots, present, counts, unique, first, stale, fresh_at
         )
     return unique[:distinct], first[:distinct], stale[:stale_count], fresh_at[:fresh_count]
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True)
+    def _normalized(row, out):
+        # index.normalize_rows for one row: row / |row|, an all-zero row stays zero.
+        norm = 0.0
+        for c in range(row.shape[0]):
+            norm += np.float64(row[c]) * np.float64(row[c])
+        norm = max(np.sqrt(norm), np.float64(np.finfo(np.float32).tiny))
+        for c in range(row.shape[0]):
+            out[c] = np.float32(row[c] / norm)
+
+    @njit(cache=True, nogil=True)
+    def _centroid_scores(vector, centroids_t, scores):
+        # scores[l] = vector · centroid l; centroids_t (W,L): the inner loop runs along l,
+        # so it vectorises without reassociating any sum.
+        scores[:] = 0.0
+        for c in range(centroids_t.shape[0]):
+            value = vector[c]
+            for m in range(centroids_t.shape[1]):
+                scores[m] += value * centroids_t[c, m]
+
+    @njit(cache=True, nogil=True)
+    def _ivf_update(positions, rows, slots, present, counts, centroids_t,
+                    stale, fresh_ids, fresh_vectors, fresh_lists):  # fmt: skip
+        # FaissIVFIndex.update's work before faiss: ids, normalised rows, which ids to remove
+        # and which rows to add, each added row's list (its item's copy of the nearest
+        # centroid). Returns the numbers of stale and fresh ids.
+        batch, count, width = rows.shape
+        lists = centroids_t.shape[1]
+        ids = np.empty(batch * count, dtype=np.int64)
+        vectors = np.empty((batch * count, width), dtype=np.float32)
+        for b in range(batch):
+            for p in range(count):
+                ids[b * count + p] = b * slots + positions[b, p]
+                _normalized(rows[b, p], vectors[b * count + p])
+        unique = np.empty(batch * count, np.int64)
+        first = np.empty(batch * count, np.int64)
+        fresh_at = np.empty(batch * count, np.int64)
+        _, stale_count, fresh_count = _ivf_changes(
+            ids, vectors, slots, present, counts, unique, first, stale, fresh_at
+        )
+        scores = np.empty(lists, dtype=np.float32)
+        for f in range(fresh_count):
+            identifier, place = unique[fresh_at[f]], first[fresh_at[f]]
+            fresh_ids[f] = identifier
+            fresh_vectors[f] = vectors[place]
+            _centroid_scores(vectors[place], centroids_t, scores)
+            fresh_lists[f] = np.argmax(scores) + (identifier // slots) * lists
+        return stale_count, fresh_count
+
+    @njit(cache=True, nogil=True)
+    def _ivf_probes(keys, centroids_t, counts, probes_least, min_candidates, queries, probed):
+        # FaissIVFIndex.search's work before faiss: normalised queries (B H, W) and the lists
+        # each scans (B H, most), -1 past its item's number of probes. Returns ``most``.
+        batch, heads, width = keys.shape
+        lists = centroids_t.shape[1]
+        probes = np.empty(batch, dtype=np.int64)
+        most = 0
+        fewest = lists
+        for b in range(batch):
+            rows = max(counts[b], 1)
+            probes[b] = min(max((lists * min_candidates + rows - 1) // rows, probes_least), lists)
+            most, fewest = max(most, probes[b]), min(fewest, probes[b])
+        scores = np.empty(lists, dtype=np.float32)
+        for b in range(batch):
+            for h in range(heads):
+                q = b * heads + h
+                _normalized(keys[b, h], queries[q])
+                if fewest == lists:  # every list scanned (few rows): no ranking needed
+                    for j in range(most):
+                        probed[q, j] = j + b * lists if j < probes[b] else -1
+                    continue
+                _centroid_scores(queries[q], centroids_t, scores)
+                for j in range(most):  # the most similar lists, best first
+                    best = np.argmax(scores)
+                    scores[best] = -np.inf
+                    probed[q, j] = best + b * lists if j < probes[b] else -1
+        return most
+
+
+def ivf_update(positions, rows, slots: int, present, counts, centroids_t):
+    """``FaissIVFIndex.update`` up to the faiss calls, in one kernel: positions (B,P) int64,
+    rows (B,P,W) the rows written there; ``present`` and ``counts`` follow in place.
+    Returns (stale ids to remove, fresh ids, their normalised rows (F,W) float32 and lists)."""
+    batch, count, width = rows.shape
+    stale, fresh_ids = np.empty(batch * count, np.int64), np.empty(batch * count, np.int64)
+    fresh_vectors = np.empty((batch * count, width), np.float32)
+    fresh_lists = np.empty(batch * count, np.int64)
+    with KERNEL_LOCK:
+        stale_count, fresh_count = _ivf_update(
+            positions, rows, slots, present, counts, centroids_t, stale, fresh_ids,
+            fresh_vectors, fresh_lists,
+        )  # fmt: skip
+    return (stale[:stale_count], fresh_ids[:fresh_count], fresh_vectors[:fresh_count],
+            fresh_lists[:fresh_count])  # fmt: skip
+
+
+def ivf_probes(keys, centroids_t, counts, probes_least: int, min_candidates: int):
+    """``FaissIVFIndex.search`` up to the faiss call, in one kernel: keys (B,H,W) ->
+    (normalised queries (B H, W) float32, lists to scan (B H, most) int64, -1: none)."""
+    batch, heads, width = keys.shape
+    queries = np.empty((batch * heads, width), np.float32)
+    probed = np.empty((batch * heads, centroids_t.shape[1]), np.int64)
+    with KERNEL_LOCK:
+        most = _ivf_probes(keys, centroids_t, counts, probes_least, min_candidates, queries,
+                           probed)  # fmt: skip
+    return queries, np.ascontiguousarray(probed[:, :most])

@@ -131,6 +131,14 @@ if HAVE_NUMBA:
         return True
 
     @njit(**KERNEL)
+    def _positives(values):
+        count = 0
+        for value in values:
+            if value > 0:
+                count += 1
+        return count
+
+    @njit(**KERNEL)
     def _mark(where, positions, size):
         # where[slot] = the first index of each real slot in ``positions``; returns the last
         # index of the sink N (SlotStore.lookup's scatter keeps the last of N's repeats), -1.
@@ -157,17 +165,20 @@ if HAVE_NUMBA:
         return where[slot] if slot < size else sink
 
     @njit(**KERNEL)
-    def _unique_sorted(slots, size):
-        # sdnc.unique_sorted: each slot once, ascending, N-padded to the same length.
-        ordered = np.sort(slots)
-        result = np.full(ordered.shape[0], size, dtype=np.int64)
+    def _unique_sorted(slots, size, seen):
+        # sdnc.unique_sorted: each slot once, ascending, N-padded to the same length. Most
+        # entries are repeats or padding: drop them first (``seen``: (N+1,) all False, left
+        # so), then sort the few left.
+        result = np.full(slots.shape[0], size, dtype=np.int64)
         count = 0
-        for index in range(ordered.shape[0]):
-            if ordered[index] >= size:
-                break
-            if count == 0 or ordered[index] != result[count - 1]:
-                result[count] = ordered[index]
+        for slot in slots:
+            if slot < size and not seen[slot]:
+                seen[slot] = True
+                result[count] = slot
                 count += 1
+        for index in range(count):
+            seen[result[index]] = False
+        result[:count] = np.sort(result[:count])
         return result
 
     @njit(**KERNEL)
@@ -209,6 +220,7 @@ if HAVE_NUMBA:
         row_order = np.empty(precedents + capacity, dtype=np.int64)
         column_values = np.empty(writes + capacity, dtype=dtype)
         column_order = np.empty(writes + capacity, dtype=np.int64)
+        seen = np.zeros(rows, dtype=np.bool_)
 
         for b in range(batch):
             w_positions, w = written[b], write_weights[b]
@@ -264,10 +276,14 @@ if HAVE_NUMBA:
                         value = keep_column * successor_weights[b, p_positions[q], c]
                     rest_of_columns[q, c] = value if value > zero else zero
 
-            # Rows keep their K_L largest, then columns among the rows' survivors.
+            # Rows keep their K_L largest, then columns among the rows' survivors. Every value
+            # is >= 0 here (no NaN): a row or column of at most K_L positive ones keeps them
+            # all, with no selection.
             for i in range(writes):
                 row_values[:precedents] = block[i]
                 row_values[precedents:] = rest_of_rows[i]
+                if _positives(row_values) <= capacity:
+                    continue
                 if not _top_k(row_values, row_order, capacity):
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
@@ -283,6 +299,8 @@ if HAVE_NUMBA:
             for q in range(precedents):
                 column_values[:writes] = block[:, q]
                 column_values[writes:] = rest_of_columns[q]
+                if _positives(column_values) <= capacity:
+                    continue
                 if not _top_k(column_values, column_order, capacity):
                     return UNSUPPORTED, row_positions, row_slots, row_weights, \
                         column_positions, column_slots, column_weights
@@ -335,11 +353,16 @@ if HAVE_NUMBA:
                     weight = successor_weights[b, w_positions[i], c]
                     slot = successors[b, w_positions[i], c] if weight > 0 else size
                     touched[(precedents + i) * capacity + c] = slot
-            other_rows = _unique_sorted(touched, size)
+            other_rows = _unique_sorted(touched, size, seen)
             for m in range(other_row_count):
                 row = other_rows[m]
-                target = size if _at(written_at, w_sink, row, size) >= 0 else row
                 out = writes + m
+                if row == size:  # padding from here on (ascending): the sink, left empty
+                    row_positions[b, out:] = size
+                    row_slots[b, out:] = size
+                    row_weights[b, out:] = zero
+                    break
+                target = size if _at(written_at, w_sink, row, size) >= 0 else row
                 row_positions[b, out] = target
                 for c in range(capacity):
                     weight = predecessor_weights[b, row, c]
@@ -373,13 +396,18 @@ if HAVE_NUMBA:
                 for c in range(capacity):
                     touched[i * capacity + c] = old_row_slots[i, c]
                 touched[writes * capacity + i] = w_positions[i]
-            other_columns = _unique_sorted(touched, size)
+            other_columns = _unique_sorted(touched, size, seen)
             for m in range(other_column_count):
                 column = other_columns[m]
+                out = precedents + m
+                if column == size:  # padding from here on (ascending): the sink, left empty
+                    column_positions[b, out:] = size
+                    column_slots[b, out:] = size
+                    column_weights[b, out:] = zero
+                    break
                 target = size if _at(preceding_at, p_sink, column, size) >= 0 else column
                 index = _at(written_at, w_sink, column, size)
                 write_j = w[index] if index >= 0 else zero
-                out = precedents + m
                 column_positions[b, out] = target
                 for c in range(capacity):
                     weight = successor_weights[b, column, c]

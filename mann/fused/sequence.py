@@ -27,14 +27,19 @@ the model runs step by step.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from mann import addressing
 from mann.controller import StepWeights, gru_cell, layer_input, make_step_weights
 from mann.fused import dnc as fused_dnc
 from mann.fused import link as fused_link
 from mann.fused import ntm as fused_ntm
+from mann.fused import sdnc as fused_sdnc
+from mann.fused import sparse_step
 from mann.fused.lstm import cell_backward, cell_forward
+from mann.fused.runtime import KERNEL_LOCK, set_threads
 from mann.fused.runtime import usable as kernels_usable
 
 # False: always step by step (tests compare the two paths).
@@ -48,13 +53,15 @@ def usable(model, inputs: torch.Tensor, state) -> bool:
         and _steps_for(model.access) is not None
         and _layers_for(model.controller) is not None
         and model.config.clip_value >= 1.0
-        and kernels_usable(inputs, *model.parameters(), *_state_tensors(state))
+        and kernels_usable(inputs, *model.parameters(), *_state_tensors(model, state))
     )
 
 
-def _state_tensors(state) -> tuple[torch.Tensor, ...]:
+def _state_tensors(model, state, steps=None) -> tuple[torch.Tensor, ...]:
+    """The state's tensors that enter the node (a sparse memory keeps its tables outside)."""
     controller_state, access_state, read_vectors = state
-    return (*controller_state, *access_state, read_vectors)
+    steps = steps or _steps_for(model.access)
+    return (*controller_state, *steps.node_inputs(access_state), read_vectors)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,7 +150,43 @@ def _layers_for(controller):
 # ---------------------------------------------------------------------------------------
 # The memory, one step at a time.
 # ---------------------------------------------------------------------------------------
-class _NTMSteps:
+def _zeros_for_missing(grads, shapes) -> tuple[torch.Tensor, ...]:
+    # dL/d(an output): autograd passes None for an output nothing used.
+    return tuple(
+        torch.zeros(shape, dtype=dtype) if grad is None else grad.contiguous()
+        for grad, (shape, dtype) in zip(grads, shapes, strict=True)
+    )
+
+
+class _DenseSteps:
+    """What a dense memory (NTM, DNC) does around its steps: its whole state is tensors, all
+    of which pass through the node (inputs at the start, outputs at the end, each with its
+    gradient). A sparse memory (``_SparseSteps``) keeps its tables outside."""
+
+    def begin(self, access_state) -> None:
+        pass
+
+    def node_inputs(self, access_state) -> tuple[torch.Tensor, ...]:
+        return tuple(access_state)
+
+    def start(self, tensors) -> tuple[torch.Tensor, ...]:
+        return tuple(t.contiguous() for t in tensors)
+
+    def finish(self, state, keep: bool) -> list[torch.Tensor]:
+        # Copies when ctx keeps the last step's tensors (``_Sequence.forward``).
+        return [t.clone() if keep else t for t in state]
+
+    def state_fields(self, outputs) -> tuple[torch.Tensor, ...]:
+        return tuple(outputs)
+
+    def grads_from(self, grads, shapes) -> tuple[torch.Tensor, ...]:
+        return _zeros_for_missing(grads, shapes)
+
+    def grads_to(self, grads) -> tuple[torch.Tensor, ...]:
+        return tuple(grads)
+
+
+class _NTMSteps(_DenseSteps):
     """The NTM's memory step (``mann.fused.ntm``); state (M, w^r (B,R,N), w^w (B,Hw,N))."""
 
     def __init__(self, access) -> None:
@@ -169,7 +212,7 @@ class _NTMSteps:
         return grad_interface, (grad_memory, *grad_weights.split(heads, 1))
 
 
-class _DNCSteps:
+class _DNCSteps(_DenseSteps):
     """The DNC's write, link and read kernels; state as ``DNCState`` (w^w as (B,1,N))."""
 
     def forward(self, interface, state):
@@ -212,10 +255,235 @@ class _DNCSteps:
         return grad_interface + grad_interface_write, grad_state
 
 
+class _SparseSteps:
+    """SAM's or SDNC's step (``mann.fused.sparse_step``) on the in-place tables of a
+    ``SlotStore``, as ``SAMAccess.step`` / ``SDNCAccess.step`` make it without recording.
+
+    Only w^r (B,R,K) and the memory's gradient path (``memory_gradient``) pass through the
+    node; the tables, the store, the read positions and the precedence stay here and form the
+    returned state. Going back, dL/dM is one buffer (B,N,W) that each step's backward
+    changes at its rows (``mann.access.sam``); it is the gradient of the initial path.
+    """
+
+    def __init__(self, access) -> None:
+        from mann.access.sdnc import SDNCAccess
+
+        self.access = access
+        self.links = isinstance(access, SDNCAccess)
+        self.state_type = None
+
+    def begin(self, access_state) -> None:
+        self.state_type = type(access_state)
+        self.store, self.tables = self.access._checkout(access_state)
+        self.read_positions = access_state.read_positions
+        if self.links:
+            self.precedence = (access_state.precedence_positions, access_state.precedence_weights)
+        # An item's links and reads cost about 30 and 20 µs (K = 4, K_L = 8): the batch splits
+        # from 2 items. (numba's thread count is per thread: it holds for the sequence.)
+        self.parts = set_threads(access_state.memory.shape[0], minimum=2)
+
+    def node_inputs(self, access_state) -> tuple[torch.Tensor, ...]:
+        return (access_state.read_weights, access_state.memory_gradient)
+
+    def start(self, tensors) -> tuple[torch.Tensor, ...]:
+        read_weights, path = tensors
+        self.path_shape = path.shape
+        return (read_weights.detach().contiguous(),)
+
+    def finish(self, state, keep: bool) -> list[torch.Tensor]:
+        (read_weights,) = state
+        path = self.tables["memory"].new_zeros(()).expand(self.path_shape)
+        return [read_weights.clone() if keep else read_weights, path]
+
+    def state_fields(self, outputs) -> tuple[torch.Tensor, ...]:
+        read_weights, path = outputs
+        fields = dict(
+            self.tables,
+            read_positions=self.read_positions,
+            read_weights=read_weights,
+            steps=torch.tensor(self.store.version),
+            memory_gradient=path,
+        )
+        if self.links:
+            fields.update(precedence_positions=self.precedence[0],
+                          precedence_weights=self.precedence[1])  # fmt: skip
+        return tuple(self.state_type(**fields))
+
+    def grads_from(self, grads, shapes) -> tuple:
+        (grad_read_weights, grad_path), ((weights_shape, dtype), _) = grads, shapes
+        if grad_read_weights is None:
+            grad_read_weights = torch.zeros(weights_shape, dtype=dtype)
+        if grad_path is None:  # no later read: start the buffer (lazily mapped zeros)
+            from mann.access.sam import lazy_zeros
+
+            grad_path = lazy_zeros(self.path_shape, dtype)
+        self.grad_memory = grad_path.numpy()
+        return (grad_read_weights.contiguous(),)
+
+    def grads_to(self, grads) -> tuple[torch.Tensor, ...]:
+        return (*grads, torch.from_numpy(self.grad_memory))
+
+    def forward(self, interface, state):
+        store, tables = self.store, self.tables
+        (prev_weights,) = state
+        prev_positions = self.read_positions
+        version = store.begin_step()
+        try:
+            read_vectors, read_weights, saved = self._step(
+                interface.contiguous(), prev_positions, prev_weights, version
+            )
+        except BaseException:
+            store.rollback(tables, version - 1)
+            raise
+        return read_vectors, (read_weights,), saved
+
+    def _step(self, interface, prev_positions, prev_weights, version):
+        store, tables, access = self.store, self.tables, self.access
+        batch, heads, k = prev_positions.shape
+        width, slots = access.word_size, access.memory_size
+        numpy_interface = interface.numpy()
+        dtype = numpy_interface.dtype
+        memory = tables["memory"]
+        last_access = tables["last_access"]
+        minima = store.minima(last_access).numpy()
+        block_size = store.block_size(slots)
+        writes = heads * k + 1
+
+        def floats(*shape):
+            return np.empty(shape, dtype=dtype)
+
+        def integers(*shape):
+            return np.empty(shape, dtype=np.int64)
+
+        gates, add, least = floats(batch, 2), floats(batch, width), integers(batch)
+        write_positions, write_weights = integers(batch, writes), floats(batch, writes)
+        touched, old_rows, new_rows = (
+            integers(batch, writes + 1), floats(batch, writes + 1, width),
+            floats(batch, writes + 1, width),
+        )  # fmt: skip
+        prev_numpy = prev_positions.numpy(), prev_weights.numpy()
+        with KERNEL_LOCK:
+            sparse_step.write_step(
+                numpy_interface, heads, width, *prev_numpy, last_access.numpy(), minima,
+                block_size, memory.numpy(), gates, add, write_positions, write_weights, least,
+                touched, old_rows, new_rows,
+            )  # fmt: skip
+        store.changed(tables, "memory", touched, old_rows, new_rows)
+        store.rows_written(memory, torch.from_numpy(touched), torch.from_numpy(new_rows))
+        if self.links:
+            self._links(write_positions, write_weights)
+        keys = torch.from_numpy(numpy_interface[:, : heads * width].reshape(batch, heads, width))
+        positions = store.search(tables, keys, k).contiguous()
+        content = dict(
+            keys=floats(batch, heads, width), strengths=floats(batch, heads),
+            rows=floats(batch, heads, k, width), similarity=floats(batch, heads, k),
+            key_norms=floats(batch, heads), row_norms=floats(batch, heads, k),
+            content_weights=floats(batch, heads, k),
+        )  # fmt: skip
+        capacity = access.temporal_reads if self.links else 0
+        mixture = dict(
+            modes=floats(batch, heads, 3),
+            successor_values=floats(batch, heads, k, capacity),
+            predecessor_values=floats(batch, heads, k, capacity),
+            kept_by=integers(batch, heads, k * (2 * capacity + 1)),
+        )
+        read_positions, read_weights = integers(batch, heads, k), floats(batch, heads, k)
+        read_rows = floats(batch, heads, k, width) if self.links else content["rows"]
+        reads = floats(batch, heads, width)
+        touch_positions = integers(batch, writes + heads * k)
+        touch_old, touch_new = integers(*touch_positions.shape), integers(*touch_positions.shape)
+        if self.links:
+            link_tables = [tables[name].numpy() for name in _LINK_TABLES]
+        else:  # SAM has no links: empty stand-ins the kernel never reads
+            link_tables = [np.zeros((1, 1, 0), kind) for kind in (np.int64, dtype) * 2]
+        with KERNEL_LOCK:
+            sparse_step.read_step(
+                numpy_interface, heads, width, positions.numpy(), memory.numpy(),
+                addressing.EPSILON, self.links, *link_tables, *prev_numpy,
+                last_access.numpy(), minima, block_size, write_positions, write_weights,
+                dtype.type(addressing.USAGE_THRESHOLD), version, *content.values(),
+                *mixture.values(), read_positions, read_weights, read_rows, reads,
+                touch_positions, touch_old, touch_new, self.parts,
+            )  # fmt: skip
+        store.changed(tables, "last_access", touch_positions, touch_old, touch_new)
+        self.read_positions = torch.from_numpy(read_positions)
+        # In the order of sparse_step.step_backward's arguments.
+        saved = (
+            numpy_interface, gates, add, prev_numpy[1], write_positions, write_weights, least,
+            positions.numpy(), *content.values(), *mixture.values(), read_positions,
+            read_weights, read_rows,
+        )  # fmt: skip
+        return torch.from_numpy(reads), torch.from_numpy(read_weights), saved
+
+    def _links(self, write_positions, write_weights):
+        """The SDNC's link tables and precedence by ``sparse_step.link_step``, else (a tie
+        or NaN ``mann.fused.sdnc`` leaves to torch) by the torch composition."""
+        store, tables = self.store, self.tables
+        prev_positions, prev_values = (t.contiguous().numpy() for t in self.precedence)
+        batch, writes = write_positions.shape
+        capacity, dtype = prev_positions.shape[1], write_weights.dtype
+        precedence = np.empty(prev_positions.shape, dtype=np.int64)
+        precedence_values = np.empty(prev_values.shape, dtype=dtype)
+        row_count = writes + (capacity + writes) * capacity  # as mann.fused.sdnc makes them
+        column_count = capacity + writes * (capacity + 1)
+        changed, journals = [], []
+        for count in (row_count, column_count):
+            changed.append(np.empty((batch, count), dtype=np.int64))
+            changed.append(np.empty((batch, count, capacity), dtype=np.int64))
+            changed.append(np.empty((batch, count, capacity), dtype=dtype))
+            journals.append(np.empty(batch * count, dtype=np.int64))
+            journals += [np.empty((batch * count, capacity), dtype=np.int64) for _ in range(2)]
+            journals += [np.empty((batch * count, capacity), dtype=dtype) for _ in range(2)]
+        maps = sparse_step.scratch_maps(self.parts, tables["link_predecessors"].shape[1])
+        with KERNEL_LOCK:
+            status, *journaled = sparse_step.link_step(
+                *(tables[name].numpy() for name in _LINK_TABLES), write_positions,
+                write_weights, prev_positions, prev_values, np.ones(1, dtype=dtype), *maps,
+                precedence, precedence_values, *changed, *journals, self.parts,
+            )  # fmt: skip
+            if status != fused_sdnc.DONE:
+                for where in maps:  # a rare path: the kernel stopped with some slots marked
+                    where.fill(-1)
+        prev_precedence = self.precedence
+        self.precedence = (torch.from_numpy(precedence), torch.from_numpy(precedence_values))
+        if status != fused_sdnc.DONE:
+            positions, weights = torch.from_numpy(write_positions), torch.from_numpy(write_weights)
+            self.access._update_links(store, tables, positions, weights, prev_precedence)
+            return
+        for kind, count, (index, old_slots, new_slots, old_weights, new_weights) in zip(
+            ("predecessor", "successor"), journaled, (journals[:5], journals[5:]), strict=True
+        ):
+            store.journal_rows(f"link_{kind}s", index[:count], old_slots[:count],
+                               new_slots[:count])  # fmt: skip
+            store.journal_rows(f"link_{kind}_weights", index[:count], old_weights[:count],
+                               new_weights[:count])  # fmt: skip
+
+    def backward(self, saved, grad_reads, grad_state):
+        (grad_read_weights,) = grad_state
+        interface, read_positions = saved[0], saved[-3]
+        batch, heads, k = read_positions.shape
+        grad_interface = np.empty(interface.shape, dtype=interface.dtype)
+        grad_prev = np.empty((batch, heads, k), dtype=interface.dtype)
+        with KERNEL_LOCK:
+            sparse_step.step_backward(
+                np.ascontiguousarray(grad_reads.numpy()), grad_read_weights.numpy(),
+                self.grad_memory, self.links, heads, self.access.word_size, addressing.EPSILON,
+                *saved, grad_interface, grad_prev,
+            )  # fmt: skip
+        return torch.from_numpy(grad_interface), (torch.from_numpy(grad_prev),)
+
+
+_LINK_TABLES = ("link_predecessors", "link_predecessor_weights", "link_successors",
+                "link_successor_weights")  # fmt: skip
+
+
 def _steps_for(access):
     from mann.access.dnc import DNCAccess
     from mann.access.ntm import NTMAccess
+    from mann.access.sam import SAMAccess
 
+    if isinstance(access, SAMAccess):  # and so the SDNC
+        return _SparseSteps(access) if sparse_step.USABLE else None
     if isinstance(access, DNCAccess):
         return _DNCSteps()
     if isinstance(access, NTMAccess):
@@ -240,16 +508,19 @@ def run(model, inputs: torch.Tensor, state):
         model.output.weight,
         model.output.bias,
     )
-    tensors = (inputs, *parameters, *_state_tensors(state))
+    steps = _steps_for(model.access)
+    steps.begin(state.access)
+    tensors = (inputs, *parameters, *_state_tensors(model, state, steps))
     # Without a backward to come (evaluation, no_grad), keep nothing per step: kept, every
     # step's link stayed alive to the end (a DNC 256 at batch 64 over 161 steps: 3.6 GB).
     backward_follows = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     plan = _Plan(controller.num_layers, model.config.clip_value, len(parameters), cells,
-                 _steps_for(model.access), backward_follows)  # fmt: skip
+                 steps, backward_follows)  # fmt: skip
     outputs = _Sequence.apply(plan, *tensors)
     logits, final = outputs[0], outputs[1:]
     controller_size = cells.state_per_layer * controller.num_layers
-    return logits, tuple(final[:controller_size]), final[controller_size:-1], final[-1]
+    access_fields = steps.state_fields(final[controller_size:-1])
+    return logits, tuple(final[:controller_size]), access_fields, final[-1]
 
 
 class _Plan:
@@ -288,7 +559,7 @@ class _Sequence(torch.autograd.Function):
         controller_state = [
             tuple(state[layer * per_layer : (layer + 1) * per_layer]) for layer in range(layers)
         ]
-        access_state = tuple(t.contiguous() for t in state[layers * per_layer : -1])
+        access_state = plan.memory_steps.start(state[layers * per_layer : -1])
         batch, steps, _ = inputs.shape
         reads = state[-1].reshape(batch, -1)
 
@@ -309,7 +580,7 @@ class _Sequence(torch.autograd.Function):
         below_inputs = [[] for _ in range(layers)]
         prev_states = [[] for _ in range(layers)]
         cell_saved = [[] for _ in range(layers)]
-        interface_masks, access_saved, top_hiddens, read_outputs = [], [], [], []
+        raw_interfaces, access_saved, top_hiddens, read_outputs = [], [], [], []
         keep = plan.keep
         for t in range(steps):
             below = reads
@@ -328,7 +599,7 @@ class _Sequence(torch.autograd.Function):
             interface = raw.clamp(-clip, clip)
             read_vectors, access_state, saved = plan.memory_steps.forward(interface, access_state)
             if keep:
-                interface_masks.append(raw.abs() <= clip)  # where clamp passes the gradient
+                raw_interfaces.append(raw)
                 access_saved.append(saved)
             reads = read_vectors.reshape(batch, -1)
             read_outputs.append(reads)
@@ -344,16 +615,17 @@ class _Sequence(torch.autograd.Function):
         ctx.parameters = parameters
         ctx.time_major = time_major
         ctx.below_inputs, ctx.prev_states, ctx.cell_saved = below_inputs, prev_states, cell_saved
-        ctx.interface_masks, ctx.access_saved = interface_masks, access_saved
+        ctx.raw_interfaces, ctx.access_saved = raw_interfaces, access_saved
         ctx.output_inputs = output_inputs
         ctx.logit_mask = (raw_logits.abs() <= clip).view(steps, batch, -1)
-        final = [value for layer_state in controller_state for value in layer_state]
-        final += [*access_state, read_vectors]
-        ctx.final_shapes = [(t.shape, t.dtype) for t in final]
         # Copies when ctx keeps the last step's tensors (the link's saved L_T, arrays viewing
         # M_T): an output that ctx holds is a cycle through autograd's C++ graph that only a
         # full garbage collection frees, and every sequence's graph outlived its step.
-        return logits.contiguous(), *(t.clone() if keep else t for t in final)
+        final = [value.clone() if keep else value
+                 for layer_state in controller_state for value in layer_state]  # fmt: skip
+        final += [*plan.memory_steps.finish(access_state, keep), read_vectors.clone()]
+        ctx.final_shapes = [(t.shape, t.dtype) for t in final]
+        return logits.contiguous(), *final
 
     @staticmethod
     @once_differentiable  # the backward is hand-written: no second derivative through it
@@ -375,17 +647,20 @@ class _Sequence(torch.autograd.Function):
         grad_output_bias = flat_grad_logits.sum(0)
 
         # dL/d(state) carried back through time, starting from what reached the final state.
-        carried = [
-            torch.zeros(shape, dtype=dtype) if grad is None else grad.contiguous()
-            for grad, (shape, dtype) in zip(grad_state, ctx.final_shapes, strict=True)
-        ]
         per_layer = cells.state_per_layer
+        controller_size = layers * per_layer
+        shapes = ctx.final_shapes
+        carried = _zeros_for_missing(grad_state[:controller_size], shapes[:controller_size])
         grad_controller = [
             tuple(carried[layer * per_layer : (layer + 1) * per_layer]) for layer in range(layers)
         ]
-        grad_access = tuple(carried[layers * per_layer : -1])
-        grad_reads = carried[-1].view(batch, -1)
+        grad_access = plan.memory_steps.grads_from(
+            grad_state[controller_size:-1], shapes[controller_size:-1]
+        )
+        grad_reads = _zeros_for_missing(grad_state[-1:], shapes[-1:])[0].view(batch, -1)
 
+        # Where the interface's clamp passes the gradient, for all steps at once.
+        interface_masks = (torch.stack(ctx.raw_interfaces).abs() <= plan.clip).unbind(0)
         below_deltas = [[None] * steps for _ in range(layers)]
         hidden_deltas = [[None] * steps for _ in range(layers)]
         grad_interfaces = [None] * steps
@@ -394,7 +669,7 @@ class _Sequence(torch.autograd.Function):
             grad_interface, grad_access = plan.memory_steps.backward(
                 ctx.access_saved[t], grad_reads.view(read_shape), grad_access
             )
-            grad_interface = grad_interface * ctx.interface_masks[t]
+            grad_interface = grad_interface * interface_masks[t]
             grad_interfaces[t] = grad_interface
 
             # The controller, top layer down: h_t feeds the layer above (or the interface
@@ -434,7 +709,7 @@ class _Sequence(torch.autograd.Function):
         ]
         top_hiddens = ctx.output_inputs[..., :hidden_size].unbind(0)
         initial = [value for layer_grads in grad_controller for value in layer_grads]
-        initial += [*grad_access, grad_reads.view(read_shape)]
+        initial += [*plan.memory_steps.grads_to(grad_access), grad_reads.view(read_shape)]
         return (
             None,
             grad_inputs,
