@@ -31,6 +31,7 @@ navigation = st.navigation(
                 url_path="export"),
     ]
 )
+shared.kernel_warm_up()  # once per server: numba compiles while the first page is read
 # An upload is checked before the page runs, so the page already shows the uploaded model.
 shared.take_pending_upload()
 with shared.inside_app():

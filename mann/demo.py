@@ -9,7 +9,8 @@ training in the background. Plain Python, no Streamlit, so every piece is testab
 - ``record(model, batch)``: its Trace, with what the Explain page needs in its metadata;
 - ``load_upload(name, data)``: an uploaded checkpoint, checked before it is used;
 - ``BackgroundTraining``: ``mann.train.train`` in a thread, with progress, stop and save;
-- ``generalisation_frame(models, task, lengths)``: bit errors by length for several models.
+- ``generalisation_frame(models, task, lengths)``: bit errors by length for several models;
+- ``warm_kernels()``: compile the fused kernels ahead of first use (the app does it at start).
 """
 
 from __future__ import annotations
@@ -432,10 +433,37 @@ def generalisation_frame(
     return pd.concat(frames, ignore_index=True)
 
 
+def warm_kernels(architectures: tuple[str, ...] = tuple(UNTRAINED_SIZES)) -> list[str]:
+    """Run a tiny model of each architecture the three ways the app runs models (evaluated,
+    recorded, trained), so that numba compiles their fused kernels now rather than on first use.
+
+    numba compiles a kernel on its first call and caches it on disk. On a fresh machine that
+    first call is slow: about 10 s for the NTM and the DNC here, 25 s for SAM and 35 s for
+    SDNC, whose whole-sequence kernels are large; once cached, this takes about a second.
+    Architectures go in the order above, so the cheap ones are ready first. Returns the
+    architectures warmed (none without numba, which the models then do without).
+    """
+    from mann.fused.runtime import HAVE_NUMBA
+
+    if not HAVE_NUMBA:
+        return []
+    task = make_task("copy", min_length=2, max_length=3)
+    batch = task.sample(2, torch.Generator().manual_seed(0))
+    for arch in architectures:
+        model = untrained_model(arch, task)
+        with torch.no_grad():
+            model(batch.inputs)
+            model(batch.inputs, record=True)
+        model.train()
+        logits, _ = model(batch.inputs)
+        logits.sum().backward()
+    return list(architectures)
+
+
 __all__ = [
     "MAX_INPUT_STEPS", "MAX_UPLOAD_BYTES", "SHIPPED", "TASKS", "BackgroundTraining",
     "CheckpointError", "available_architectures", "check_fits", "check_fits_config",
     "checkpoint_name_error", "describe", "edited_input", "generalisation_frame", "length_label",
     "list_checkpoints", "load_upload", "parse_lengths", "record", "sample_input", "task_of",
-    "training_lengths", "untrained_model",
+    "training_lengths", "untrained_model", "warm_kernels",
 ]

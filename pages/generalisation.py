@@ -47,7 +47,8 @@ def main() -> None:
             lengths = parse_lengths(lengths_text, maximum=high)
             if not picked:
                 raise ValueError("pick at least one model")
-            with st.spinner(f"Running {len(picked)} model(s) on {len(lengths)} lengths..."):
+            running = f"Running {len(picked)} model(s) on {len(lengths)} lengths..."
+            with st.spinner(running + shared.first_run_note()):
                 frame = shared.generalisation(tuple(picked), shared.task_json(task), task.name,
                                               tuple(lengths), int(sequences), int(seed))
         except ValueError as error:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +192,17 @@ def test_generalisation_frame_stacks_models():
     assert (frame["mean_bit_errors"] >= 0).all()
     with pytest.raises(ValueError, match="does not fit task"):
         demo.generalisation_frame(models, make_task("associative_recall"), [2])
+
+
+@pytest.mark.skipif(not mann.fused.HAVE_NUMBA, reason="the kernels are numba's")
+def test_warm_kernels_fills_numba_disk_cache_for_the_architectures_asked(tmp_path):
+    # A fresh cache directory stands for a fresh machine: what the warm-up compiles there is
+    # what the app's pages then load instead of compiling.
+    code = "from mann.demo import warm_kernels; print(warm_kernels(('ntm',)))"
+    environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
+                            text=True, timeout=300, check=True)  # fmt: skip
+    assert result.stdout.strip() == "['ntm']"
+    cached = {path.name.split("-")[0] for path in tmp_path.rglob("*.nbi")}
+    assert "ntm._ntm_forward" in cached, sorted(cached)
+    assert not any(name.startswith(("sparse_step.", "sdnc.")) for name in cached), sorted(cached)

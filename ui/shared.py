@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import runpy
+import subprocess
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -136,6 +138,30 @@ def model_label(key: str) -> str:
         return f"untrained {ARCH_NAMES.get(name, name)} (random weights)"
     stored = session_models().get(key)
     return stored.label if stored else key
+
+
+@st.cache_resource(show_spinner=False)
+def kernel_warm_up() -> subprocess.Popen:
+    """Start ``mann.demo.warm_kernels`` in a background process, once per server.
+
+    On a fresh machine numba needs over a minute to compile SAM's and SDNC's kernels; this
+    way that mostly passes while the user reads the first page. A process, not a thread:
+    numba compiles under one lock per process, and in a thread the warm-up's compiles would
+    hold up the pages' own (a DNC page waited behind SDNC's kernels). The pages load what it
+    caches on disk; whatever they need before then, they compile themselves, as without it.
+    It runs at low priority, with one thread, so it yields to the pages.
+    """
+    code = "import os; os.nice(10); from mann.demo import warm_kernels; warm_kernels()"
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY, env=environment,
+                            stdout=subprocess.DEVNULL)
+
+
+def first_run_note() -> str:
+    """What a spinner adds while the kernels are still compiling (empty once they are not)."""
+    if kernel_warm_up().poll() is not None:
+        return ""
+    return " The CPU kernels are still being compiled (once per machine, about a minute)."
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

@@ -610,6 +610,9 @@ class _Sequence(torch.autograd.Function):
         )
         logits = raw_logits.clamp(-clip, clip).view(steps, batch, -1).transpose(0, 1)
 
+        # Unused outputs' gradients stay None: materialised, the sparse memories' (B,N,W)
+        # gradient path would be written in full, and its pages are what a sparse step spares.
+        ctx.set_materialize_grads(False)
         ctx.plan = plan
         ctx.shapes = (batch, steps, state[-1].shape)
         ctx.parameters = parameters
