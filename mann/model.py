@@ -9,9 +9,9 @@ Clipping follows deepmind/dnc: it keeps a rare large activation from blowing up 
 Every controller here ends in tanh or an LSTM/GRU state within (-1, 1), so clipping h_t only
 changes anything when clip_value < 1; otherwise that clamp is skipped (it is the identity).
 
-Without ``record``, an NTM or DNC runs this loop as one autograd node over the whole sequence
-(``mann.fused.sequence``: the same kernels, a hand-written backward through time); the loop
-below is the reference it is tested against, and what SAM, SDNC and recording use.
+Without ``record``, every architecture runs this loop as one autograd node over the whole
+sequence (``mann.fused.sequence``: the same kernels, a hand-written backward through time);
+the loop below is the reference it is tested against, and what recording uses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A whole NTM or DNC sequence as one autograd node: training without the autograd engine.
+"""A whole sequence as one autograd node, for every architecture: training without the
+autograd engine.
 
 ``MemoryAugmentedNetwork.forward`` steps a controller and a memory through time; with the
 fused kernels a time step is still about ten (NTM) or thirteen (DNC) autograd nodes, and at
@@ -12,17 +13,18 @@ product over all steps (dW = Σ_t δ_tᵀ x_t) instead of one per step.
 
 Nothing here is a new equation: each step calls the kernels the memory uses when not
 recording (``NTMAccess``: ``mann.fused.ntm``; ``DNCAccess``: ``mann.fused.dnc`` write and
-read, ``mann.fused.link``) and the controller's cell as ``mann.controller`` computes it, in
+read, ``mann.fused.link``; SAM and SDNC: ``mann.fused.sparse_step`` on the ``SlotStore``'s
+tables) and the controller's cell as ``mann.controller`` computes it, in
 the order of ``MemoryAugmentedNetwork.forward``; tests hold the two paths equal in values and
 in every gradient, including gradients that arrive through the returned state. The two parts
-of a step are small objects: the memory's (``_NTMSteps``, ``_DNCSteps``) with
+of a step are small objects: the memory's (``_NTMSteps``, ``_DNCSteps``, ``_SparseSteps``) with
 ``forward(interface, state) -> (r_t, state_t, saved)`` and ``backward(saved, dL/dr_t,
 dL/dstate_t) -> (dL/dinterface, dL/dstate_{t-1})``, and the controller's per layer
 (``_LSTMLayers``, ``_GRULayers``, ``_FeedForwardLayers``).
 
-Taken when not recording, for an NTM or DNC memory with any controller, CPU float tensors of
-one dtype, numba present and ``clip_value >= 1`` (a smaller clip also clips h_t); otherwise
-the model runs step by step.
+Taken when not recording, for any memory and controller, CPU float tensors of one dtype,
+numba present and ``clip_value >= 1`` (a smaller clip also clips h_t); otherwise the model
+runs step by step.
 """
 
 from __future__ import annotations
