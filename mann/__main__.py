@@ -23,6 +23,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import time
 from typing import Any
 
 import torch
@@ -199,6 +200,7 @@ def run_train(args: argparse.Namespace) -> int:
     start = 0
     if args.resume:
         start = checkpoint.read_training_metadata(args.out)["training"]["step"]
+    prepare_kernels(model_config, announce=not args.quiet)
     progress_bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -247,6 +249,21 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"stopped before step {train_config.steps}; continue with: {resume}")
         return INTERRUPTED
     return 0
+
+
+def prepare_kernels(config: ModelConfig, announce: bool) -> None:
+    """Compile the model's fused kernels (or load them from numba's disk cache) before the
+    work starts, saying so: on a fresh machine that takes up to about 40 s, which would
+    otherwise look like a hang at step 0."""
+    from mann.demo import warm_kernels
+
+    if announce:
+        print(f"preparing the {config.arch} kernels (compiled once per machine, then cached)...",
+              end=" ", file=sys.stderr, flush=True)  # fmt: skip
+    started = time.perf_counter()
+    warm_kernels([config])
+    if announce:
+        print(f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
@@ -339,6 +356,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model = checkpoint.load(args.checkpoint)
     metadata = checkpoint.read_metadata(args.checkpoint)
+    prepare_kernels(model.config, announce=True)
     task_name = args.task or metadata.get("task")
     if task_name is None:
         raise ValueError(

@@ -433,31 +433,39 @@ def generalisation_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def warm_kernels(architectures: tuple[str, ...] = tuple(UNTRAINED_SIZES)) -> list[str]:
-    """Run a tiny model of each architecture the three ways the app runs models (evaluated,
-    recorded, trained), so that numba compiles their fused kernels now rather than on first use.
+def warm_kernels(configs: list[ModelConfig] | None = None) -> list[str]:
+    """Run each model configuration (by default, each architecture's untrained copy model) the
+    three ways models are run (evaluated, recorded, trained) on a tiny batch, so that numba
+    compiles their fused kernels now rather than at first use.
 
     numba compiles a kernel on its first call and caches it on disk. On a fresh machine that
-    first call is slow: about 10 s for the NTM and the DNC here, 25 s for SAM and 35 s for
-    SDNC, whose whole-sequence kernels are large; once cached, this takes about a second.
-    Architectures go in the order above, so the cheap ones are ready first. Returns the
+    first call is slow: about 6 s for the NTM here, 9 s for the DNC, 23 s for SAM and 37 s for
+    SDNC, whose whole-sequence kernels are large; once cached, all four take about a second.
+    The defaults go NTM, DNC, SAM, SDNC, so the cheap ones are ready first. Returns the
     architectures warmed (none without numba, which the models then do without).
     """
     from mann.fused.runtime import HAVE_NUMBA
 
     if not HAVE_NUMBA:
         return []
-    task = make_task("copy", min_length=2, max_length=3)
-    batch = task.sample(2, torch.Generator().manual_seed(0))
-    for arch in architectures:
-        model = untrained_model(arch, task)
-        with torch.no_grad():
-            model(batch.inputs)
-            model(batch.inputs, record=True)
-        model.train()
-        logits, _ = model(batch.inputs)
-        logits.sum().backward()
-    return list(architectures)
+    if configs is None:
+        task = make_task("copy")
+        configs = [
+            ModelConfig(arch=arch, input_size=task.input_size, output_size=task.output_size,
+                        **sizes)  # fmt: skip
+            for arch, sizes in UNTRAINED_SIZES.items()
+        ]
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():  # the caller's random state is not this function's to move
+        for config in configs:
+            model = build_model(config)
+            inputs = torch.rand(2, 3, config.input_size, generator=generator)
+            with torch.no_grad():
+                model(inputs)
+                model(inputs, record=True)
+            logits, _ = model.train()(inputs)
+            logits.sum().backward()
+    return [config.arch for config in configs]
 
 
 __all__ = [

@@ -198,7 +198,8 @@ def test_generalisation_frame_stacks_models():
 def test_warm_kernels_fills_numba_disk_cache_for_the_architectures_asked(tmp_path):
     # A fresh cache directory stands for a fresh machine: what the warm-up compiles there is
     # what the app's pages then load instead of compiling.
-    code = "from mann.demo import warm_kernels; print(warm_kernels(('ntm',)))"
+    code = ("import mann; from mann.demo import warm_kernels; "
+            "print(warm_kernels([mann.ModelConfig(arch='ntm')]))")
     environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
                             text=True, timeout=300, check=True)  # fmt: skip

@@ -511,6 +511,8 @@ def test_cli_train_then_resume(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert "saved" in trained.stdout and "step 6" in trained.stdout
     assert "bit_errors=" in trained.stderr and "6/6" in trained.stderr  # the tqdm bar
+    # Before the bar: the kernels' compile, said, so a fresh machine's wait is not a silent hang.
+    assert trained.stderr.index("preparing the ntm kernels") < trained.stderr.index("6/6")
     metadata = checkpoint.read_metadata(out)
     assert metadata["config"]["hidden_size"] == 12
     assert metadata["task_options"]["bits"] == 3 and metadata["task_options"]["max_length"] == 4
@@ -519,6 +521,7 @@ def test_cli_train_then_resume(tmp_path):
     # --resume takes every option from the saved run; only --steps changes here.
     resumed = run_cli("train", "--out", out, "--resume", "--steps", "8", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    assert "preparing" not in resumed.stderr
     assert checkpoint.read_metadata(out)["metrics"]["step"] == 8
     assert checkpoint.read_metadata(out)["config"]["hidden_size"] == 12
 
