@@ -8,7 +8,7 @@ the dense DNC only as far as it fits (its link matrix is N×N per item and per t
 Each configuration runs in its own process (so its peak RSS is its own) with
 ``torch.set_num_threads(2)``; times are medians over repeated steps after warm-up. One
 process's median drifts by up to ±40% on this shared machine, so each configuration runs in
-``--runs`` processes (default 3): the table shows the median of their medians and the highest
+``--runs`` processes (default 5): the table shows the median of their medians and the highest
 peak RSS. "nodes/step" is the autograd nodes of a step's graph per time step
 (``graph_size.py``), a count that does not drift with the machine. The CPU
 ms column is the process's CPU time per step: with ``--threads 1`` it stays meaningful on a
@@ -321,7 +321,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 repeats, 1 run, N <= 65536")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration")
-    parser.add_argument("--runs", type=int, default=3, help="processes per configuration")
+    parser.add_argument("--runs", type=int, default=5, help="processes per configuration")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--temporal-reads", type=int, default=TEMPORAL, help="SDNC's K_L")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
