@@ -89,10 +89,22 @@ def main() -> None:
             one_step(trace)
     with timeline_tab:
         st.caption(
-            "Every head's weighting over all steps, as in the NTM paper: an NTM writes along a "
-            "diagonal (contiguous slots), a DNC jumps to whichever slot allocation offers."
+            "Every head's weighting over all steps, as in the NTM paper's figures: "
+            + TIMELINE_NOTES.get(trace.arch, "")
         )
         st.plotly_chart(shared.figure("timeline_figure", key, trace), key="timeline_figure")
+
+
+# What to look for in the timeline, per architecture.
+TIMELINE_NOTES = {
+    "ntm": "an NTM's shifts move its heads slot by slot, so writes and reads run along diagonals.",
+    "dnc": "a DNC writes wherever allocation offers a free slot, and reads back along its "
+    "temporal links in the order it wrote.",
+    "sam": "SAM writes to the least recently used slot or to the slots it just read, and reads "
+    "the K slots nearest its key by content.",
+    "sdnc": "SDNC writes as SAM does, and reads K slots found by content or by following its "
+    "sparse temporal links forwards or backwards.",
+}
 
 
 @st.fragment

@@ -215,6 +215,7 @@ def test_inspect_shows_the_dnc_link_matrix(checkpoints):
         weights = frame_values(scrub, step, "weightings")
         np.testing.assert_array_equal(weights[-3], trace.usage[step])
     assert app.subheader[0].value == "dnc-copy"
+    assert any("temporal links" in caption.value for caption in app.caption)  # the timeline's
 
 
 def test_a_trace_too_big_for_frames_is_scrubbed_on_the_server(checkpoints, monkeypatch):
@@ -408,3 +409,5 @@ def test_inspect_marks_the_sparse_reads_of_untrained_sparse_memories(checkpoints
     marks = frame["data"][list(frame["traces"]).index(index)]
     np.testing.assert_array_equal(sorted(decode(marks["x"])),
                                   sorted(trace.read_positions[9, 0]))
+    timeline_note = next(c.value for c in app.caption if "NTM paper's figures" in c.value)
+    assert timeline_note.split(": ", 1)[1].startswith(f"{arch.upper()} ")  # its own, not the DNC's
