@@ -8,17 +8,25 @@ from ui import shared
 shared.page_needs_app()
 
 
+# How each architecture forms its weightings, in the stages the figure shows.
+PIPELINES = {
+    "ntm": "NTM: content → interpolation (g) → shift (s) → sharpening (γ).",
+    "dnc": "DNC write: allocation and content mixed by the allocation gate, scaled by the write "
+    "gate. DNC read: backward, content and forward mixed by the read modes.",
+    "sam": "SAM write: the least used slot and the last step's reads mixed by γ, scaled by α. "
+    "SAM read: a softmax over the K slots the index found nearest the key.",
+    "sdnc": "SDNC write: as SAM's. SDNC read: backward and forward through the sparse temporal "
+    "links and content over the K nearest slots, mixed by the read modes.",
+}
+
+
 def main() -> None:
     st.title("Explain")
-    st.caption(
-        "Pick a step and a head. NTM: content → interpolation (g) → shift (s) → sharpening (γ). "
-        "DNC write: allocation and content mixed by the allocation gate, scaled by the write "
-        "gate. DNC read: backward, content and forward mixed by the read modes."
-    )
     current = shared.current()
     if current is None:
         return
     choice, chosen, trace = current
+    st.caption(f"Pick a step and a head. {PIPELINES.get(trace.arch, '')}")
     st.caption(f"{choice.label} on the sidebar's input ({trace.steps} steps).")
 
     heads = figures.heads(trace)

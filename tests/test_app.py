@@ -263,6 +263,7 @@ def test_explain_follows_step_and_head(checkpoints):
     assert not app.warning  # the stages reproduce the recorded weighting
     gates = {metric.label: metric.value for metric in app.metric}
     assert gates["g"] == f"{trace.interpolation_gate[9, 1]:.3f}"
+    assert "NTM: content → interpolation" in app.caption[0].value
 
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
     dnc = expected_trace(checkpoints, "dnc-copy")
@@ -272,6 +273,7 @@ def test_explain_follows_step_and_head(checkpoints):
     step = app.slider[0].value
     np.testing.assert_allclose(bars[-1], dnc.read_weights[step, 1], atol=1e-5)
     np.testing.assert_array_equal(bars[1], dnc.read_content_weights[step, 1])
+    assert "DNC read:" in app.caption[0].value and "NTM" not in app.caption[0].value
 
 
 def test_compare_rows_and_bit_errors_are_each_models(checkpoints):
