@@ -151,7 +151,8 @@ def kernel_warm_up() -> subprocess.Popen:
     caches on disk; whatever they need before then, they compile themselves, as without it.
     It runs at low priority, with one thread, so it yields to the pages.
     """
-    code = "import os; os.nice(10); from mann.demo import warm_kernels; warm_kernels()"
+    code = ("import os\nif hasattr(os, \"nice\"): os.nice(10)  # POSIX only\n"
+            "from mann.demo import warm_kernels\nwarm_kernels()")
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY, env=environment,
                             stdout=subprocess.DEVNULL)
