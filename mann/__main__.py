@@ -200,7 +200,8 @@ def run_train(args: argparse.Namespace) -> int:
     start = 0
     if args.resume:
         start = checkpoint.read_training_metadata(args.out)["training"]["step"]
-    prepare_kernels(model_config, announce=not args.quiet)
+    # Training scores batches without gradients too (curriculum, --keep-best).
+    prepare_kernels(model_config, ("evaluate", "train"), announce=not args.quiet)
     progress_bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -251,7 +252,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_kernels(config: ModelConfig, announce: bool) -> None:
+def prepare_kernels(config: ModelConfig, modes: tuple[str, ...], announce: bool) -> None:
     """Compile the model's fused kernels (or load them from numba's disk cache) before the
     work starts, saying so: on a fresh machine that takes up to about 40 s, which would
     otherwise look like a hang at step 0."""
@@ -261,7 +262,7 @@ def prepare_kernels(config: ModelConfig, announce: bool) -> None:
         print(f"preparing the {config.arch} kernels (compiled once per machine, then cached)...",
               end=" ", file=sys.stderr, flush=True)  # fmt: skip
     started = time.perf_counter()
-    warm_kernels([config])
+    warm_kernels([config], modes)
     if announce:
         print(f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
 
@@ -356,7 +357,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model = checkpoint.load(args.checkpoint)
     metadata = checkpoint.read_metadata(args.checkpoint)
-    prepare_kernels(model.config, announce=True)
+    prepare_kernels(model.config, ("evaluate",), announce=True)
     task_name = args.task or metadata.get("task")
     if task_name is None:
         raise ValueError(

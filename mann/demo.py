@@ -87,14 +87,19 @@ def list_checkpoints(directory: str | os.PathLike) -> list[str]:
     return shipped + sorted(names - set(shipped))
 
 
-def untrained_model(arch: str, task: Task, seed: int = 0) -> MemoryAugmentedNetwork:
-    """A freshly initialised ``arch`` model sized for ``task`` (the same seed, the same weights)."""
+def untrained_config(arch: str, task: Task) -> ModelConfig:
+    """The config of ``untrained_model(arch, task)``."""
     if arch not in UNTRAINED_SIZES:
         raise ValueError(f"arch must be one of {sorted(UNTRAINED_SIZES)}, got {arch!r}")
-    config = ModelConfig(
+    return ModelConfig(
         arch=arch, input_size=task.input_size, output_size=task.output_size,
         **UNTRAINED_SIZES[arch],
     )
+
+
+def untrained_model(arch: str, task: Task, seed: int = 0) -> MemoryAugmentedNetwork:
+    """A freshly initialised ``arch`` model sized for ``task`` (the same seed, the same weights)."""
+    config = untrained_config(arch, task)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(config)
@@ -433,45 +438,53 @@ def generalisation_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def warm_kernels(configs: list[ModelConfig] | None = None) -> list[str]:
-    """Run each model configuration (by default, each architecture's untrained copy model) the
-    three ways models are run (evaluated, recorded, trained) on a tiny batch, so that numba
+# The ways a model runs, for warm_kernels: each compiles kernels the others need not.
+RUN_MODES = ("evaluate", "record", "train")
+
+
+def warm_kernels(
+    configs: list[ModelConfig] | None = None, modes: tuple[str, ...] = RUN_MODES
+) -> list[str]:
+    """Run each model configuration (by default each architecture's ``untrained_config`` for
+    copy) on a tiny batch the ``modes`` ways (a subset of ``RUN_MODES``), so that numba
     compiles their fused kernels now rather than at first use.
 
     numba compiles a kernel on its first call and caches it on disk. On a fresh machine that
-    first call is slow: about 6 s for the NTM here, 9 s for the DNC, 23 s for SAM and 37 s for
-    SDNC, whose whole-sequence kernels are large; once cached, all four take about a second.
-    The defaults go NTM, DNC, SAM, SDNC, so the cheap ones are ready first. Returns the
-    architectures warmed (none without numba, which the models then do without).
+    first call is slow (``python bench/first_run.py``: about 9 s for the NTM, 12 s for the DNC,
+    25 s for SAM and 41 s for SDNC, whose whole-sequence kernels are large, imports included);
+    once cached, all four take about 3 s. The defaults go NTM, DNC, SAM, SDNC, so the cheap
+    ones are ready first. Returns the architectures warmed (none without numba, which the
+    models then do without).
     """
     from mann.fused.runtime import HAVE_NUMBA
 
+    unknown = sorted(set(modes) - set(RUN_MODES))
+    if unknown:
+        raise ValueError(f"modes must be among {RUN_MODES}, got {unknown}")
     if not HAVE_NUMBA:
         return []
     if configs is None:
-        task = make_task("copy")
-        configs = [
-            ModelConfig(arch=arch, input_size=task.input_size, output_size=task.output_size,
-                        **sizes)  # fmt: skip
-            for arch, sizes in UNTRAINED_SIZES.items()
-        ]
+        configs = [untrained_config(arch, make_task("copy")) for arch in UNTRAINED_SIZES]
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng():  # the caller's random state is not this function's to move
         for config in configs:
             model = build_model(config)
             inputs = torch.rand(2, 3, config.input_size, generator=generator)
             with torch.no_grad():
-                model(inputs)
-                model(inputs, record=True)
-            logits, _ = model.train()(inputs)
-            logits.sum().backward()
+                if "evaluate" in modes:
+                    model(inputs)
+                if "record" in modes:
+                    model(inputs, record=True)
+            if "train" in modes:
+                logits, _ = model.train()(inputs)
+                logits.sum().backward()
     return [config.arch for config in configs]
 
 
 __all__ = [
-    "MAX_INPUT_STEPS", "MAX_UPLOAD_BYTES", "SHIPPED", "TASKS", "BackgroundTraining",
+    "MAX_INPUT_STEPS", "MAX_UPLOAD_BYTES", "RUN_MODES", "SHIPPED", "TASKS", "BackgroundTraining",
     "CheckpointError", "available_architectures", "check_fits", "check_fits_config",
     "checkpoint_name_error", "describe", "edited_input", "generalisation_frame", "length_label",
     "list_checkpoints", "load_upload", "parse_lengths", "record", "sample_input", "task_of",
-    "training_lengths", "untrained_model", "warm_kernels",
+    "training_lengths", "untrained_config", "untrained_model", "warm_kernels",
 ]

@@ -42,6 +42,18 @@ def edit_input(base_input: shared.InputChoice) -> bool:
     return True
 
 
+# What to look for in the timeline, per architecture.
+TIMELINE_NOTES = {
+    "ntm": "an NTM's shifts move its heads slot by slot, so writes and reads run along diagonals.",
+    "dnc": "a DNC writes wherever allocation offers a free slot, and reads back along its "
+    "temporal links in the order it wrote.",
+    "sam": "SAM writes to the least recently used slot or to the slots it just read, and reads "
+    "the K slots nearest its key by content.",
+    "sdnc": "SDNC writes as SAM does, and reads K slots found by content or by following its "
+    "sparse temporal links forwards or backwards.",
+}
+
+
 def main() -> None:
     st.title("Inspect")
     st.caption(
@@ -93,18 +105,6 @@ def main() -> None:
             + TIMELINE_NOTES.get(trace.arch, "")
         )
         st.plotly_chart(shared.figure("timeline_figure", key, trace), key="timeline_figure")
-
-
-# What to look for in the timeline, per architecture.
-TIMELINE_NOTES = {
-    "ntm": "an NTM's shifts move its heads slot by slot, so writes and reads run along diagonals.",
-    "dnc": "a DNC writes wherever allocation offers a free slot, and reads back along its "
-    "temporal links in the order it wrote.",
-    "sam": "SAM writes to the least recently used slot or to the slots it just read, and reads "
-    "the K slots nearest its key by content.",
-    "sdnc": "SDNC writes as SAM does, and reads K slots found by content or by following its "
-    "sparse temporal links forwards or backwards.",
-}
 
 
 @st.fragment

@@ -195,15 +195,25 @@ def test_generalisation_frame_stacks_models():
 
 
 @pytest.mark.skipif(not mann.fused.HAVE_NUMBA, reason="the kernels are numba's")
-def test_warm_kernels_fills_numba_disk_cache_for_the_architectures_asked(tmp_path):
+def test_warm_kernels_fills_numba_disk_cache_for_the_architectures_and_modes_asked(tmp_path):
     # A fresh cache directory stands for a fresh machine: what the warm-up compiles there is
     # what the app's pages then load instead of compiling.
-    code = ("import mann; from mann.demo import warm_kernels; "
-            "print(warm_kernels([mann.ModelConfig(arch='ntm')]))")
-    environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
-                            text=True, timeout=300, check=True)  # fmt: skip
-    assert result.stdout.strip() == "['ntm']"
-    cached = {path.name.split("-")[0] for path in tmp_path.rglob("*.nbi")}
-    assert "ntm._ntm_forward" in cached, sorted(cached)
-    assert not any(name.startswith(("sparse_step.", "sdnc.")) for name in cached), sorted(cached)
+    def warmed(modes: tuple[str, ...], cache) -> set[str]:
+        code = ("import mann; from mann.demo import warm_kernels; "
+                f"print(warm_kernels([mann.ModelConfig(arch='ntm')], {modes!r}))")
+        environment = dict(os.environ, NUMBA_CACHE_DIR=str(cache), OMP_NUM_THREADS="1")
+        result = subprocess.run([sys.executable, "-c", code], env=environment,
+                                capture_output=True, text=True, timeout=300, check=True)
+        assert result.stdout.strip() == "['ntm']"
+        return {path.name.split("-")[0] for path in cache.rglob("*.nbi")}
+
+    evaluated = warmed(("evaluate",), tmp_path / "evaluate")
+    assert "ntm._ntm_forward" in evaluated and "ntm._ntm_backward" not in evaluated
+    trained = warmed(("evaluate", "train"), tmp_path / "train")
+    assert "ntm._ntm_backward" in trained, sorted(trained)
+    assert not any(name.startswith(("sparse_step.", "sdnc.")) for name in trained)
+
+
+def test_warm_kernels_names_an_unknown_mode():
+    with pytest.raises(ValueError, match="modes must be among"):
+        demo.warm_kernels([], ("evaluate", "serve"))
