@@ -275,18 +275,21 @@ def test_sparse_read_weighting_mixes_the_modes_then_keeps_the_k_largest(rng):
 # The k-NN indexes
 # ---------------------------------------------------------------------------------------
 def brute_force_top_k(memory: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
-    """Cosine similarity on the documented 2^-12 grid, ties to the lower slot."""
+    """Cosine similarity on the documented 2^-12 grid, ties to the lower slot; all-zero
+    (never written) rows after every other."""
     norms = np.linalg.norm(memory, axis=-1, keepdims=True)
     rows = np.divide(memory, norms, out=np.zeros_like(memory), where=norms > 0)
     queries = keys / np.linalg.norm(keys, axis=-1, keepdims=True)
-    grid = np.round(np.einsum("bhw,bnw->bhn", queries, rows) / knn.TIE_RESOLUTION)
+    similarity = np.einsum("bhw,bnw->bhn", queries, rows)
+    similarity = np.where((norms[..., 0] > 0)[:, None, :], similarity, -1.5)
+    grid = np.round(similarity / knn.TIE_RESOLUTION)
     return np.argsort(-grid, axis=-1, kind="stable")[..., :k]
 
 
 @pytest.mark.skipif(knn.faiss is None, reason="faiss-cpu is not installed")
 def test_faiss_and_torch_exact_indexes_agree_with_brute_force(rng):
     memory = torch.from_numpy(rng.standard_normal((3, 300, 16)).astype(np.float32))
-    memory[:, 50:60] = 0.0  # empty slots score 0
+    memory[:, 50:60] = 0.0  # empty slots: after every written one
     keys = torch.from_numpy(rng.standard_normal((3, 5, 16)).astype(np.float32))
     torch_index, faiss_index = knn.ExactIndex(memory), knn.FaissExactIndex(memory)
     expected = brute_force_top_k(memory.numpy(), keys.numpy(), 7)
@@ -303,6 +306,14 @@ def test_faiss_and_torch_exact_indexes_agree_with_brute_force(rng):
     np.testing.assert_array_equal(torch_index.search(keys, 7).numpy(), expected)
     np.testing.assert_array_equal(faiss_index.search(keys, 7).numpy(), expected)
     np.testing.assert_array_equal(knn.ExactIndex(memory).search(keys, 7).numpy(), expected)
+    # faiss-exact's tables are kept by a numba kernel, the torch index's by index_rows; a
+    # row written as zeros (a wiped slot) becomes an empty slot again in both.
+    wiped = positions[:, :2]
+    for index in (torch_index, faiss_index):
+        index.update(wiped, torch.zeros(3, 2, 16))
+    torch.testing.assert_close(faiss_index.table, torch_index.table, rtol=1e-6, atol=1e-7)
+    assert (faiss_index.table[torch.arange(3)[:, None], wiped, -1] < -0.7).all()
+    torch.testing.assert_close(faiss_index.table, knn.index_rows(faiss_index.table[..., :-1]))
 
 
 @pytest.mark.skipif(knn.faiss is None, reason="faiss-cpu is not installed")
@@ -345,6 +356,23 @@ def test_indexes_return_k_distinct_slots_even_for_a_nearly_empty_memory(kind):
     for row in found.reshape(-1, 6).tolist():
         assert len(set(row)) == 6 and all(0 <= slot < 64 for slot in row)
     assert (found[0, :, 0] == 5).all()  # the one similar row comes first
+
+
+@pytest.mark.parametrize("kind", ["exact", "faiss-exact", "faiss-ivf"])
+def test_every_index_ranks_written_rows_before_empty_ones_even_when_they_point_away(kind):
+    # Scored as cosine 0, an empty slot would beat every written row a key points away from,
+    # and that key would read nothing but empty slots (a zero read, no gradient towards the
+    # written rows). Every kind ranks empties last, the lowest-numbered first.
+    if kind != "exact" and knn.faiss is None:
+        pytest.skip("faiss-cpu is not installed")
+    memory = torch.zeros(2, 64, 8)
+    memory[0, 9] = torch.tensor([1.0, 1, 0, 0, 0, 0, 0, 0])
+    memory[0, 30] = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
+    memory[1, 40] = torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 2])
+    keys = -torch.ones(2, 1, 8)  # negative cosine with every written row
+    found = knn.build_index(kind, memory).search(keys, 4)
+    assert found[0, 0].tolist() == [30, 9, 0, 1]  # cosines -0.35 and -0.5, then empties
+    assert found[1, 0].tolist() == [40, 0, 1, 2]
 
 
 def test_index_kinds_are_checked():
@@ -403,6 +431,7 @@ def sam_reference(inputs, slots, width, heads, k):
             for h in range(heads):
                 key = keys[b, h]
                 ranking = (memory[b] @ key) / safe / np.linalg.norm(key)
+                ranking = np.where(norms > 0, ranking, -1.5)  # never-written slots last
                 grid = np.round(ranking / 2.0**-12)
                 order = sorted(range(slots), key=lambda i: (-grid[i], i))[:k]
                 cosine = (memory[b, order] @ key) / (np.linalg.norm(key) * norms[order] + EPS)

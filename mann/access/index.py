@@ -3,7 +3,16 @@
 A sparse read looks up, for each read key, the K slots whose rows are most similar to it by
 cosine similarity (Rae et al. 2016). Ranking by cosine is ranking by inner product with the
 normalised rows ``M[i] / |M[i]|`` (the key's norm is the same for every slot), so every
-index here searches by inner product over normalised rows; an all-zero row scores 0.
+index here searches by inner product over normalised rows.
+
+Never-written slots come last. An all-zero row has no direction; scored as cosine 0 it would
+outrank every written row that points away from the key, and a key that points away from all
+of them (common early in training) would read only empty slots: a zero read vector, and no
+gradient to turn the key towards anything written. So every index ranks all-zero rows after
+every written row: the IVF index does not hold them, and the exact ones score them
+``EMPTY_SIMILARITY`` (an extra column: ``index_rows``, ``index_queries``). When fewer than k
+rows are written, the lowest-numbered empty slots make up the k; a read still weights them
+by their cosine, 0 (``mann.access.sam``).
 
 Three indexes, one interface (``update(positions, rows)`` with the rows a step wrote, and
 ``search(keys, k) -> positions``), one per batch item inside:
@@ -58,6 +67,15 @@ EXACT_LIMIT = 2048
 IVF_MIN_CANDIDATES = 128
 # Cosine similarities are compared on a grid of this step (ties: the lower slot wins).
 TIE_RESOLUTION = 2.0**-12
+# An all-zero row's score in the exact indexes: below every cosine (>= -1), above the -2 that
+# ranking gives a place faiss found nothing for, and lower by EMPTY_STEP per slot number, so
+# that topk and faiss (which break ties as they like) take the lowest-numbered empty slots as
+# candidates, as the IVF index's fill does (on the ranking grid they then tie, lower slot
+# first). Made by an extra column: the row's holds score / QUERY_MARKER for an all-zero row
+# and 0 otherwise, the query's QUERY_MARKER. Distinct in float32 up to 2^20 slots.
+EMPTY_SIMILARITY = -1.5
+EMPTY_STEP = 2.0**-22
+QUERY_MARKER = 2.0
 # The faiss indexes fetch k + this many candidates, then rank them by the rule above.
 EXTRA_CANDIDATES = 8
 # Rank faiss's candidates and keep the IVF index's books with the numba kernels of
@@ -72,6 +90,26 @@ def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows / norms.clamp_min(torch.finfo(rows.dtype).tiny)
 
 
+def index_rows(rows: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """What the exact indexes store for memory rows (B,P,W) at slots ``positions`` (B,P)
+    (default: all slots, P = N): the normalised row and a last column that scores an
+    all-zero row ``EMPTY_SIMILARITY - slot EMPTY_STEP`` against any query -> (B,P,W+1)."""
+    normalized = normalize_rows(rows)
+    if positions is None:
+        positions = torch.arange(rows.shape[-2], device=rows.device).expand(rows.shape[:-1])
+    empty = (normalized == 0).all(-1)
+    score = EMPTY_SIMILARITY - positions.to(torch.float64) * EMPTY_STEP
+    marker = torch.where(empty, score / QUERY_MARKER, 0.0).to(normalized.dtype)
+    return torch.cat([normalized, marker.unsqueeze(-1)], -1)
+
+
+def index_queries(keys: torch.Tensor) -> torch.Tensor:
+    """The queries (...,W+1) that go with ``index_rows``: the normalised key, then
+    ``QUERY_MARKER``. Their inner product with a written row is its cosine similarity."""
+    normalized = normalize_rows(keys)
+    return torch.cat([normalized, torch.full_like(normalized[..., :1], QUERY_MARKER)], -1)
+
+
 def ranking(similarity: torch.Tensor, positions: torch.Tensor, slots: int) -> torch.Tensor:
     """Integer ranking keys, larger first: similarity on the ``TIE_RESOLUTION`` grid, then
     the lower slot. similarity, positions (...,P) -> (...,P) int64."""
@@ -79,16 +117,16 @@ def ranking(similarity: torch.Tensor, positions: torch.Tensor, slots: int) -> to
     return grid * (slots + 1) + (slots - positions)
 
 
-def exact_top_k(normalized_rows: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+def exact_top_k(indexed_rows: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
     """The k slots of largest cosine similarity to each key, exactly (the reference).
 
-    normalized_rows (B,N,W) as ``normalize_rows`` makes them, keys (B,H,W) -> (B,H,k) int64,
+    indexed_rows (B,N,W+1) as ``index_rows`` makes them, keys (B,H,W) -> (B,H,k) int64,
     most similar first (ties on the ``TIE_RESOLUTION`` grid: the lower slot first, among
-    the k + ``EXTRA_CANDIDATES`` most similar).
+    the k + ``EXTRA_CANDIDATES`` most similar); all-zero rows after every other.
     """
-    queries = normalize_rows(keys.to(normalized_rows.dtype))
-    similarity = torch.bmm(queries, normalized_rows.transpose(1, 2))
-    slots = normalized_rows.shape[1]
+    queries = index_queries(keys.to(indexed_rows.dtype))
+    similarity = torch.bmm(queries, indexed_rows.transpose(1, 2))
+    slots = indexed_rows.shape[1]
     similarity, candidates = similarity.topk(min(slots, k + EXTRA_CANDIDATES), dim=-1)
     return best_candidates(similarity, candidates, k, slots)
 
@@ -141,31 +179,46 @@ def build_index(kind: str, memory: torch.Tensor, empty: bool = False):
 
 
 class ExactIndex:
-    """Exact search by torch over a normalised copy of memory, kept up to date row by row."""
+    """Exact search by torch over a normalised copy of memory (``index_rows``), kept up to
+    date row by row."""
 
     kind = "exact"
 
     def __init__(self, memory: torch.Tensor) -> None:
-        self.normalized = normalize_rows(memory.detach())
+        self.table = index_rows(memory.detach())
 
     def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
         """Rows (B,P,W) were written at slots ``positions`` (B,P); repeats carry equal rows."""
         batch = torch.arange(positions.shape[0], device=positions.device).unsqueeze(-1)
-        self.normalized[batch, positions] = normalize_rows(rows.detach()).to(self.normalized.dtype)
+        self.table[batch, positions] = index_rows(rows.detach(), positions).to(self.table.dtype)
 
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k most similar slots to each key: keys (B,H,W) -> (B,H,k) int64."""
-        return exact_top_k(self.normalized, keys.detach(), k)
+        return exact_top_k(self.table, keys.detach(), k)
 
 
 class FaissExactIndex(ExactIndex):
-    """Exact search by faiss's brute-force inner-product k-NN over the normalised copy."""
+    """Exact search by faiss's brute-force inner-product k-NN over the same copy."""
 
     kind = "faiss-exact"
 
+    def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
+        if not (FUSED_RANKING and HAVE_NUMBA):
+            return super().update(positions, rows)
+        fused_knn.exact_update(
+            self.table.numpy(), positions.cpu().contiguous().numpy(),
+            rows.detach().to(torch.float32).cpu().contiguous().numpy(), EMPTY_SIMILARITY,
+            EMPTY_STEP, QUERY_MARKER,
+        )  # fmt: skip
+
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
-        queries = normalize_rows(keys.detach().to(torch.float32)).contiguous().numpy()
-        database = self.normalized.numpy()  # shares memory with the torch copy
+        keys = keys.detach().to(torch.float32).cpu().contiguous()
+        if FUSED_RANKING and HAVE_NUMBA:
+            queries = fused_knn.exact_queries(keys.numpy(), QUERY_MARKER)
+            queries = queries.reshape(keys.shape[0], keys.shape[1], -1)
+        else:
+            queries = index_queries(keys).contiguous().numpy()
+        database = self.table.numpy()  # shares memory with the torch copy
         slots = database.shape[1]
         wanted = min(slots, k + EXTRA_CANDIDATES)
         similarity = np.empty(queries.shape[:2] + (wanted,), dtype=np.float32)

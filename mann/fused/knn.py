@@ -212,6 +212,52 @@ if HAVE_NUMBA:
         return most
 
 
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True)
+    def _exact_update(table, positions, rows, empty_similarity, empty_step, query_marker):
+        # index.index_rows for the rows (B,P,W) written at positions (B,P), into the exact
+        # index's table (B,N,W+1) in place.
+        width = rows.shape[2]
+        for b in range(rows.shape[0]):
+            for p in range(rows.shape[1]):
+                slot = positions[b, p]
+                _normalized(rows[b, p], table[b, slot, :width])
+                empty = True
+                for c in range(width):
+                    if rows[b, p, c] != 0:
+                        empty = False
+                        break
+                score = (empty_similarity - slot * empty_step) / query_marker
+                table[b, slot, width] = np.float32(score) if empty else np.float32(0.0)
+
+    @njit(cache=True, nogil=True)
+    def _exact_queries(keys, query_marker, queries):
+        # index.index_queries: keys (B,H,W) -> queries (B H, W+1).
+        batch, heads, width = keys.shape
+        for b in range(batch):
+            for h in range(heads):
+                _normalized(keys[b, h], queries[b * heads + h, :width])
+                queries[b * heads + h, width] = query_marker
+
+
+def exact_update(table, positions, rows, empty_similarity: float, empty_step: float,
+                 query_marker: float) -> None:  # fmt: skip
+    """``index.index_rows`` of the rows (B,P,W) float32 written at positions (B,P) int64,
+    into the exact index's table (B,N,W+1) float32, in one kernel."""
+    with KERNEL_LOCK:
+        _exact_update(table, positions, rows, empty_similarity, empty_step, query_marker)
+
+
+def exact_queries(keys, query_marker: float):
+    """``index.index_queries`` in one kernel: keys (B,H,W) float32 -> (B H, W+1) float32."""
+    batch, heads, width = keys.shape
+    queries = np.empty((batch * heads, width + 1), np.float32)
+    with KERNEL_LOCK:
+        _exact_queries(keys, query_marker, queries)
+    return queries
+
+
 def ivf_update(positions, rows, slots: int, present, counts, centroids_t):
     """``FaissIVFIndex.update`` up to the faiss calls, in one kernel: positions (B,P) int64,
     rows (B,P,W) the rows written there; ``present`` and ``counts`` follow in place.
