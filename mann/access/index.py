@@ -215,7 +215,6 @@ class FaissExactIndex(ExactIndex):
         keys = keys.detach().to(torch.float32).cpu().contiguous()
         if FUSED_RANKING and HAVE_NUMBA:
             queries = fused_knn.exact_queries(keys.numpy(), QUERY_MARKER)
-            queries = queries.reshape(keys.shape[0], keys.shape[1], -1)
         else:
             queries = index_queries(keys).contiguous().numpy()
         database = self.table.numpy()  # shares memory with the torch copy

@@ -211,9 +211,6 @@ if HAVE_NUMBA:
                     probed[q, j] = best + b * lists if j < probes[b] else -1
         return most
 
-
-if HAVE_NUMBA:
-
     @njit(cache=True, nogil=True)
     def _exact_update(table, positions, rows, empty_similarity, empty_step, query_marker):
         # index.index_rows for the rows (B,P,W) written at positions (B,P), into the exact
@@ -233,12 +230,12 @@ if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
     def _exact_queries(keys, query_marker, queries):
-        # index.index_queries: keys (B,H,W) -> queries (B H, W+1).
-        batch, heads, width = keys.shape
-        for b in range(batch):
-            for h in range(heads):
-                _normalized(keys[b, h], queries[b * heads + h, :width])
-                queries[b * heads + h, width] = query_marker
+        # index.index_queries: keys (B,H,W) -> queries (B,H,W+1).
+        width = keys.shape[2]
+        for b in range(keys.shape[0]):
+            for h in range(keys.shape[1]):
+                _normalized(keys[b, h], queries[b, h, :width])
+                queries[b, h, width] = query_marker
 
 
 def exact_update(table, positions, rows, empty_similarity: float, empty_step: float,
@@ -250,9 +247,9 @@ def exact_update(table, positions, rows, empty_similarity: float, empty_step: fl
 
 
 def exact_queries(keys, query_marker: float):
-    """``index.index_queries`` in one kernel: keys (B,H,W) float32 -> (B H, W+1) float32."""
+    """``index.index_queries`` in one kernel: keys (B,H,W) float32 -> (B,H,W+1) float32."""
     batch, heads, width = keys.shape
-    queries = np.empty((batch * heads, width + 1), np.float32)
+    queries = np.empty((batch, heads, width + 1), np.float32)
     with KERNEL_LOCK:
         _exact_queries(keys, query_marker, queries)
     return queries
