@@ -27,6 +27,10 @@ navigation = st.navigation(
                 url_path="train"),
         st.Page(shared.PAGES["generalisation"], title="Generalisation",
                 icon=":material/show_chart:", url_path="generalisation"),
+        st.Page(shared.PAGES["whatif"], title="What if", icon=":material/science:",
+                url_path="whatif"),
+        st.Page(shared.PAGES["patterns"], title="Patterns", icon=":material/scatter_plot:",
+                url_path="patterns"),
         st.Page(shared.PAGES["export"], title="Export", icon=":material/download:",
                 url_path="export"),
     ]

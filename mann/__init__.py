@@ -1,10 +1,27 @@
 """mann: memory-augmented neural networks (NTM, DNC, SAM, SDNC) you can watch at work."""
 
 from mann.checkpoint import load, save
-from mann.model import MemoryAugmentedNetwork, ModelConfig, ModelState, build_model, record_trace
+from mann.intervention import Intervention, intervention_fields
+from mann.model import (
+    MemoryAugmentedNetwork,
+    ModelConfig,
+    ModelState,
+    build_model,
+    record_trace,
+    record_traces,
+)
 from mann.trace import Trace
 
 __all__ = [
-    "MemoryAugmentedNetwork", "ModelConfig", "ModelState", "Trace", "build_model", "load",
-    "record_trace", "save",
+    "Intervention",
+    "MemoryAugmentedNetwork",
+    "ModelConfig",
+    "ModelState",
+    "Trace",
+    "build_model",
+    "intervention_fields",
+    "load",
+    "record_trace",
+    "record_traces",
+    "save",
 ]

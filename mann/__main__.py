@@ -173,6 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluator.set_defaults(run=run_evaluate)
 
+    patterns = commands.add_parser(
+        "patterns",
+        help="memory-use metrics of several checkpoints (writes, reuse, locality, gates)",
+        description="Run checkpoints over many episodes of one task and print how they use "
+        "memory: one row per model and length (mann.analysis; docs/analysis.md defines "
+        "every metric).",
+    )
+    patterns.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    patterns.add_argument(
+        "--task", choices=sorted(TASKS), help="task (default: the first checkpoint's)"
+    )
+    patterns.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="a task option, e.g. bits=8; repeatable",
+    )  # fmt: skip
+    patterns.add_argument(
+        "--lengths", type=_lengths, metavar="L1,L2,...",
+        help="comma-separated lengths (default: the longest the first checkpoint trained on)",
+    )  # fmt: skip
+    patterns.add_argument(
+        "--rounds", type=int, metavar="N", help="rounds per episode, for multi_copy (e.g. 6)"
+    )
+    patterns.add_argument("--sequences", type=int, default=100, metavar="N")
+    patterns.add_argument("--seed", type=int, default=0, metavar="N")
+    patterns.add_argument("--csv", metavar="PATH", help="also write the full table (means and "
+                          "standard deviations of every metric and gate) to this CSV file")
+    patterns.set_defaults(run=run_patterns)
+
     resizer = commands.add_parser(
         "resize", help="give a DNC, SAM or SDNC checkpoint another number of memory slots",
         description="Save a DNC, SAM or SDNC checkpoint with another memory size N (none of "
@@ -384,6 +412,54 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f" (trained on lengths {_trained_range(task_name, trained)}), seed {args.seed}\n"
     )
     print(markdown_table(frame))
+    return 0
+
+
+def run_patterns(args: argparse.Namespace) -> int:
+    from mann.analysis import markdown_table
+    from mann.demo import training_lengths
+    from mann.patterns import patterns_frame
+
+    models, first_metadata = {}, None
+    for path in args.checkpoints:
+        name = str(checkpoint.weights_path(path).with_suffix("").name)
+        while name in models:  # the same file name from two directories
+            name += "'"
+        models[name] = checkpoint.load(path)
+        if first_metadata is None:
+            first_metadata = checkpoint.read_metadata(path)
+    task_name = args.task or first_metadata.get("task")
+    if task_name is None:
+        raise ValueError(
+            f"checkpoint {args.checkpoints[0]} stores no task; pass --task"
+        )
+    options = (
+        {}
+        if args.task and args.task != first_metadata.get("task")
+        else dict(first_metadata.get("task_options") or {})
+    )
+    options.update(parse_options(args.task_option))
+    task = make_task(task_name, **options)
+    lengths = args.lengths or [training_lengths(task)[1]]
+    for model in models.values():
+        prepare_kernels(model.config, ("record",), announce=False)
+    started = time.perf_counter()
+    frame = patterns_frame(
+        models, task, lengths, sequences=args.sequences, seed=args.seed, rounds=args.rounds
+    )
+    rounds = f", {args.rounds} rounds" if args.rounds else ""
+    print(
+        f"{task_name}: {args.sequences} episodes per model and length{rounds}, seed "
+        f"{args.seed} ({time.perf_counter() - started:.1f} s)\n"
+    )
+    print(markdown_table(frame))
+    gates = [column for column in frame.columns if ":" in column and not column.endswith("_std")]
+    if gates:
+        print("\ngate activity (mean over steps of each phase):\n")
+        print(markdown_table(frame, columns=gates))
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"\nwrote {args.csv}")
     return 0
 
 

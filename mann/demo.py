@@ -38,7 +38,7 @@ from mann.trace import Trace
 # The checkpoints the project ships, in the order the app lists them.
 SHIPPED = (
     "ntm-copy", "dnc-copy", "ntm-repeat-copy", "dnc-repeat-copy", "ntm-associative-recall",
-    "dnc-associative-recall", "sam-copy", "sdnc-copy",
+    "dnc-associative-recall", "ntm-multi-copy", "dnc-multi-copy", "sam-copy", "sdnc-copy",
 )
 # Sizes of the untrained models, per architecture (input and output sizes come from the task).
 UNTRAINED_SIZES: dict[str, dict[str, Any]] = {
@@ -186,6 +186,7 @@ def length_label(task: Task) -> str:
         "priority_sort": "input vectors",
         "adding": "numbers",
         "argmax": "numbers",
+        "multi_copy": "round length",
     }.get(task.name, "sequence length")
 
 

@@ -604,6 +604,9 @@ class Explanation:
     note: str = ""
     # How far the last stage may lie from ``recorded`` (sparse memories approximate the mix).
     tolerance: float = 1e-3
+    # The stage parameters a user may change (name -> value, the shift as a list), as used
+    # here: the recorded values unless ``explanation`` was given other ``knobs``.
+    knobs: dict = field(default_factory=dict)
 
     def mismatch(self) -> float:
         """Largest |last stage - recorded weighting|: ~0 when the stages reproduce the model."""
@@ -649,6 +652,36 @@ def _ntm_sharpen(weights: np.ndarray, gamma: float) -> np.ndarray:
     return (sharpened / sharpened.sum()).astype(np.float32)
 
 
+def _repower(content: np.ndarray, recorded_strength: float, strength: float) -> np.ndarray:
+    """A content weighting softmax(β cos) recomputed for another key strength β': it is
+    proportional to softmax(β cos)^(β'/β), so the recorded weighting is all that is needed."""
+    if strength == recorded_strength:
+        return content
+    logs = (strength / max(recorded_strength, 1e-12)) * np.log(
+        np.maximum(content.astype(np.float64), np.finfo(np.float64).tiny)
+    )
+    logs -= logs.max()
+    powered = np.exp(logs) * (content > 0)  # a slot outside a sparse lookup stays at 0
+    return (powered / max(powered.sum(), 1e-300)).astype(np.float32)
+
+
+def _knob(knobs: dict, name: str, recorded):
+    """The knob's value if one was given, else the recorded one."""
+    if name not in knobs:
+        return recorded
+    value = knobs[name]
+    if isinstance(recorded, np.ndarray):
+        value = np.asarray(value, dtype=np.float32)
+        if value.shape != recorded.shape:
+            raise ValueError(f"knob {name!r} must have shape {recorded.shape}, got {value.shape}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
+        math.isfinite(value)
+    ):
+        raise ValueError(f"knob {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _previous_ntm_weights(trace: Trace, step: int, kind: str, index: int) -> np.ndarray | None:
     if step > 0:
         values = trace.read_weights if kind == "read" else trace.write_weights
@@ -659,13 +692,21 @@ def _previous_ntm_weights(trace: Trace, step: int, kind: str, index: int) -> np.
     return np.asarray(initial, dtype=np.float32)[index]
 
 
-def _explain_ntm(trace: Trace, step: int, kind: str, index: int, name: str) -> Explanation:
+def _explain_ntm(
+    trace: Trace, step: int, kind: str, index: int, name: str, knobs: dict
+) -> Explanation:
     h = index if kind == "read" else trace.read_heads + index  # reads first, then writes
-    content = trace.content_weights[step, h]
-    beta = float(trace.key_strength[step, h])
-    g = float(trace.interpolation_gate[step, h])
-    s = trace.shift[step, h]
-    gamma = float(trace.sharpening[step, h])
+    recorded_beta = float(trace.key_strength[step, h])
+    beta = _knob(knobs, "β", recorded_beta)
+    if beta < 0:
+        raise ValueError(f"knob 'β' must be >= 0, got {beta}")
+    content = _repower(trace.content_weights[step, h], recorded_beta, beta)
+    g = _knob(knobs, "g", float(trace.interpolation_gate[step, h]))
+    s = _knob(knobs, "s", trace.shift[step, h])
+    gamma = _knob(knobs, "γ", float(trace.sharpening[step, h]))
+    if not 0 <= g <= 1 or gamma < 1 or (s < 0).any() or abs(float(s.sum()) - 1) > 1e-3:
+        raise ValueError("knobs must keep 0 <= g <= 1, γ >= 1 and the shift a distribution "
+                         f"(>= 0, summing to 1), got g={g}, γ={gamma}, s={s.tolist()}")
     previous = _previous_ntm_weights(trace, step, kind, index)
     note = ""
     if previous is None:
@@ -703,17 +744,27 @@ def _explain_ntm(trace: Trace, step: int, kind: str, index: int, name: str) -> E
     )
     gates = {"β": beta, "g": g, "γ": gamma}
     gates.update({f"s[{o:+d}]": float(p) for o, p in zip(offsets, s, strict=True)})
-    return Explanation(trace.arch, step, name, stages, gates, recorded, note)
+    used = {"β": beta, "g": g, "s": [float(p) for p in s], "γ": gamma}
+    return Explanation(trace.arch, step, name, stages, gates, recorded, note, knobs=used)
 
 
-def _explain_dnc_write(trace: Trace, step: int, name: str) -> Explanation:
+def _explain_dnc_write(trace: Trace, step: int, name: str, knobs: dict) -> Explanation:
     """DNC: w^w = g^w [g^a a + (1 - g^a) c^w]. SAM and SDNC record their write in the same
     fields: a = 1_LRU (the least recently used slot), c^w = w^r_{t-1} (the slots read last
-    step), g^a = 1 - γ and g^w = α (shared/MATH.md, SAM)."""
+    step), g^a = 1 - γ and g^w = α (docs/math.md, SAM)."""
     allocation = trace.allocation[step]
     content = trace.write_content_weights[step]
-    g_a = float(trace.allocation_gate[step])
-    g_w = float(trace.write_gate[step])
+    used = {}
+    if trace.write_strength is not None:
+        recorded_beta = float(trace.write_strength[step])
+        used["β^w"] = _knob(knobs, "β^w", recorded_beta)
+        if used["β^w"] < 1:
+            raise ValueError(f"knob 'β^w' must be >= 1 (oneplus), got {used['β^w']}")
+        content = _repower(content, recorded_beta, used["β^w"])
+    g_a = used["g^a"] = _knob(knobs, "g^a", float(trace.allocation_gate[step]))
+    g_w = used["g^w"] = _knob(knobs, "g^w", float(trace.write_gate[step]))
+    if not (0 <= g_a <= 1 and 0 <= g_w <= 1):
+        raise ValueError(f"knobs 'g^a' and 'g^w' must lie in [0, 1], got {g_a} and {g_w}")
     mixed = g_a * allocation + (1.0 - g_a) * content
     sparse = trace.arch in ("sam", "sdnc")
     stages = []
@@ -752,15 +803,28 @@ def _explain_dnc_write(trace: Trace, step: int, name: str) -> Explanation:
         f"The write gate {gate} scales it: near 0 means this step writes nothing.",
     ))
     gates = {"1 - γ": g_a, "α": g_w} if sparse else {"g^a": g_a, "g^w": g_w}
+    if "β^w" in used:
+        gates["β^w"] = used["β^w"]
     return Explanation(
-        trace.arch, step, name, tuple(stages), gates, trace.write_weights[step, 0]
+        trace.arch, step, name, tuple(stages), gates, trace.write_weights[step, 0], knobs=used
     )
 
 
-def _explain_dnc_read(trace: Trace, step: int, index: int, name: str) -> Explanation:
-    modes = trace.read_modes[step, index]
+def _explain_dnc_read(
+    trace: Trace, step: int, index: int, name: str, knobs: dict
+) -> Explanation:
+    modes = _knob(knobs, "π", trace.read_modes[step, index])
+    if (modes < 0).any() or abs(float(modes.sum()) - 1) > 1e-3:
+        raise ValueError(f"knob 'π' must be >= 0 and sum to 1, got {modes.tolist()}")
     backward = trace.backward_weights[step, index]
     content = trace.read_content_weights[step, index]
+    used = {"π": [float(m) for m in modes]}
+    if trace.read_strengths is not None:
+        recorded_beta = float(trace.read_strengths[step, index])
+        used["β^r"] = _knob(knobs, "β^r", recorded_beta)
+        if used["β^r"] < 1:
+            raise ValueError(f"knob 'β^r' must be >= 1 (oneplus), got {used['β^r']}")
+        content = _repower(content, recorded_beta, used["β^r"])
     forward = trace.forward_weights[step, index]
     mixed = modes[0] * backward + modes[1] * content + modes[2] * forward
     pi = dict(zip(READ_MODES, (float(m) for m in modes), strict=True))
@@ -796,12 +860,16 @@ def _explain_dnc_read(trace: Trace, step: int, index: int, name: str) -> Explana
                   f"Only the {k} largest entries are kept: the read stays sparse."),
         )
     gates = {f"π {mode}": value for mode, value in pi.items()}
+    if "β^r" in used:
+        gates["β^r"] = used["β^r"]
     if trace.free_gates is not None:
         gates["free gate f"] = float(trace.free_gates[step, index])
-    return Explanation(trace.arch, step, name, stages, gates, trace.read_weights[step, index])
+    return Explanation(
+        trace.arch, step, name, stages, gates, trace.read_weights[step, index], knobs=used
+    )
 
 
-def explanation(trace: Trace, step: int, head: str) -> Explanation:
+def explanation(trace: Trace, step: int, head: str, knobs: dict | None = None) -> Explanation:
     """How the weighting of ``head`` (``"read r"`` or ``"write w"``) was formed at ``step``.
 
     NTM: content → interpolation (g) → shift (s) → sharpening (γ), recomputed from the
@@ -809,15 +877,29 @@ def explanation(trace: Trace, step: int, head: str) -> Explanation:
     by the allocation gate, scaled by the write gate. DNC read: backward, content and forward
     mixed by the read modes. Other memories (or a trace lacking those fields) get the recorded
     weighting alone, with a note.
+
+    ``knobs`` replaces stage parameters by name (the keys of the recorded explanation's
+    ``knobs``: NTM ``β``, ``g``, ``s`` (a list over offsets), ``γ``; DNC write ``β^w``,
+    ``g^a``, ``g^w``; DNC read ``β^r``, ``π`` (backward, content, forward)) and recomputes the
+    stages from the step's recorded inputs; a changed key strength re-powers the recorded
+    content weighting (softmax(β' cos) ∝ softmax(β cos)^(β'/β)).
     """
     _require_step(trace, step)
     kind, index = _parse_head(trace, head)
+    knobs = dict(knobs or {})
     if trace.content_weights is not None and trace.interpolation_gate is not None:
-        return _explain_ntm(trace, step, kind, index, head)
-    if kind == "write" and trace.allocation is not None and trace.write_gate is not None:
-        return _explain_dnc_write(trace, step, head)
-    if kind == "read" and trace.read_modes is not None and trace.forward_weights is not None:
-        return _explain_dnc_read(trace, step, index, head)
+        explained = _explain_ntm(trace, step, kind, index, head, knobs)
+    elif kind == "write" and trace.allocation is not None and trace.write_gate is not None:
+        explained = _explain_dnc_write(trace, step, head, knobs)
+    elif kind == "read" and trace.read_modes is not None and trace.forward_weights is not None:
+        explained = _explain_dnc_read(trace, step, index, head, knobs)
+    else:
+        explained = None
+    if explained is not None:
+        unknown = sorted(set(knobs) - set(explained.knobs))
+        if unknown:
+            raise ValueError(f"unknown knobs {unknown} for {head}; known: {list(explained.knobs)}")
+        return explained
     values = (trace.read_weights if kind == "read" else trace.write_weights)[step, index]
     stage = Stage(
         f"{head} weighting", values,
@@ -827,11 +909,17 @@ def explanation(trace: Trace, step: int, head: str) -> Explanation:
     if trace.read_positions is not None and kind == "read":
         positions = np.rint(trace.read_positions[step, index]).astype(int).tolist()
         note += f" Its sparse read looked at slots {positions} (the K nearest to its key)."
+    if knobs:
+        raise ValueError(f"this {trace.arch.upper()} {head} has no knobs, got {sorted(knobs)}")
     return Explanation(trace.arch, step, head, (stage,), {}, values, note)
 
 
-def explain_figure(explained: Explanation, max_slots: int = MAX_SLOTS) -> go.Figure:
-    """A row of bar charts, one per stage, sharing one y range so heights compare."""
+def explain_figure(
+    explained: Explanation, max_slots: int = MAX_SLOTS, recorded: Explanation | None = None
+) -> go.Figure:
+    """A row of bar charts, one per stage, sharing one y range so heights compare. With
+    ``recorded`` (the explanation without knobs), its stages are drawn as grey bars beside
+    the knobs' ones."""
     count = len(explained.stages)
     figure = make_subplots(
         rows=1, cols=count, shared_yaxes=True, horizontal_spacing=0.03,
@@ -842,11 +930,23 @@ def explain_figure(explained: Explanation, max_slots: int = MAX_SLOTS) -> go.Fig
     slots = _slot_axis(memory_size, bin_size)
     top = 0.0
     for col, stage in enumerate(explained.stages, start=1):
+        if recorded is not None:
+            before = pool_slots(recorded.stages[col - 1].weights, bin_size, "sum")
+            top = max(top, float(before.max()))
+            figure.add_trace(
+                go.Bar(
+                    x=slots, y=before, name="recorded", marker_color="#bbbbbb",
+                    hovertemplate=_slot_hover(bin_size, "recorded w = %{y:.3f}")
+                    + "<extra></extra>",
+                ),
+                row=1, col=col,
+            )
         values = pool_slots(stage.weights, bin_size, "sum")
         top = max(top, float(values.max()))
         figure.add_trace(
             go.Bar(
-                x=slots, y=values, name=stage.title, marker_color="#1f77b4",
+                x=slots, y=values, name="with the knobs" if recorded else stage.title,
+                marker_color="#1f77b4",
                 hovertemplate=_slot_hover(bin_size, "w = %{y:.3f}") + "<extra></extra>",
             ),
             row=1, col=col,
@@ -870,8 +970,10 @@ def explain_figure(explained: Explanation, max_slots: int = MAX_SLOTS) -> go.Fig
         margin=dict(l=50, r=20, t=60, b=40),
         showlegend=False,
         bargap=0.05,
+        barmode="group",
         template="plotly_white",
-        title_text=f"{explained.arch.upper()} {explained.head} at step {explained.step}",
+        title_text=f"{explained.arch.upper()} {explained.head} at step {explained.step}"
+        + (" (grey: as recorded; blue: with the knobs)" if recorded is not None else ""),
     )
     figure.update_annotations(font_size=12)
     return figure

@@ -17,16 +17,17 @@ the loop below is the reference it is tested against, and what recording uses.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from mann.access.base import require_positive
 from mann.controller import CONTROLLERS, build_controller
 from mann.fused import sequence as fused_sequence
+from mann.intervention import Intervention, as_interventions
 from mann.trace import Trace
 
 ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc")
@@ -182,22 +183,42 @@ class MemoryAugmentedNetwork(nn.Module):
         state: ModelState | None = None,
         record: bool = False,
         trace_item: int = 0,
+        interventions: Sequence[Intervention] | None = None,
     ):
         """Run the model over ``inputs`` (B,T,X), batch first.
 
         Returns ``(logits (B,T,Y), state)``; with ``record=True`` also a Trace of batch item
         ``trace_item``. Passing the returned state to the next call continues the sequence.
+        ``interventions`` (``mann.Intervention``) replace quantities at chosen steps of this
+        call, on the step-by-step path; the Trace's metadata lists them.
         """
         self._check_inputs(inputs, trace_item if record else None)
-        batch, steps, _ = inputs.shape
+        edits = as_interventions(interventions, self.config, inputs.shape[1])
         if state is None:
-            state = self.initial_state(batch, inputs.device)
-        if not record and fused_sequence.usable(self, inputs, state):
+            state = self.initial_state(inputs.shape[0], inputs.device)
+        if not record and edits is None and fused_sequence.usable(self, inputs, state):
             logits, controller_state, access_fields, read_vectors = fused_sequence.run(
                 self, inputs, state
             )
             access_state = type(state.access)(*access_fields)
             return logits, ModelState(controller_state, access_state, read_vectors)
+        logits, new_state, records = self._step_loop(inputs, state, record, edits)
+        if not record:
+            return logits, new_state
+        trace = self._traces(inputs, logits, records, [trace_item])[0]
+        if edits:
+            trace.metadata["interventions"] = edits.metadata()
+        return logits, new_state, trace
+
+    def _step_loop(
+        self, inputs: torch.Tensor, state: ModelState, record: bool, edits=None
+    ):
+        """The reference time loop: (logits (B,T,Y), final state, per-step access records).
+
+        ``edits`` (``mann.intervention.Interventions``) replace quantities at their steps;
+        given at all, every step runs the reference path, so a replacement equal to what the
+        model computed changes nothing.
+        """
         clip = self.config.clip_value
         clip_hidden = clip < 1.0  # |h_t| < 1 for every controller: a larger clip is the identity
         controller_state, access_state, read_vectors = state
@@ -208,7 +229,7 @@ class MemoryAugmentedNetwork(nn.Module):
         step_weights = self.controller.step_weights()
         interface_weight = self.interface.weight.t()
         flat_reads = read_vectors.flatten(1)
-        for t in range(steps):
+        for t in range(inputs.shape[1]):
             hidden, controller_state = self.controller(
                 projected_inputs[t], flat_reads, controller_state, step_weights
             )
@@ -216,9 +237,19 @@ class MemoryAugmentedNetwork(nn.Module):
                 hidden = hidden.clamp(-clip, clip)
             interface = torch.addmm(self.interface.bias, hidden, interface_weight)
             interface = interface.clamp(-clip, clip)
-            read_vectors, access_state, step_record = self.access.step(
-                interface, access_state, record=record
-            )
+            if edits is None:
+                read_vectors, access_state, step_record = self.access.step(
+                    interface, access_state, record=record
+                )
+            else:
+                step_edits = edits.at(t)
+                if "memory" in step_edits:  # M_{t-1}, before this step reads or writes
+                    access_state = access_state._replace(
+                        memory=step_edits("memory", access_state.memory)
+                    )
+                read_vectors, access_state, step_record = self.access.step(
+                    interface, access_state, record=record, edit=step_edits
+                )
             flat_reads = read_vectors.flatten(1)  # r_t, for the output and the next step
             hidden_outputs.append(hidden)
             read_outputs.append(flat_reads)
@@ -227,10 +258,7 @@ class MemoryAugmentedNetwork(nn.Module):
         # One output projection for all steps: fewer, larger operations.
         output_input = torch.cat([torch.stack(hidden_outputs, 1), torch.stack(read_outputs, 1)], -1)
         logits = self.output(output_input).clamp(-clip, clip)
-        new_state = ModelState(controller_state, access_state, read_vectors)
-        if not record:
-            return logits, new_state
-        return logits, new_state, self._trace(inputs, logits, records, trace_item)
+        return logits, ModelState(controller_state, access_state, read_vectors), records
 
     def _check_inputs(self, inputs: torch.Tensor, trace_item: int | None) -> None:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3:
@@ -250,18 +278,29 @@ class MemoryAugmentedNetwork(nn.Module):
                 f"{inputs.shape[0]}, got {trace_item}"
             )
 
-    def _trace(self, inputs, logits, records, item: int) -> Trace:
-        def stacked(values) -> np.ndarray:
-            return torch.stack([v[item] for v in values]).detach().float().cpu().numpy()
+    def _traces(self, inputs, logits, records, items: list[int], steps=None) -> list[Trace]:
+        """Traces of batch items ``items``; ``steps[i]`` (default all) cuts item i's trace to
+        its first steps. Each field is stacked over time once for all items."""
+        chosen = torch.tensor(items, device=inputs.device)
+
+        def stacked(values) -> torch.Tensor:  # (len(items), T, ...) of the chosen items
+            chosen_values = [v.index_select(0, chosen) for v in values]
+            return torch.stack(chosen_values, 1).detach().float().cpu()
 
         fields = {name: stacked([getattr(r, name) for r in records]) for name in records[0]._fields}
-        return Trace(
-            arch=self.config.arch,
-            inputs=inputs[item].detach().float().cpu().numpy(),
-            outputs=torch.sigmoid(logits[item]).detach().float().cpu().numpy(),
-            metadata={"config": self.config.to_dict()},
-            **fields,
-        )
+        inputs = inputs.index_select(0, chosen).detach().float().cpu()
+        outputs = torch.sigmoid(logits.index_select(0, chosen)).detach().float().cpu()
+        traces = []
+        for position in range(len(items)):
+            end = inputs.shape[1] if steps is None else steps[position]
+            traces.append(Trace(
+                arch=self.config.arch,
+                inputs=inputs[position, :end].numpy(),
+                outputs=outputs[position, :end].numpy(),
+                metadata={"config": self.config.to_dict()},
+                **{name: values[position, :end].numpy() for name, values in fields.items()},
+            ))  # fmt: skip
+        return traces
 
 
 def build_model(config: ModelConfig) -> MemoryAugmentedNetwork:
@@ -303,3 +342,38 @@ def record_trace(
         mask=mask[item].float().cpu().numpy(),
         metadata=metadata,
     )
+
+
+@torch.no_grad()
+def record_traces(model: MemoryAugmentedNetwork, batch) -> list[Trace]:
+    """Traces of every item of ``batch`` (a ``mann.tasks.Batch``) from one forward pass.
+
+    Each trace stops at its item's last step (the last scored step or non-zero input), so
+    the padding of shorter items is left out; targets, mask and ``metadata["bit_errors"]``
+    (outputs thresholded at 0.5 on scored steps) are included.
+    """
+    from mann.metrics import bit_errors
+
+    inputs, targets, mask = batch
+    model._check_inputs(inputs, 0)
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.initial_state(inputs.shape[0], inputs.device)
+        logits, _, records = model._step_loop(inputs, state, record=True)
+    finally:
+        model.train(was_training)
+    used = (mask > 0) | (inputs != 0).any(-1)  # (B,T)
+    positions = torch.arange(1, inputs.shape[1] + 1)
+    steps = [max(int((positions * used[item].cpu()).max()), 1) for item in range(len(inputs))]
+    errors = bit_errors(logits, targets, mask).cpu()
+    traces = model._traces(inputs, logits, records, list(range(len(inputs))), steps)
+    targets, mask = targets.detach().float().cpu(), mask.detach().float().cpu()
+    return [
+        trace.replace(
+            targets=targets[item, : steps[item]].numpy(),
+            mask=mask[item, : steps[item]].numpy(),
+            metadata=dict(trace.metadata, bit_errors=float(errors[item])),
+        )
+        for item, trace in enumerate(traces)
+    ]

@@ -44,6 +44,8 @@ AXES: dict[str, tuple[str, ...]] = {
     "free_gates": ("head",),
     "allocation_gate": (),
     "write_gate": (),
+    "write_strength": (),
+    "read_strengths": ("head",),
     # NTM (H = read heads then write heads)
     "content_weights": ("head", "slot"),
     "interpolation_gate": ("head",),
@@ -72,7 +74,8 @@ class Trace:
     DNC: usage, precedence, allocation, write_content_weights (T,N); link (T,N,N) with
     ``link[t, i, j]`` the degree to which slot i was written right after slot j;
     read_content_weights, forward_weights, backward_weights (T,R,N); read_modes (T,R,3);
-    free_gates (T,R); allocation_gate, write_gate (T,).
+    free_gates (T,R); allocation_gate, write_gate, write_strength β^w (T,); read_strengths β^r
+    (T,R).
 
     NTM: content_weights (T,H,N), interpolation_gate (T,H), shift (T,H,S), sharpening (T,H),
     key_strength (T,H), heads ordered reads first, then writes.
@@ -111,6 +114,8 @@ class Trace:
     free_gates: np.ndarray | None = None
     allocation_gate: np.ndarray | None = None
     write_gate: np.ndarray | None = None
+    write_strength: np.ndarray | None = None
+    read_strengths: np.ndarray | None = None
     content_weights: np.ndarray | None = None
     interpolation_gate: np.ndarray | None = None
     shift: np.ndarray | None = None

@@ -20,6 +20,65 @@ PIPELINES = {
 }
 
 
+# Slider ranges of the knobs: key strengths reach past what trained models use.
+STRENGTH_MAX = 30.0
+MODE_NAMES = ("backward", "content", "forward")
+
+
+def knob_sliders(recorded: dict, prefix: str) -> dict:
+    """Sliders preset to the recorded stage parameters; returns the knobs as set (shift and
+    read modes normalised to sum to 1)."""
+    st.markdown("**Knobs**: change a stage parameter and the stages are recomputed from this "
+                "step's recorded inputs (grey bars: as recorded).")
+    knobs = {}
+    scalars = [name for name, value in recorded.items() if not isinstance(value, list)]
+    columns = st.columns(max(len(scalars), 1))
+    for column, name in zip(columns, scalars, strict=False):
+        value = float(recorded[name])
+        if name.startswith("β"):
+            low, high = (0.0 if name == "β" else 1.0), max(STRENGTH_MAX, 2 * value)
+        elif name == "γ":
+            low, high = 1.0, max(STRENGTH_MAX, 2 * value)
+        else:
+            low, high = 0.0, 1.0
+        knobs[name] = column.slider(name, low, high, value, (high - low) / 200,
+                                    key=f"{prefix}:{name}", format="%.3f")  # fmt: skip
+        if knobs[name] == value:
+            knobs[name] = recorded[name]  # untouched: exactly the recorded value
+    for name, values in recorded.items():
+        if not isinstance(values, list):
+            continue
+        if name == "s":
+            labels = [f"s[{offset:+d}]" for offset in range(-(len(values) // 2),
+                                                            len(values) // 2 + 1)]
+        else:
+            labels = [f"π {mode}" for mode in MODE_NAMES]
+        columns = st.columns(len(values))
+        raw = [column.slider(label, 0.0, 1.0, float(value), 0.005, key=f"{prefix}:{label}",
+                             format="%.3f")
+               for column, label, value in zip(columns, labels, values, strict=True)]  # fmt: skip
+        total = sum(raw)
+        knobs[name] = values if raw == values else (
+            [value / total for value in raw] if total > 0 else values
+        )
+    return knobs
+
+
+def try_in_run(choice, trace, step, head, knobs, recorded) -> None:
+    """The knobs as What-if interventions at this step: "Try it in the run"."""
+    from mann.whatif import knob_interventions
+
+    interventions = knob_interventions(trace.arch, trace.read_heads, step, head, knobs,
+                                       recorded)  # fmt: skip
+    if not interventions:
+        return
+    if st.button("Try it in the run", icon=":material/science:",
+                 help="Open What if with these knob values as interventions at this step."):
+        st.session_state["whatif_list"] = [i.to_dict() for i in interventions]
+        st.session_state.pop("whatif_preset", None)
+        st.switch_page(shared.PAGES["whatif"])
+
+
 def main() -> None:
     st.title("Explain")
     current = shared.current()
@@ -39,9 +98,22 @@ def main() -> None:
         head = st.selectbox("head", heads, key=f"explain_head:{'/'.join(heads)}")
 
     explained = figures.explanation(trace, step, head)
-    st.plotly_chart(figures.explain_figure(explained), key="explain_figure")
+    prefix = f"knob:{shared.trace_key(choice, chosen)}:{step}:{head}"
+    knobs = knob_sliders(explained.knobs, prefix) if explained.knobs else {}
+    changed = knobs != explained.knobs
+    if changed:
+        try:
+            turned = figures.explanation(trace, step, head, knobs)
+        except ValueError as error:
+            st.error(str(error))
+            return
+        st.plotly_chart(figures.explain_figure(turned, recorded=explained), key="explain_figure")
+        try_in_run(choice, trace, step, head, knobs, explained.knobs)
+        explained = turned
+    else:
+        st.plotly_chart(figures.explain_figure(explained), key="explain_figure")
 
-    if explained.gates:
+    if explained.gates and not explained.knobs:  # with knobs, the sliders show the values
         gate_columns = st.columns(min(len(explained.gates), 6))
         for index, (name, value) in enumerate(explained.gates.items()):
             gate_columns[index % len(gate_columns)].metric(name, f"{value:.3f}")

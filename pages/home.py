@@ -77,6 +77,56 @@ def demo() -> None:
 
 demo()
 
+REUSE_MODELS = ("ntm-multi-copy", "dnc-multi-copy")
+
+
+def reuse_demo() -> None:
+    """NTM against DNC on multi-copy: more items than slots, so memory must be reused."""
+    st.subheader("One-click demo: how an NTM and a DNC reuse memory")
+    names = shared.checkpoint_names()
+    if not all(name in names for name in REUSE_MODELS):
+        st.caption(f"Needs the shipped checkpoints {' and '.join(REUSE_MODELS)} in "
+                   f"`{shared.checkpoint_dir()}`.")
+        return
+    st.write(
+        "Six copy rounds of five items in one episode, and only ten memory slots: thirty items "
+        "cannot all be kept, so each model must write new items over old ones. The NTM walks "
+        "its ring of slots and overwrites the oldest; the DNC frees each slot as it reads it "
+        "back and allocation hands it out again."
+    )
+    if st.button("Run the reuse demo", icon=":material/play_arrow:"):
+        st.session_state["reuse_seed"] = st.session_state.get("reuse_seed", -1) + 1
+    if "reuse_seed" not in st.session_state:
+        return
+    from mann import pattern_figures
+    from mann.analysis import memory_metrics
+
+    try:
+        choices = [shared.resolve(f"checkpoint:{name}", "multi_copy") for name in REUSE_MODELS]
+        task = choices[0].task.with_rounds(6, 6)
+        chosen = shared.input_choice(task, 5, st.session_state["reuse_seed"])
+        traces = {choice.label: shared.trace_for(choice, chosen) for choice in choices}
+    except ValueError as error:
+        st.error(str(error))
+        return
+    st.plotly_chart(pattern_figures.allocation_path_figure(traces), key="reuse_path")
+    usage = pattern_figures.usage_figure(traces)
+    if usage is not None:
+        st.plotly_chart(usage, key="reuse_usage")
+    columns = st.columns(len(traces))
+    for column, (name, trace) in zip(columns, traces.items(), strict=True):
+        metrics = memory_metrics(trace)
+        column.metric(f"{name}: bit errors", f"{trace.metadata.get('bit_errors', 0):g}")
+        column.caption(
+            f"{metrics['writes']:.0f} writes to {metrics['slots_written']:.0f} slots; "
+            f"{100 * metrics['write_locality']:.0f}% of consecutive writes one slot apart."
+        )
+    st.page_link(shared.PAGES["patterns"], label="Patterns: the same over many episodes",
+                 icon=":material/scatter_plot:")
+
+
+reuse_demo()
+
 st.subheader("Where next")
 st.page_link(shared.PAGES["inspect"], label="Inspect: scrub one model through time",
              icon=":material/grid_on:")
@@ -88,6 +138,8 @@ st.page_link(shared.PAGES["train"], label="Train: a model of your own, live",
              icon=":material/model_training:")
 st.page_link(shared.PAGES["generalisation"], label="Generalisation: longer sequences",
              icon=":material/show_chart:")
+st.page_link(shared.PAGES["patterns"], label="Patterns: how models allocate and reuse memory",
+             icon=":material/scatter_plot:")
 st.page_link(shared.PAGES["export"], label="Export: the trace and an offline figure",
              icon=":material/download:")
 st.caption("Choose the model and the input in the sidebar; every page uses that choice.")

@@ -69,6 +69,23 @@ def checkpoints(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+MULTI_COPY = make_task("multi_copy")
+
+
+@pytest.fixture
+def multi_copy_checkpoints(checkpoints) -> Path:
+    """Small untrained stand-ins for the shipped multi-copy models, beside the copy ones."""
+    for name, arch in (("ntm-multi-copy", "ntm"), ("dnc-multi-copy", "dnc")):
+        config = mann.ModelConfig(
+            arch=arch, input_size=MULTI_COPY.input_size, output_size=MULTI_COPY.output_size,
+            hidden_size=16, memory_size=10, word_size=6,
+        )
+        torch.manual_seed(len(name))
+        mann.save(mann.build_model(config), checkpoints / name, task="multi_copy",
+                  task_options=dataclasses.asdict(MULTI_COPY))
+    return checkpoints
+
+
 @pytest.fixture
 def no_checkpoints(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MANN_CHECKPOINTS", str(tmp_path / "none"))
@@ -261,8 +278,9 @@ def test_explain_follows_step_and_head(checkpoints):
     np.testing.assert_allclose(bars[-1], trace.write_weights[9, 0], atol=1e-5)
     np.testing.assert_array_equal(bars[0], trace.content_weights[9, 1])  # H: read 0, write 0
     assert not app.warning  # the stages reproduce the recorded weighting
-    gates = {metric.label: metric.value for metric in app.metric}
-    assert gates["g"] == f"{trace.interpolation_gate[9, 1]:.3f}"
+    knobs = {slider.label: slider.value for slider in app.slider}  # preset to the recorded
+    assert knobs["g"] == pytest.approx(float(trace.interpolation_gate[9, 1]))
+    assert knobs["s[+1]"] == pytest.approx(float(trace.shift[9, 1, 2]))
     assert "NTM: content → interpolation" in app.caption[0].value
 
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
@@ -347,6 +365,136 @@ def test_generalisation_plots_each_model(checkpoints):
     app.button[0].click().run()
     assert "lengths must be whole numbers" in app.error[0].value
     assert charts(app), "the previous result stays"
+
+
+def test_home_reuse_demo_runs_the_multi_copy_models(multi_copy_checkpoints):
+    app = start()
+    reuse = next(button for button in app.button if button.label == "Run the reuse demo")
+    reuse.click().run()
+    path, usage = charts(app)
+    task = MULTI_COPY.with_rounds(6, 6)
+    expected = demo.record(mann.load(multi_copy_checkpoints / "ntm-multi-copy"),
+                           demo.sample_input(task, 5, 0))
+    line = next(t for t in path["data"] if t["name"] == "ntm-multi-copy")
+    np.testing.assert_array_equal(decode(line["y"]), expected.write_weights[:, 0].argmax(1))
+    assert [t["name"] for t in usage["data"]] == ["dnc-multi-copy"]  # the NTM keeps no usage
+
+
+def test_home_reuse_demo_names_the_checkpoints_it_needs(checkpoints):
+    app = start()
+    assert all(button.label != "Run the reuse demo" for button in app.button)
+    assert any("ntm-multi-copy and dnc-multi-copy" in caption.value for caption in app.caption)
+
+
+def test_patterns_measures_the_multi_copy_models(multi_copy_checkpoints):
+    from mann.analysis import metrics_frame, summary_table
+    from mann.patterns import collect_traces
+
+    app = start(shared.PAGES["patterns"])
+    assert app.selectbox(key="patterns_task").value == "multi_copy"
+    assert app.multiselect[0].value == ["checkpoint:ntm-multi-copy", "checkpoint:dnc-multi-copy"]
+    assert not charts(app) and "press Measure" in app.info[0].value
+    app.number_input(key="patterns_episodes").set_value(10)
+    app.number_input(key="patterns_rounds").set_value(3).run()
+    next(button for button in app.button if button.label == "Measure").click().run()
+    assert not app.error, [element.value for element in app.error]
+
+    models = {name: mann.load(multi_copy_checkpoints / name)
+              for name in ("ntm-multi-copy", "dnc-multi-copy")}
+    traces = collect_traces(models, MULTI_COPY.with_lengths(5, 5).with_rounds(3, 3), 10, seed=0)
+    expected = summary_table(metrics_frame(traces))
+    shown = app.dataframe[0].value
+    assert list(shown["model"]) == ["ntm-multi-copy", "dnc-multi-copy"]
+    assert shown["rewrites"].tolist() == expected["rewrites"].tolist()
+    assert shown["write_locality"].tolist() == expected["write_locality"].tolist()
+    path, usage, jumps, slots, gates = charts(app)
+    line = next(t for t in path["data"] if t["name"] == "dnc-multi-copy")
+    np.testing.assert_array_equal(
+        decode(line["y"]), traces["dnc-multi-copy"][0].write_weights[:, 0].argmax(1)
+    )
+    assert {bar["name"] for bar in slots["data"]} == set(models)
+    assert {bar["name"] for bar in gates["data"]} == {"scored steps", "unscored steps"}
+
+    app.slider(key="patterns_episode").set_value(4).run()  # another episode, no re-recording
+    (line,) = [t for t in charts(app)[0]["data"] if t["name"] == "dnc-multi-copy"]
+    np.testing.assert_array_equal(
+        decode(line["y"]), traces["dnc-multi-copy"][4].write_weights[:, 0].argmax(1)
+    )
+
+
+def test_patterns_reports_an_episode_too_long_and_needs_two_models(multi_copy_checkpoints):
+    app = start(shared.PAGES["patterns"])
+    app.number_input(key="patterns_length:multi_copy").set_value(20)
+    app.number_input(key="patterns_rounds").set_value(20).run()
+    assert "make 820 steps; the app records at most 400" in app.error[0].value
+    assert all(button.label != "Measure" for button in app.button)
+    app.number_input(key="patterns_rounds").set_value(2).run()
+    next(button for button in app.button if button.label == "Measure").click().run()
+    assert not app.error and charts(app), "corrected, it measures"
+    app.multiselect[0].set_value(["checkpoint:ntm-multi-copy"]).run()
+    assert "at least two" in app.info[0].value
+
+
+def test_whatif_preset_runs_end_to_end(checkpoints):
+    from mann.whatif import presets, whatif
+
+    app = start(shared.PAGES["whatif"])
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
+    assert "No interventions yet" in app.info[0].value
+    model = mann.load(checkpoints / "dnc-copy")
+    batch = demo.sample_input(COPY, 20, 0)
+    (preset,) = [p for p in presets(demo.record(model, batch)) if "write gate" in p.name]
+    next(button for button in app.button if button.label == preset.name).click().run()
+    assert not app.error, [element.value for element in app.error]
+    expected = whatif(model, batch, preset.interventions)
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["bit errors, with interventions"] == (
+        f"{expected.intervened.metadata['bit_errors']:g}"
+    )
+    first = expected.first_changed_bit
+    assert metrics["first changed answer"] == ("none" if first is None else f"step {first}")
+    figure, compare = charts(app)
+    flipped = decode(figure["data"][0]["z"])
+    np.testing.assert_array_equal(flipped, expected.changed_bits.T)
+    assert len(compare["frames"]) == expected.original.steps
+    assert preset.name in app.info[0].value  # the prediction is shown with the run
+
+
+def test_whatif_builder_adds_runs_and_removes_an_intervention(checkpoints):
+    app = start(shared.PAGES["whatif"])
+    app.sidebar.selectbox[0].set_value("checkpoint:ntm-copy").run()
+    app.selectbox(key="whatif_field").set_value("sharpening").run()
+    app.number_input(key="whatif_start").set_value(3)
+    app.number_input(key="whatif_stop").set_value(6)
+    app.selectbox(key="whatif_head:sharpening").set_value(1)
+    app.number_input(key="whatif_value:sharpening:value").set_value(1.0).run()
+    next(button for button in app.button if button.label == "Add").click().run()
+    assert app.session_state["whatif_list"] == [
+        {"step": [3, 7], "field": "sharpening", "value": 1.0, "head": 1, "slot": None}
+    ]
+    assert "sharpening = 1 at steps 3-6, head 1" in app.code[0].value
+    assert len(charts(app)) == 2
+    next(button for button in app.button if button.label == "Remove").click().run()
+    assert app.session_state["whatif_list"] == [] and not charts(app)
+
+
+def test_explain_knobs_recompute_the_stages_and_send_them_to_whatif(checkpoints):
+    app = start(shared.PAGES["explain"])
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
+    app.selectbox[0].set_value("write 0").run()
+    assert not any(button.label == "Try it in the run" for button in app.button)
+    (before,) = charts(app)
+    gate = next(slider for slider in app.slider if slider.label == "g^w")
+    gate.set_value(0.0).run()
+    (after,) = charts(app)
+    assert len(after["data"]) == 2 * len(before["data"])  # grey recorded bars beside
+    assert "with the knobs" in after["layout"]["title"]["text"]
+    last = [trace for trace in after["data"] if trace["name"] == "with the knobs"][-1]
+    np.testing.assert_array_equal(decode(last["y"]), 0.0)  # a shut write gate writes nothing
+    next(button for button in app.button if button.label == "Try it in the run").click().run()
+    listed = app.session_state["whatif_list"]
+    assert [values["field"] for values in listed] == ["write_gate"]
+    assert listed[0]["value"] == 0.0
 
 
 def test_export_offers_the_trace_and_the_figures(checkpoints):

@@ -218,6 +218,34 @@ def test_every_page_in_a_real_browser(server, page):
     settle(page, timeout=90_000)
     shoot(page, "generalisation")
 
+    # What if: a preset on dnc-copy, run end to end.
+    open_page(page, f"{server}/whatif")
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("combobox").first.click()
+    page.get_by_role("option", name="dnc-copy", exact=True).click()
+    settle(page)
+    started = time.monotonic()
+    page.get_by_role("button", name="DNC: close the write gate while it stores item 3").click()
+    charts(page, at_least=2)
+    settle(page)
+    timings["what if: preset -> its figures (s)"] = time.monotonic() - started
+    assert page.get_by_text("first changed answer: step 23").count() == 1  # the figure's line
+    assert page.locator('[data-testid="stException"]').count() == 0
+    shoot(page, "whatif")
+
+    # Patterns: the shipped multi-copy models over many episodes, a progress bar, five figures.
+    open_page(page, f"{server}/patterns")
+    assert page.get_by_text("dnc-multi-copy", exact=True).count() >= 1, "shipped models preset"
+    started = time.monotonic()
+    page.get_by_role("button", name="Measure").click()
+    shown = charts(page, at_least=5, timeout=120_000)
+    timings["patterns: Measure -> its figures (s)"] = time.monotonic() - started
+    settle(page)
+    assert shown.count() == 5
+    table = page.get_by_test_id("stDataFrame").first
+    assert table.count() == 1
+    shoot(page, "patterns")
+
     open_page(page, f"{server}/export")
     with page.expect_download() as download:
         page.get_by_role("button", name="Scrubbable figure (HTML, works offline)").click()

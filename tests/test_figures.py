@@ -263,7 +263,8 @@ def test_dnc_write_stages_mix_allocation_and_content_by_the_gates(dnc_trace):
     np.testing.assert_allclose(explained.stages[3].weights, mixed, rtol=1e-6)
     np.testing.assert_allclose(explained.stages[-1].weights, trace.write_weights[step, 0],
                                atol=1e-6)
-    assert explained.gates == {"g^a": pytest.approx(g_a), "g^w": pytest.approx(g_w)}
+    assert explained.gates == {"g^a": pytest.approx(g_a), "g^w": pytest.approx(g_w),
+                               "β^w": pytest.approx(float(trace.write_strength[step]))}
 
 
 def test_dnc_read_stages_mix_backward_content_forward_by_the_read_modes(dnc_trace):

@@ -20,6 +20,7 @@ from mann.tasks import (
     AssociativeRecallTask,
     Batch,
     CopyTask,
+    MultiCopyTask,
     PrioritySortTask,
     RepeatCopyTask,
     make_task,
@@ -37,6 +38,7 @@ SMALL_TASKS = {
     "priority_sort": PrioritySortTask(bits=4, num_inputs=8, num_outputs=5, min_inputs=2),
     "adding": AddingTask(digits=4, min_length=1, max_length=7),
     "argmax": ArgmaxTask(digits=4, min_length=1, max_length=7),
+    "multi_copy": MultiCopyTask(bits=3, min_length=1, max_length=4, min_rounds=1, max_rounds=4),
 }
 
 
@@ -63,9 +65,10 @@ def assert_padding_empty(inputs, targets, mask, used_steps: int) -> None:
 # --- common to every task ------------------------------------------------------------------
 
 
-def test_registry_has_the_six_tasks():
+def test_registry_has_the_seven_tasks():
     assert set(TASKS) == {
         "copy",
+        "multi_copy",
         "repeat_copy",
         "associative_recall",
         "priority_sort",
@@ -120,6 +123,8 @@ def test_fixed_length_batches_have_max_steps(name):
     fixed = task.with_lengths(3, 3)
     if name == "repeat_copy":  # its T depends on the repeat count too
         fixed = fixed.with_repeats(2, 2)
+    if name == "multi_copy":  # and this one's on the number of rounds
+        fixed = fixed.with_rounds(3, 3)
     batch = fixed.sample(3, torch.Generator().manual_seed(0))
     assert batch.inputs.shape[1] == fixed.max_steps
     # with_lengths changes only the length range
@@ -134,6 +139,8 @@ def _length_fields(task) -> dict:
     fields = {name: getattr(task, name) for name in names}
     if isinstance(task, RepeatCopyTask):
         fields.update(min_repeats=task.min_repeats, max_repeats=task.max_repeats)
+    if isinstance(task, MultiCopyTask):
+        fields.update(min_rounds=task.min_rounds, max_rounds=task.max_rounds)
     return fields
 
 
@@ -176,6 +183,10 @@ def test_batch_size_must_be_positive(name):
         ("adding", {"digits": 1}, "digits"),
         ("adding", {"max_length": 10, "sum_bits": 3}, "sum_bits"),
         ("argmax", {"max_length": 10, "num_positions": 9}, "num_positions"),
+        ("multi_copy", {"min_rounds": 0}, "min_rounds"),
+        ("multi_copy", {"min_rounds": 4, "max_rounds": 3}, "min_rounds"),
+        ("multi_copy", {"max_rounds": 2.0}, "max_rounds"),
+        ("multi_copy", {"min_length": 0}, "min_length"),
     ],
 )
 def test_bad_options_name_the_parameter(name, options, parameter):
@@ -226,6 +237,74 @@ def test_copy_batches_mix_lengths():
     inputs, _, _ = sample(SMALL_TASKS["copy"], seed=0, batch_size=16)
     lengths = {only_step(inputs[item, :, 4]) for item in range(16)}
     assert len(lengths) > 1
+
+
+# --- multi copy ----------------------------------------------------------------------------
+
+
+def read_rounds(bits: int, inputs: np.ndarray) -> list[tuple[int, int]]:
+    """(start step, length) of each round, read from the delimiters alone: a round runs from
+    the end of the one before to its delimiter, then as many answer steps follow. (A round
+    may begin with an all-zero vector, so the vectors themselves cannot mark its start.)"""
+    rounds, start = [], 0
+    for delimiter in np.flatnonzero(inputs[:, bits]):
+        length = int(delimiter) - start
+        rounds.append((start, length))
+        start = int(delimiter) + 1 + length
+    return rounds
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_multi_copy_encoding(seed):
+    task = SMALL_TASKS["multi_copy"]
+    bits = task.bits
+    inputs, targets, mask = sample(task, seed, batch_size=8)
+    used = []
+    for item in range(len(inputs)):
+        rounds = read_rounds(bits, inputs[item])
+        assert task.min_rounds <= len(rounds) <= task.max_rounds
+        expected_targets = np.zeros_like(targets[item])
+        expected_mask = np.zeros_like(mask[item])
+        for start, length in rounds:
+            assert task.min_length <= length <= task.max_length
+            assert not inputs[item, start : start + length, bits].any()
+            assert inputs[item, start + length].tolist() == [0.0] * bits + [1.0]
+            answer = start + length + 1
+            assert not inputs[item, answer : answer + length].any()
+            expected_targets[answer : answer + length] = inputs[item, start : start + length, :bits]
+            expected_mask[answer : answer + length] = 1.0
+        end = rounds[-1][0] + 2 * rounds[-1][1] + 1
+        used.append(end)
+        assert end == sum(2 * length + 1 for _, length in rounds)
+        np.testing.assert_array_equal(targets[item], expected_targets)
+        np.testing.assert_array_equal(mask[item], expected_mask)
+        assert_padding_empty(inputs[item], targets[item], mask[item], end)
+    assert inputs.shape[1] == max(used)
+
+
+def test_multi_copy_draws_rounds_and_round_lengths_independently():
+    task = MultiCopyTask(bits=4, min_length=1, max_length=5, min_rounds=1, max_rounds=6)
+    inputs, _, _ = sample(task, seed=0, batch_size=64)
+    counts, lengths = set(), set()
+    for item in range(len(inputs)):
+        rounds = read_rounds(4, inputs[item])
+        counts.add(len(rounds))
+        lengths.update(length for _, length in rounds)
+        if len(rounds) > 1:
+            lengths.add(("mixed", len({length for _, length in rounds}) > 1))
+    assert counts == set(range(1, 7))
+    assert set(range(1, 6)) <= lengths
+    assert ("mixed", True) in lengths  # rounds of one episode differ in length
+
+
+def test_multi_copy_with_rounds_fixes_the_episode():
+    task = MultiCopyTask().with_lengths(5, 5).with_rounds(6, 6)
+    inputs, targets, mask = sample(task, seed=0, batch_size=4)
+    assert inputs.shape == (4, 66, 9) and targets.shape == (4, 66, 8)
+    assert (mask.sum(axis=1) == 30).all()
+    assert task.max_steps == 66
+    with pytest.raises(ValueError, match="min_rounds"):
+        task.with_rounds(0, 3)
 
 
 # --- repeat copy ---------------------------------------------------------------------------

@@ -34,7 +34,9 @@ import streamlit as st
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Tasks an untrained model can be sized for: mann.tasks.TASKS in its order (tests/test_app.py
 # checks they agree).
-TASK_NAMES = ("copy", "repeat_copy", "associative_recall", "priority_sort", "adding", "argmax")
+TASK_NAMES = (
+    "copy", "repeat_copy", "associative_recall", "priority_sort", "adding", "argmax", "multi_copy",
+)  # fmt: skip
 ARCH_NAMES = {"ntm": "NTM", "dnc": "DNC", "sam": "SAM", "sdnc": "SDNC"}
 PAGES = {
     "home": "pages/home.py",
@@ -43,6 +45,8 @@ PAGES = {
     "compare": "pages/compare.py",
     "train": "pages/train.py",
     "generalisation": "pages/generalisation.py",
+    "patterns": "pages/patterns.py",
+    "whatif": "pages/whatif.py",
     "export": "pages/export.py",
 }
 
@@ -286,6 +290,10 @@ def sidebar() -> None:
             f"{length_label(task)} ({task.name.replace('_', ' ')})", min_value=low,
             max_value=high, value=default, step=1, key=f"length:{task.name}",
         )
+        if hasattr(task, "with_rounds"):
+            st.number_input("rounds (copy rounds in the episode)", min_value=1,
+                            max_value=rounds_bound(task), value=task.max_rounds, step=1,
+                            key=f"rounds:{task.name}")
         st.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, step=1,
                         key="input_seed")
 
@@ -320,6 +328,15 @@ def length_bounds(task_name: str, options: str) -> tuple[int, int, int]:
     return low, high, min(max(training_lengths(task)[1], low), high)
 
 
+def rounds_bound(task: Any) -> int:
+    """The most rounds the sidebar offers for a task with rounds: its episodes of the longest
+    offered length stay within ``MAX_INPUT_STEPS``."""
+    from mann.demo import MAX_INPUT_STEPS
+
+    _, high, _ = length_bounds(task.name, task_json(task))
+    return max(1, MAX_INPUT_STEPS // (2 * min(task.max_length, high) + 1))
+
+
 def task_json(task: Any) -> str:
     """A task's options as canonical JSON: part of every cache key of an input."""
     import dataclasses
@@ -351,6 +368,9 @@ class InputChoice:
 
 def current_input(choice: Choice) -> InputChoice:
     task = choice.task
+    if hasattr(task, "with_rounds"):  # multi_copy: the sidebar fixes the number of rounds
+        rounds = int(st.session_state.get(f"rounds:{task.name}", task.max_rounds))
+        task = task.with_rounds(rounds, rounds)
     options = task_json(task)
     low, high, default = length_bounds(task.name, options)
     length = int(st.session_state.get(f"length:{task.name}", default))
@@ -431,6 +451,83 @@ def figure(kind: str, key: str, _trace: Any, **options: Any) -> Any:
     from mann import figures
 
     return getattr(figures, kind)(_trace, **options)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _checkpoint_tasks(directory: str, listing: tuple[tuple[str, float], ...]) -> dict[str, str]:
+    from mann.checkpoint import read_metadata
+
+    tasks = {}
+    for name, _ in listing:
+        try:
+            tasks[name] = read_metadata(Path(directory) / name).get("task")
+        except ValueError:  # a damaged file: the sidebar says so when it is chosen
+            continue
+    return tasks
+
+
+def checkpoint_tasks() -> dict[str, str]:
+    """The task each checkpoint on disk was trained on (re-read when a file changes)."""
+    directory = checkpoint_dir()
+    listing = []
+    for name in checkpoint_names():
+        path = directory / f"{name}.safetensors"
+        with contextlib.suppress(OSError):
+            listing.append((name, path.stat().st_mtime))
+    return _checkpoint_tasks(str(directory), tuple(listing))
+
+
+def shipped_for(task_name: str) -> list[str]:
+    """Checkpoints trained on ``task_name``."""
+    return [name for name, task in checkpoint_tasks().items() if task == task_name]
+
+
+def task_for(task_name: str) -> Any:
+    """The task as the first checkpoint trained on it stores it (its options), else the
+    task's defaults."""
+    from mann.tasks import make_task
+
+    for name in shipped_for(task_name):
+        with contextlib.suppress(ValueError):
+            return resolve(f"checkpoint:{name}").task
+    return make_task(task_name)
+
+
+def measure_patterns(models: dict, task: Any, episodes: int, seed: int, on_progress) -> tuple:
+    """``mann.patterns.collect_traces`` (the first 50 episodes whole, the rest slim) and
+    their ``mann.analysis.metrics_frame``."""
+    from mann.analysis import metrics_frame
+    from mann.patterns import collect_traces
+
+    traces = collect_traces(models, task, episodes, seed, on_progress=on_progress,
+                            full_traces=50)
+    return traces, metrics_frame(traces)
+
+
+def interventions_key() -> str:
+    """The session's What-if interventions as canonical JSON (part of the result's cache key)."""
+    return json.dumps(st.session_state.get("whatif_list", []), sort_keys=True)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _whatif(model_key: str, version: str, untrained_task: str, input_key: str,
+            interventions: str, _chosen: InputChoice) -> Any:
+    from mann.demo import check_fits
+    from mann.intervention import Intervention
+    from mann.whatif import whatif
+
+    choice = resolve(model_key, untrained_task)
+    check_fits(choice.model, input_task(_chosen))
+    listed = [Intervention.from_dict(values) for values in json.loads(interventions)]
+    return whatif(choice.model, input_batch(_chosen), listed)
+
+
+def whatif_result(choice: Choice, chosen: InputChoice) -> Any:
+    """``mann.whatif.whatif`` of the chosen model and input with the session's interventions
+    (cached per model, input and list)."""
+    untrained_task = choice.version if choice.key.startswith("untrained:") else ""
+    return _whatif(choice.key, choice.version, untrained_task, chosen.key, interventions_key(),
+                   chosen)
 
 
 def fitting_keys(task: Any) -> list[str]:

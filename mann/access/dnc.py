@@ -15,6 +15,7 @@ from torch import nn
 
 from mann import addressing, fused
 from mann.access.base import require_positive
+from mann.intervention import NO_EDITS, StepEdits
 
 
 class DNCState(NamedTuple):
@@ -58,6 +59,8 @@ class DNCRecord(NamedTuple):
     free_gates: torch.Tensor  # (B,R)
     allocation_gate: torch.Tensor  # (B,)
     write_gate: torch.Tensor  # (B,)
+    write_strength: torch.Tensor  # β^w (B,)
+    read_strengths: torch.Tensor  # β^r (B,R)
 
 
 class DNCAccess(nn.Module):
@@ -121,45 +124,54 @@ class DNCAccess(nn.Module):
         return torch.zeros(batch_size, self.read_heads, self.word_size, device=device, dtype=dtype)
 
     def step(
-        self, interface: torch.Tensor, state: DNCState, record: bool = True
+        self,
+        interface: torch.Tensor,
+        state: DNCState,
+        record: bool = True,
+        edit: StepEdits | None = None,
     ) -> tuple[torch.Tensor, DNCState, DNCRecord | None]:
         """One DNC step: interface ξ_t (B,I) and state_{t-1} -> (r_t (B,R,W), state_t, record).
 
-        Without ``record`` the step may run fused: the same equations as two autograd Functions
-        (``mann.fused.dnc``) around the fused link, returning no record. The composition below
-        is the reference, and what traces record.
+        Without ``record`` (and without ``edit``) the step may run fused: the same equations as
+        two autograd Functions (``mann.fused.dnc``) around the fused link, returning no record.
+        The composition below is the reference, and what traces record; ``edit``
+        (``mann.intervention``) replaces quantities as they are computed.
         """
-        if not record and fused.runtime.usable(interface, *state):
+        if not record and edit is None and fused.runtime.usable(interface, *state):
             return self._fused_step(interface, state)
-        io = self.parse_interface(interface)
+        edit = edit or NO_EDITS
+        io = edit.interface(self.parse_interface(interface))
         prev_write_weights = state.write_weights.squeeze(1)
 
         # Allocation from usage, which sees the previous step's reads and write.
-        usage = addressing.usage(
-            state.usage, prev_write_weights, state.read_weights, io.free_gates
+        usage = edit(
+            "usage",
+            addressing.usage(state.usage, prev_write_weights, state.read_weights, io.free_gates),
         )
         allocation = addressing.allocation(usage)
         write_content = addressing.content_weights(
             state.memory, io.write_key, io.write_strength
         ).squeeze(1)
-        write_weights = addressing.write_weighting(
-            allocation, write_content, io.allocation_gate, io.write_gate
+        write_weights = edit(
+            "write_weights",
+            addressing.write_weighting(
+                allocation, write_content, io.allocation_gate, io.write_gate
+            ).unsqueeze(1),
         )
-        memory = addressing.erase_and_write(
-            state.memory, write_weights.unsqueeze(1), io.erase, io.write_vector
-        )
+        memory = addressing.erase_and_write(state.memory, write_weights, io.erase, io.write_vector)
 
         # Temporal links record the order of writes; reads follow them.
-        # addressing.temporal_link then addressing.directional_weights, fused (mann/fused/link.py).
-        link, forward, backward = fused.link_and_directions(
-            state.link, state.precedence, write_weights, state.read_weights
-        )
-        precedence = addressing.precedence(state.precedence, write_weights)
+        written = write_weights.squeeze(1)
+        link = edit("link", addressing.temporal_link(state.link, state.precedence, written))
+        forward, backward = addressing.directional_weights(link, state.read_weights)
+        precedence = addressing.precedence(state.precedence, written)
         read_content = addressing.content_weights(memory, io.read_keys, io.read_strengths)
-        read_weights = addressing.read_weighting(backward, read_content, forward, io.read_modes)
-        read_vectors = addressing.read(memory, read_weights)
+        read_weights = edit(
+            "read_weights",
+            addressing.read_weighting(backward, read_content, forward, io.read_modes),
+        )
+        read_vectors = edit("read_vectors", addressing.read(memory, read_weights))
 
-        write_weights = write_weights.unsqueeze(1)
         new_state = DNCState(memory, usage, link, precedence, read_weights, write_weights)
         step_record = DNCRecord(
             memory=memory,
@@ -178,6 +190,8 @@ class DNCAccess(nn.Module):
             free_gates=io.free_gates,
             allocation_gate=io.allocation_gate,
             write_gate=io.write_gate,
+            write_strength=io.write_strength.squeeze(-1),
+            read_strengths=io.read_strengths,
         )
         return read_vectors, new_state, step_record
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from mann import addressing, fused
 from mann.access.base import require_positive
+from mann.intervention import NO_EDITS, StepEdits
 
 # Collier & Beel 2018: a small constant initial memory learns fastest.
 INITIAL_MEMORY_VALUE = 1e-6
@@ -114,11 +115,17 @@ class NTMAccess(nn.Module):
         return read.unsqueeze(0).expand(batch_size, -1, -1)
 
     def step(
-        self, interface: torch.Tensor, state: NTMState, record: bool = True
+        self,
+        interface: torch.Tensor,
+        state: NTMState,
+        record: bool = True,
+        edit: StepEdits | None = None,
     ) -> tuple[torch.Tensor, NTMState, NTMRecord | None]:
+        """One NTM step; ``edit`` (``mann.intervention``) replaces quantities as they are
+        computed, on the reference path."""
         # w_{t-1}, reads then writes; contiguous even when the state holds expanded views.
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
-        if not record and fused.runtime.usable(interface, state.memory, previous):
+        if not record and edit is None and fused.runtime.usable(interface, state.memory, previous):
             # The same step in one fused call forward and one backward (mann/fused/ntm.py).
             read_vectors, memory, weights = fused.ntm_step(
                 interface,
@@ -140,10 +147,11 @@ class NTMAccess(nn.Module):
         key, strength, gate, shift, gamma = address.view(batch, heads, -1).split(
             self.address_sizes, dim=-1
         )
-        key_strength = nn.functional.softplus(strength.squeeze(-1))  # β >= 0
-        interpolation_gate = torch.sigmoid(gate.squeeze(-1))  # g ∈ (0,1)
-        shift = torch.softmax(shift, dim=-1)  # s over offsets -S//2..S//2
-        sharpening = addressing.oneplus(gamma.squeeze(-1))  # γ >= 1
+        edit = edit or NO_EDITS
+        key_strength = edit("key_strength", nn.functional.softplus(strength.squeeze(-1)))  # β
+        interpolation_gate = edit("interpolation_gate", torch.sigmoid(gate.squeeze(-1)))  # g
+        shift = edit("shift", torch.softmax(shift, dim=-1))  # s over offsets -S//2..S//2
+        sharpening = edit("sharpening", addressing.oneplus(gamma.squeeze(-1)))  # γ >= 1
         erase, add = write.view(batch, self.write_heads, 2 * self.word_size).chunk(2, dim=-1)
         erase = torch.sigmoid(erase)
 
@@ -152,8 +160,10 @@ class NTMAccess(nn.Module):
         shifted = addressing.shift(gated, shift)
         weights = addressing.sharpen(shifted, sharpening)
         read_weights, write_weights = weights.split([self.read_heads, self.write_heads], dim=1)
+        read_weights = edit("read_weights", read_weights)
+        write_weights = edit("write_weights", write_weights)
 
-        read_vectors = addressing.read(state.memory, read_weights)
+        read_vectors = edit("read_vectors", addressing.read(state.memory, read_weights))
         memory = addressing.erase_and_write(state.memory, write_weights, erase, add)
 
         new_state = NTMState(memory, read_weights, write_weights)

@@ -105,6 +105,7 @@ from mann.access.index import build_index, resolve_index_kind
 from mann.fused import slots as fused_slots
 from mann.fused import sparse as fused_sparse
 from mann.fused.runtime import usable as fused_usable
+from mann.intervention import NO_EDITS, StepEdits
 
 # Usage bookkeeping (least used slot, touch) by the numba kernels of mann.fused.slots where
 # usable; False: always the torch composition below (the reference tests compare them with).
@@ -866,9 +867,16 @@ class SAMAccess(nn.Module):
         return positions, weights, reads, path
 
     def step(
-        self, interface: torch.Tensor, state: SAMState, record: bool = True
+        self,
+        interface: torch.Tensor,
+        state: SAMState,
+        record: bool = True,
+        edit: StepEdits | None = None,
     ) -> tuple[torch.Tensor, SAMState, SAMRecord]:
-        io = self.parse_interface(interface)
+        """One step; ``edit`` (``mann.intervention``) replaces the controller's gates, write
+        vector, read strengths (and SDNC's read modes) and the read vectors."""
+        edit = edit or NO_EDITS
+        io = edit.interface(self.parse_interface(interface))
         store, tables = self._checkout(state)
         version = store.begin_step()
         try:
@@ -876,6 +884,7 @@ class SAMAccess(nn.Module):
             read_positions, read_weights, read_vectors, path = self._content_read(
                 io, store, tables, path
             )
+            read_vectors = edit("read_vectors", read_vectors)
             store.touch(
                 tables,
                 torch.cat([write_positions, read_positions.flatten(1)], -1),

@@ -69,6 +69,7 @@ from mann.access.sam import (
     rows_at,
 )
 from mann.fused import sdnc as fused_sdnc
+from mann.intervention import NO_EDITS, StepEdits
 
 # Up to this many slots the Trace records the dense link matrix (T,N,N).
 DENSE_LINK_LIMIT = 256
@@ -458,9 +459,16 @@ class SDNCAccess(SAMAccess):
 
     # ---- the step ----------------------------------------------------------------------
     def step(
-        self, interface: torch.Tensor, state: SDNCState, record: bool = True
+        self,
+        interface: torch.Tensor,
+        state: SDNCState,
+        record: bool = True,
+        edit: StepEdits | None = None,
     ) -> tuple[torch.Tensor, SDNCState, SDNCRecord]:
-        io = self.parse_interface(interface)
+        """One step; ``edit`` (``mann.intervention``) replaces the controller's gates, write
+        vector, read strengths (and SDNC's read modes) and the read vectors."""
+        edit = edit or NO_EDITS
+        io = edit.interface(self.parse_interface(interface))
         N = self.memory_size
         store, tables = self._checkout(state)
         version = store.begin_step()
@@ -482,6 +490,7 @@ class SDNCAccess(SAMAccess):
             # non-zeros) reads slot N-1 with weight 0.
             read_positions = read_positions.clamp_max(N - 1)
             read_vectors, path = read_rows(path, tables, read_positions, read_weights)
+            read_vectors = edit("read_vectors", read_vectors)
             store.touch(
                 tables,
                 torch.cat([write_positions, read_positions.flatten(1)], -1),

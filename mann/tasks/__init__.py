@@ -10,6 +10,7 @@ from mann.tasks.argmax import ArgmaxTask
 from mann.tasks.associative_recall import AssociativeRecallTask
 from mann.tasks.base import Batch, Task
 from mann.tasks.copy import CopyTask
+from mann.tasks.multi_copy import MultiCopyTask
 from mann.tasks.priority_sort import PrioritySortTask
 from mann.tasks.registry import TASKS, make_task
 from mann.tasks.repeat_copy import RepeatCopyTask
@@ -21,6 +22,7 @@ __all__ = [
     "AssociativeRecallTask",
     "Batch",
     "CopyTask",
+    "MultiCopyTask",
     "PrioritySortTask",
     "RepeatCopyTask",
     "Task",

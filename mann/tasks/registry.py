@@ -14,6 +14,7 @@ from mann.tasks.argmax import ArgmaxTask
 from mann.tasks.associative_recall import AssociativeRecallTask
 from mann.tasks.base import Task
 from mann.tasks.copy import CopyTask
+from mann.tasks.multi_copy import MultiCopyTask
 from mann.tasks.priority_sort import PrioritySortTask
 from mann.tasks.repeat_copy import RepeatCopyTask
 
@@ -26,6 +27,7 @@ TASKS: dict[str, type] = {
         PrioritySortTask,
         AddingTask,
         ArgmaxTask,
+        MultiCopyTask,
     )
 }
 

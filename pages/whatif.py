@@ -1,0 +1,173 @@
+"""What if: replace a quantity of the running memory at chosen steps, rerun, see what changes."""
+
+import numpy as np
+import streamlit as st
+
+from mann.intervention import DESCRIPTIONS, Intervention, describe, intervention_fields
+from mann.whatif import presets
+from mann.whatif_figures import whatif_figure
+from ui import shared
+
+shared.page_needs_app()
+
+# The session's list of interventions (Intervention.to_dict() each) and the preset it came from.
+LIST_KEY = "whatif_list"
+PRESET_KEY = "whatif_preset"
+
+
+def intervention_list() -> list[dict]:
+    return st.session_state.setdefault(LIST_KEY, [])
+
+
+def preset_buttons(trace) -> None:
+    found = presets(trace)
+    if not found:
+        st.caption("Presets need a copy or multi-copy episode of an NTM or a DNC (choose one of "
+                   "the shipped copy models in the sidebar).")
+        return
+    st.markdown("**Presets** (one click: the interventions replace the list below)")
+    columns = st.columns(min(len(found), 3))
+    for index, preset in enumerate(found):
+        if columns[index % len(columns)].button(preset.name, key=f"preset:{index}"):
+            st.session_state[LIST_KEY] = [i.to_dict() for i in preset.interventions]
+            st.session_state[PRESET_KEY] = {"name": preset.name,
+                                            "prediction": preset.prediction}
+
+
+def value_inputs(field: str, shape: tuple, key: str):
+    """Widgets for a value: three normalised sliders for read modes, one slider per offset for
+    an NTM shift (normalised), else one number broadcast over the quantity."""
+    if field == "read_modes":
+        st.caption("Read modes: the three shares are normalised to sum to 1.")
+        columns = st.columns(3)
+        raw = [column.slider(name, 0.0, 1.0, default, 0.05, key=f"{key}:{name}")
+               for column, name, default in zip(columns, ("backward", "content", "forward"),
+                                                (0.0, 1.0, 0.0), strict=True)]  # fmt: skip
+        return _normalised(raw)
+    if field == "shift":
+        offsets = np.arange(shape[-1]) - shape[-1] // 2
+        st.caption("Shift distribution over offsets, normalised to sum to 1.")
+        columns = st.columns(len(offsets))
+        raw = [column.slider(f"{offset:+d}", 0.0, 1.0, 1.0 if offset == 0 else 0.0, 0.05,
+                             key=f"{key}:{offset}")
+               for column, offset in zip(columns, offsets, strict=True)]  # fmt: skip
+        return _normalised(raw)
+    return st.number_input("value (every element of the quantity gets it)", value=0.0,
+                           step=0.1, format="%.3f", key=f"{key}:value")
+
+
+def _normalised(raw: list[float]) -> list[float]:
+    total = sum(raw)
+    return [1.0 / len(raw)] * len(raw) if total <= 0 else [value / total for value in raw]
+
+
+def builder(model, trace) -> None:
+    fields = intervention_fields(model)
+    axes = intervention_fields(model.config.arch)
+    with st.expander("Add an intervention", icon=":material/add:",
+                     expanded=not intervention_list()):  # fmt: skip
+        first, second, third = st.columns([2, 1, 1])
+        field = first.selectbox("field", list(fields), key="whatif_field",
+                                format_func=lambda name: f"{name}: {DESCRIPTIONS[name]}")
+        start = second.number_input("from step", 0, trace.steps - 1, 0, key="whatif_start")
+        stop = third.number_input("to step", 0, trace.steps - 1, int(start), key="whatif_stop")
+        head = slot = None
+        picks = st.columns(2)
+        head_axis = next((a for a in axes[field] if a in ("head", "read_head", "write_head")),
+                         None)  # fmt: skip
+        if head_axis is not None:
+            count = fields[field][axes[field].index(head_axis)]
+            head = picks[0].selectbox(f"{head_axis.replace('_', ' ')}", range(count),
+                                      key=f"whatif_head:{field}")  # fmt: skip
+        if "slot" in axes[field]:
+            choice = picks[1].selectbox(
+                "slot (or every slot)", ["every slot", *range(trace.memory_size)],
+                key=f"whatif_slot:{field}",
+            )
+            slot = None if choice == "every slot" else int(choice)
+        shape = tuple(size for axis, size in zip(axes[field], fields[field], strict=True)
+                      if not (axis == head_axis and head is not None)
+                      and not (axis == "slot" and slot is not None))  # fmt: skip
+        value = value_inputs(field, shape, key=f"whatif_value:{field}")
+        if st.button("Add", icon=":material/add:"):
+            step = int(start) if stop <= start else range(int(start), int(stop) + 1)
+            intervention_list().append(Intervention(step, field, value, head, slot).to_dict())
+            st.session_state.pop(PRESET_KEY, None)
+            st.rerun()
+
+
+def listing() -> list[Intervention]:
+    stored = intervention_list()
+    interventions = [Intervention.from_dict(values) for values in stored]
+    if not interventions:
+        st.info("No interventions yet: pick a preset or add one.")
+        return []
+    st.markdown("**Interventions**")
+    for index, intervention in enumerate(interventions):
+        left, right = st.columns([6, 1])
+        left.code(describe(intervention), language=None)
+        if right.button("Remove", key=f"remove:{index}"):
+            stored.pop(index)
+            st.session_state.pop(PRESET_KEY, None)
+            st.rerun()
+    if st.button("Clear all", icon=":material/delete:"):
+        stored.clear()
+        st.session_state.pop(PRESET_KEY, None)
+        st.rerun()
+    return interventions
+
+
+def show(choice, chosen, result) -> None:
+    preset = st.session_state.get(PRESET_KEY)
+    if preset is not None:
+        st.info(f"**{preset['name']}.** {preset['prediction']}", icon=":material/lightbulb:")
+    changed = result.steps_with_changed_bits
+    columns = st.columns(4)
+    columns[0].metric("bit errors, as recorded", f"{result.original.metadata['bit_errors']:g}")
+    columns[1].metric("bit errors, with interventions",
+                      f"{result.intervened.metadata['bit_errors']:g}")
+    columns[2].metric(
+        "first changed answer", "none" if result.first_changed_bit is None
+        else f"step {result.first_changed_bit}",
+        help="Outputs of unscored steps may differ earlier: they are no answers. The outputs "
+        f"first differ at step {result.first_divergence}." if result.first_divergence is not None
+        else "The outputs are identical.",
+    )  # fmt: skip
+    columns[3].metric("answer steps that changed", len(changed))
+    if changed:
+        st.caption(f"Answers changed at steps {', '.join(map(str, changed))}.")
+    st.plotly_chart(whatif_figure(result), key="whatif_figure")
+    st.caption("Both runs side by side, one slider (the intervened run is the second row):")
+    key = f"whatif|{shared.trace_key(choice, chosen)}|{shared.interventions_key()}"
+    st.plotly_chart(
+        shared.compare_figure(key, (result.original, result.intervened),
+                              ("as recorded", "with interventions")),
+        key="whatif_compare",
+    )
+
+
+def main() -> None:
+    st.title("What if")
+    st.caption(
+        "Replace a quantity of the running memory at chosen steps — a gate, a weighting, a "
+        "slot of memory, a row of the link matrix — and run the same input again. The model's "
+        "weights are never changed. Model and input come from the sidebar."
+    )
+    current = shared.current()
+    if current is None:
+        return
+    choice, chosen, trace = current
+    preset_buttons(trace)
+    builder(choice.model, trace)
+    interventions = listing()
+    if not interventions:
+        return
+    try:
+        result = shared.whatif_result(choice, chosen)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    show(choice, chosen, result)
+
+
+main()
