@@ -14,8 +14,14 @@ Prints one table:
   on the slider), until the new frame is painted (two animation frames after plotly's
   ``plotly_animated``), for ntm-copy and dnc-copy.
 
+- what-if rerun: ``mann.whatif.whatif`` of each preset on ntm-copy and dnc-copy (a 41-step
+  input: the recorded run and the intervened one), the What if figure's build beside it;
+- knob change: Explain recomputing one head's stages with changed knobs and building the
+  figure with the recorded stages beside them (the server's work when a knob slider moves).
+
 Targets (issue 5): first page within 3 s, load + record within 0.5 s, scrub step within
-150 ms. Numbers depend on what else the machine runs; the table says the load average.
+150 ms; (issue 18) a what-if rerun of a 41-step trace within 0.3 s, a knob change within 100 ms
+of server time. Numbers depend on what else the machine runs; the table says the load average.
 """
 
 from __future__ import annotations
@@ -104,6 +110,45 @@ def load_and_record(name: str, repeats: int) -> tuple[int, list[float], list[flo
     return trace.steps, totals, builds
 
 
+def whatif_and_knobs(name: str, repeats: int) -> list[tuple[str, str, str]]:
+    import mann
+    from mann import demo, figures
+    from mann.whatif import presets, whatif
+    from mann.whatif_figures import whatif_figure
+
+    path = REPOSITORY / "checkpoints" / name
+    model = mann.load(path)
+    batch = demo.sample_input(demo.task_of(mann.checkpoint.read_metadata(path)), 20, seed=0)
+    trace = demo.record(model, batch)
+    rows = []
+    for preset in presets(trace):
+        runs, builds = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = whatif(model, batch, preset.interventions)
+            runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            whatif_figure(result)
+            builds.append(time.perf_counter() - start)
+        rows.append((f"what-if rerun, {preset.name} (s)",
+                     f"{statistics.median(runs):.3f} (max {max(runs):.3f})", "0.3"))
+        rows.append(("  its What if figure (s)", f"{statistics.median(builds):.3f}", ""))
+    head = figures.heads(trace)[0]
+    step = figures.interesting_step(trace)
+    recorded = figures.explanation(trace, step, head)
+    knobs = {name: (value * 0.5 + 0.5 if not isinstance(value, list) else value)
+             for name, value in recorded.knobs.items()}  # fmt: skip
+    times = []
+    for _ in range(max(repeats, 5)):
+        start = time.perf_counter()
+        turned = figures.explanation(trace, step, head, knobs)
+        figures.explain_figure(turned, recorded=recorded)
+        times.append(time.perf_counter() - start)
+    rows.append((f"knob change, {name} {head}: stages + figure (ms)",
+                 f"{1000 * statistics.median(times):.0f} (max {1000 * max(times):.0f})", "100"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -148,6 +193,10 @@ def main() -> None:
                      f"{statistics.median(totals):.3f} (max {max(totals):.3f})", "0.5"))
         rows.append(("  scrub figure for it, built once per trace (s)",
                      f"{statistics.median(builds):.3f}", ""))
+
+    for name in ("ntm-copy", "dnc-copy"):
+        if name in list_checkpoints(REPOSITORY / "checkpoints"):
+            rows += whatif_and_knobs(name, max(arguments.repeats, 3))
 
     load = os.getloadavg()[0]
     print(f"\napp speed on {os.cpu_count()} cores, load average {load:.1f} at the end\n")
