@@ -50,9 +50,9 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "write_strength": ("write_head",),
         "read_strengths": ("read_head",),
     },
-    # SAM and SDNC keep memory in a journaled slot store and their weightings sparse, so
-    # their interventions act on what the controller emits and on what the reads return.
+    # SAM and SDNC keep their weightings sparse (K entries), so theirs are not offered.
     "sam": {
+        "memory": ("slot", "word"),
         "read_vectors": ("read_head", "word"),
         "write_gate": (),
         "interpolation_gate": (),
@@ -60,6 +60,7 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "read_strengths": ("read_head",),
     },
     "sdnc": {
+        "memory": ("slot", "word"),
         "read_vectors": ("read_head", "word"),
         "write_gate": (),
         "interpolation_gate": (),

@@ -244,9 +244,11 @@ class MemoryAugmentedNetwork(nn.Module):
             else:
                 step_edits = edits.at(t)
                 if "memory" in step_edits:  # M_{t-1}, before this step reads or writes
-                    access_state = access_state._replace(
-                        memory=step_edits("memory", access_state.memory)
-                    )
+                    memory = step_edits("memory", access_state.memory)
+                    if hasattr(self.access, "with_memory"):  # SAM, SDNC: tables in a store
+                        access_state = self.access.with_memory(access_state, memory)
+                    else:
+                        access_state = access_state._replace(memory=memory)
                 read_vectors, access_state, step_record = self.access.step(
                     interface, access_state, record=record, edit=step_edits
                 )

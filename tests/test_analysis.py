@@ -218,3 +218,73 @@ def test_record_traces_equals_recording_each_item(arch):
                 err_msg=name,
             )
         assert trace.metadata["bit_errors"] == single.metadata["bit_errors"]
+
+
+# ---- python -m mann patterns ------------------------------------------------------------
+
+
+def run_cli(*args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repository = Path(__file__).resolve().parent.parent
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repository))
+    return subprocess.run([sys.executable, "-m", "mann", *args], capture_output=True, text=True,
+                          timeout=180, env=environment, cwd=repository)  # fmt: skip
+
+
+def save_small(directory, name: str, arch: str, task_name: str = "multi_copy", **options):
+    task = make_task(task_name, **options)
+    torch.manual_seed(len(name))
+    model = mann.build_model(mann.ModelConfig(
+        arch=arch, input_size=task.input_size, output_size=task.output_size, hidden_size=12,
+        memory_size=8, word_size=4,
+    ))  # fmt: skip
+    import dataclasses
+
+    mann.save(model, directory / name, task=task_name, task_options=dataclasses.asdict(task))
+    return model, task
+
+
+@pytest.mark.slow
+def test_cli_patterns_prints_the_metrics_of_each_model_and_writes_the_csv(tmp_path):
+    import pandas as pd
+
+    from mann.patterns import patterns_frame
+
+    ntm, task = save_small(tmp_path, "a-ntm", "ntm", bits=4)
+    dnc, _ = save_small(tmp_path, "a-dnc", "dnc", bits=4)
+    result = run_cli("patterns", str(tmp_path / "a-ntm"), str(tmp_path / "a-dnc"), "--lengths",
+                     "2,3", "--rounds", "4", "--sequences", "20", "--seed", "1", "--csv",
+                     str(tmp_path / "out.csv"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| a-")]
+    assert [row.split("|")[1:3] for row in rows[:4]] == [
+        [" a-ntm ", " 2 "], [" a-dnc ", " 2 "], [" a-ntm ", " 3 "], [" a-dnc ", " 3 "],
+    ]
+    expected = patterns_frame({"a-ntm": ntm, "a-dnc": dnc}, task, [2, 3], sequences=20, seed=1,
+                              rounds=4)  # fmt: skip
+    written = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(written["rewrites"], expected["rewrites"])
+    np.testing.assert_allclose(written["write_locality"], expected["write_locality"])
+    assert "gate activity" in result.stdout  # the DNC has gates
+    assert np.isnan(written.loc[written["model"] == "a-ntm", "write_gate:scored"]).all()
+
+
+@pytest.mark.slow
+def test_cli_patterns_names_what_does_not_fit(tmp_path):
+    save_small(tmp_path, "multi", "dnc", bits=4)
+    save_small(tmp_path, "recall", "dnc", task_name="associative_recall", bits=4)
+    result = run_cli("patterns", str(tmp_path / "multi"), str(tmp_path / "recall"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model 'recall'" in result.stderr and "does not fit task 'multi_copy'" in result.stderr
+    result = run_cli("patterns", str(tmp_path / "multi"), "--rounds", "0")
+    assert result.returncode == 2 and "rounds must be an integer >= 1" in result.stderr
+    result = run_cli("patterns", str(tmp_path / "recall"), "--rounds", "3")
+    assert result.returncode == 2 and "task 'associative_recall' has no rounds" in result.stderr
+    result = run_cli("patterns", str(tmp_path / "multi"), "--lengths", "9")
+    assert result.returncode == 0, result.stderr  # longer rounds than trained: allowed
+    result = run_cli("patterns", str(tmp_path / "multi"), "--sequences", "0")
+    assert result.returncode == 2 and "sequences must be an integer >= 1" in result.stderr

@@ -294,3 +294,18 @@ def test_bad_knobs_name_the_knob():
         figures.explanation(trace, 8, "read 0", {"π": [0.5, 0.5, 0.5]})
     with pytest.raises(ValueError, match="'g\\^w' must lie in"):
         figures.explanation(trace, 8, "write 0", {"g^w": 1.5})
+
+
+@pytest.mark.parametrize("arch", ["sam", "sdnc"])
+def test_a_sparse_memory_replaced_mid_run_leaves_the_earlier_record_intact(arch):
+    model = small_model(arch)
+    batch = copy_batch()
+    _, _, untouched = run(model, batch.inputs)
+    _, _, trace = run(model, batch.inputs, [Intervention(4, "memory", 0.5)])
+    # The steps before keep their memory (their slot store is not the replaced one's) ...
+    np.testing.assert_array_equal(trace.memory[:4], untouched.memory[:4])
+    np.testing.assert_array_equal(trace.usage[:4], untouched.usage[:4])
+    # ... and step 4 starts from 0.5 everywhere: the rows it did not write still hold it.
+    written = trace.write_weights[4, 0] > 0
+    assert written.any() and not written.all()
+    np.testing.assert_array_equal(trace.memory[4][~written], 0.5)

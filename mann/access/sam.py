@@ -837,6 +837,14 @@ class SAMAccess(nn.Module):
             return {name: table.detach().clone() for name, table in tables.items()}
         return {name: store.snapshot(tables, name, version) for name in names}
 
+    def with_memory(self, state: NamedTuple, memory: torch.Tensor) -> NamedTuple:
+        """``state`` with another memory (an intervention): the tables become copies as of
+        the state's step, under a store of their own, so the chain the state came from (and
+        the records of its steps) stays as it was."""
+        tables = self.tables_at(state)
+        tables["memory"] = memory.detach().clone()
+        return state._replace(**tables)
+
     def _checkout(self, state: NamedTuple):
         kind = resolve_index_kind(
             self.index, self.memory_size, state.memory.dtype, state.memory.device
