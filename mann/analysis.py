@@ -48,6 +48,8 @@ PHASES = ("scored", "unscored")
 def _head(trace: Trace, field: str, head: int) -> np.ndarray:
     weights = getattr(trace, field)
     heads = weights.shape[1]
+    if heads == 0:  # a memory-less model: no weighting, so no active step
+        return np.zeros((weights.shape[0], 0))
     if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < heads:
         kind = "write_head" if field == "write_weights" else "read_head"
         raise ValueError(f"{kind} must be an integer in [0, {heads - 1}], got {head!r}")
@@ -61,6 +63,8 @@ def focus(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     largest weight (the lowest index on ties, as ``np.argmax``).
     """
     active = np.flatnonzero(weights.sum(axis=1) >= ACTIVE)
+    if weights.shape[1] == 0:  # no slots (a memory-less model): nothing is active
+        return active, np.zeros(0, dtype=np.int64)
     return active, weights[active].argmax(axis=1)
 
 

@@ -49,6 +49,7 @@ UNTRAINED_SIZES: dict[str, dict[str, Any]] = {
         memory_size=128, word_size=20, hidden_size=100, read_heads=1, sparse_reads=4,
         temporal_reads=8,
     ),
+    "lstm": dict(hidden_size=100),
 }
 # The longest input the app records (T), and the largest checkpoint it accepts as an upload.
 MAX_INPUT_STEPS = 400
@@ -65,7 +66,7 @@ def available_architectures() -> list[str]:
     names = []
     for arch in ARCHITECTURES:
         try:
-            __import__(f"mann.access.{arch}")
+            __import__(f"mann.access.{'none' if arch == 'lstm' else arch}")
         except ImportError:
             continue
         names.append(arch)

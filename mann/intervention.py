@@ -69,6 +69,7 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "read_modes": ("read_head", "mode"),
     },
 }
+FIELDS["lstm"] = {}  # the controller alone: no memory to intervene in
 HEAD_AXES = ("head", "read_head", "write_head")
 SLOT_AXES = ("slot",)
 # What each field is, for the listing and the app.
@@ -242,7 +243,7 @@ def _prepare(
     if field not in fields:
         raise ValueError(
             f"{owner}: field {field!r} is not one {arch} can replace; its fields are "
-            f"{', '.join(fields)}"
+            f"{', '.join(fields) or 'none (it has no memory)'}"
         )
     step = intervention.step
     if isinstance(step, range):

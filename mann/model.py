@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from mann.access.base import require_positive
+from mann.access.none import controller_record
 from mann.controller import CONTROLLERS, build_controller
 from mann.fused import sequence as fused_sequence
 from mann.intervention import Intervention, as_interventions
 from mann.trace import Trace
 
-ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc")
+ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc", "lstm")  # "lstm": the controller alone
 
 
 @dataclass
@@ -112,6 +113,10 @@ class ModelConfig:
 
 
 def build_access(config: ModelConfig) -> nn.Module:
+    if config.arch == "lstm":
+        from mann.access.none import NoMemoryAccess
+
+        return NoMemoryAccess(config.word_size)
     if config.arch == "ntm":
         from mann.access.ntm import NTMAccess
 
@@ -166,7 +171,11 @@ class MemoryAugmentedNetwork(nn.Module):
             config.hidden_size,
             config.num_layers,
         )
-        self.interface = nn.Linear(config.hidden_size, self.access.interface_size)
+        # W_ξ; a memory-less model (arch "lstm") has no interface at all.
+        self.interface = (
+            nn.Linear(config.hidden_size, self.access.interface_size)
+            if self.access.interface_size else None
+        )
         self.output = nn.Linear(config.hidden_size + read_size, config.output_size)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> ModelState:
@@ -227,7 +236,7 @@ class MemoryAugmentedNetwork(nn.Module):
         projected_inputs = self.controller.project_inputs(inputs).unbind(1)
         # Transposed once per sequence: a .t() per step would be an autograd node per step.
         step_weights = self.controller.step_weights()
-        interface_weight = self.interface.weight.t()
+        interface_weight = None if self.interface is None else self.interface.weight.t()
         flat_reads = read_vectors.flatten(1)
         for t in range(inputs.shape[1]):
             hidden, controller_state = self.controller(
@@ -235,8 +244,11 @@ class MemoryAugmentedNetwork(nn.Module):
             )
             if clip_hidden:
                 hidden = hidden.clamp(-clip, clip)
-            interface = torch.addmm(self.interface.bias, hidden, interface_weight)
-            interface = interface.clamp(-clip, clip)
+            if interface_weight is None:
+                interface = hidden.new_zeros(hidden.shape[0], 0)
+            else:
+                interface = torch.addmm(self.interface.bias, hidden, interface_weight)
+                interface = interface.clamp(-clip, clip)
             if edits is None:
                 read_vectors, access_state, step_record = self.access.step(
                     interface, access_state, record=record
@@ -256,6 +268,8 @@ class MemoryAugmentedNetwork(nn.Module):
             hidden_outputs.append(hidden)
             read_outputs.append(flat_reads)
             if record:
+                if self.access.memory_size == 0:  # no memory: record the controller's state
+                    step_record = controller_record(controller_state, hidden, read_vectors)
                 records.append(step_record)
         # One output projection for all steps: fewer, larger operations.
         output_input = torch.cat([torch.stack(hidden_outputs, 1), torch.stack(read_outputs, 1)], -1)

@@ -17,6 +17,7 @@ PIPELINES = {
     "SAM read: a softmax over the K slots the index found nearest the key.",
     "sdnc": "SDNC write: as SAM's. SDNC read: backward and forward through the sparse temporal "
     "links and content over the K nearest slots, mixed by the read modes.",
+    "lstm": "An LSTM alone has no memory and so no heads: there is no weighting to explain.",
 }
 
 
@@ -89,6 +90,10 @@ def main() -> None:
     st.caption(f"{choice.label} on the sidebar's input ({trace.steps} steps).")
 
     heads = figures.heads(trace)
+    if not heads:
+        st.info("This model has no memory heads. Inspect shows its controller state over time.",
+                icon=":material/info:")
+        return
     left, right = st.columns([3, 1])
     with left:
         # Keys include the trace's shape, so a stored step is never out of a new range.

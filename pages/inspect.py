@@ -51,6 +51,8 @@ TIMELINE_NOTES = {
     "the K slots nearest its key by content.",
     "sdnc": "SDNC writes as SAM does, and reads K slots found by content or by following its "
     "sparse temporal links forwards or backwards.",
+    "lstm": "an LSTM has no memory: the 'memory' rows are its own state (per unit, h and c of "
+    "each layer), everything it can remember.",
 }
 
 

@@ -157,6 +157,10 @@ def main() -> None:
     if current is None:
         return
     choice, chosen, trace = current
+    if not intervention_fields(choice.model):
+        st.info("This model has no memory, so there is nothing to intervene in: choose an NTM, "
+                "DNC, SAM or SDNC in the sidebar.", icon=":material/info:")
+        return
     preset_buttons(trace)
     builder(choice.model, trace)
     interventions = listing()

@@ -173,6 +173,19 @@ def test_every_page_renders_with_untrained_models_only(no_checkpoints, page):
     assert not app.error, [element.value for element in app.error]
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_takes_the_memoryless_lstm_baseline(checkpoints, page):
+    app = start(page)
+    app.sidebar.selectbox[0].set_value("untrained:lstm").run()
+    assert not app.exception, [element.value for element in app.exception]
+    assert not app.error, [element.value for element in app.error]
+    if page == shared.PAGES["inspect"]:
+        (scrub, timeline) = charts(app)
+        trace = demo.record(demo.untrained_model("lstm", COPY), demo.sample_input(COPY, 20, 0))
+        np.testing.assert_array_equal(frame_values(scrub, 5, "memory"), trace.memory[5].T)
+        assert trace.memory.shape == (41, 100, 2)  # the controller's h and c per unit
+
+
 def test_home_demo_compares_the_shipped_copy_models(checkpoints):
     app = start()
     assert not charts(app)

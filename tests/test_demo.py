@@ -45,7 +45,7 @@ def test_untrained_models_are_sized_for_the_task_and_repeatable():
     weights = [dict(model.named_parameters())["output.weight"] for model in (first, second, other)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     with pytest.raises(ValueError, match="arch must be one of"):
-        demo.untrained_model("lstm", task)
+        demo.untrained_model("gru", task)
 
 
 def test_sample_input_has_the_asked_length_and_seed():

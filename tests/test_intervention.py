@@ -187,8 +187,9 @@ def test_fields_are_listed_per_architecture_with_their_shapes():
     assert intervention_fields(small_model("ntm"))["shift"] == (3, 3)  # 2 reads + 1 write
     assert intervention_fields(small_model("dnc"))["link"] == (12, 12)
     assert set(intervention_fields("sdnc")) > {"read_modes", "write_gate", "read_vectors"}
+    assert intervention_fields("lstm") == {}  # no memory, nothing to replace
     with pytest.raises(ValueError, match="arch must be one of"):
-        intervention_fields("lstm")
+        intervention_fields("gru")
 
 
 # ---- the shipped models: the presets change exactly the outputs a user would predict ------

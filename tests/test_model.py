@@ -25,10 +25,11 @@ READS_MEMORY = {"ntm": "before", "dnc": "after"}
 
 
 def require_arch(arch: str) -> None:
+    module = "none" if arch == "lstm" else arch  # the memory-less baseline's access
     try:
-        importlib.import_module(f"mann.access.{arch}")
+        importlib.import_module(f"mann.access.{module}")
     except ImportError:
-        pytest.skip(f"mann.access.{arch} does not import yet")
+        pytest.skip(f"mann.access.{module} does not import yet")
 
 
 def small_config(arch: str, controller: str = "lstm", num_layers: int = 1, **changes):
@@ -89,7 +90,10 @@ def test_output_and_state_shapes(model):
     assert isinstance(state, ModelState)
     access = model.access
     assert state.read_vectors.shape == (BATCH, access.read_heads, config.word_size)
-    assert state.access.memory.shape == (BATCH, config.memory_size, config.word_size)
+    if config.arch == "lstm":  # no memory: no reads, no access state
+        assert access.read_heads == 0 and tuple(state.access) == ()
+    else:
+        assert state.access.memory.shape == (BATCH, config.memory_size, config.word_size)
     expected_controller = {"lstm": 2, "gru": 1, "feedforward": 0}[config.controller]
     assert len(state.controller) == expected_controller * config.num_layers
     for value in state.controller:
@@ -150,6 +154,17 @@ def test_trace_shapes_and_contents(arch_model, item):
     inputs = make_inputs(6)
     initial = model.initial_state(BATCH)
     logits, state, trace = model(inputs, record=True, trace_item=item)
+    if config.arch == "lstm":
+        # No memory: the trace shows the controller's state (h, c per unit) in its place.
+        H = config.hidden_size
+        assert trace.memory.shape == (STEPS, H, 2 * config.num_layers)
+        assert trace.read_weights.shape == trace.write_weights.shape == (STEPS, 0, H)
+        np.testing.assert_array_equal(
+            trace.memory[-1], torch.stack(state.controller, -1)[item].detach().numpy()
+        )
+        np.testing.assert_allclose(trace.outputs, torch.sigmoid(logits[item]).detach().numpy(),
+                                   atol=1e-6)  # fmt: skip
+        return
     N, W, R, Hw = config.memory_size, config.word_size, model.access.read_heads, \
         model.access.write_heads
     assert trace.arch == config.arch

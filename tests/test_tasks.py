@@ -21,6 +21,7 @@ from mann.tasks import (
     Batch,
     CopyTask,
     MultiCopyTask,
+    NGramsTask,
     PrioritySortTask,
     RepeatCopyTask,
     make_task,
@@ -65,10 +66,11 @@ def assert_padding_empty(inputs, targets, mask, used_steps: int) -> None:
 # --- common to every task ------------------------------------------------------------------
 
 
-def test_registry_has_the_seven_tasks():
+def test_registry_has_the_eight_tasks():
     assert set(TASKS) == {
         "copy",
         "multi_copy",
+        "ngrams",
         "repeat_copy",
         "associative_recall",
         "priority_sort",
@@ -305,6 +307,83 @@ def test_multi_copy_with_rounds_fixes_the_episode():
     assert task.max_steps == 66
     with pytest.raises(ValueError, match="min_rounds"):
         task.with_rounds(0, 3)
+
+
+# --- dynamic n-grams -----------------------------------------------------------------------
+
+
+def test_ngrams_encoding_predicts_each_next_bit_after_a_full_context():
+    from mann.tasks.ngrams import CONTEXT_BITS
+
+    task = NGramsTask(min_length=9, max_length=16)
+    generator = torch.Generator().manual_seed(3)
+    batch = task.sample(12, generator)
+    inputs, targets, mask = (t.numpy() for t in batch)
+    bits = task.sample_bits(12, torch.Generator().manual_seed(3))  # the same draws
+    assert inputs.shape[1] == bits.shape[1] - 1 and inputs.shape[2] == 1
+    lengths = []
+    for item in range(12):
+        scored = np.flatnonzero(mask[item])
+        length = int(scored[-1]) + 2  # the last scored step predicts the last bit
+        lengths.append(length)
+        assert 9 <= length <= 16
+        assert scored.tolist() == list(range(CONTEXT_BITS - 1, length - 1))
+        np.testing.assert_array_equal(inputs[item, : length - 1, 0], bits[item, : length - 1])
+        np.testing.assert_array_equal(targets[item, scored, 0], bits[item, scored + 1])
+        assert not inputs[item, length - 1 :].any()  # padding
+    assert len(set(lengths)) > 1
+    assert set(np.unique(inputs).tolist()) <= {0.0, 1.0}
+
+
+def test_ngrams_follow_a_beta_half_half_six_gram():
+    # Long sequences: each context's empirical rate of 1s tracks its own probability, and
+    # those probabilities spread as Beta(1/2, 1/2) does (mean 1/2, variance 1/8, U-shaped).
+    from mann.tasks.ngrams import context_index
+
+    bits = NGramsTask(min_length=3000, max_length=3000).sample_bits(
+        40, torch.Generator().manual_seed(0)
+    )
+    contexts = context_index(bits)
+    rates = []
+    for item in range(40):
+        for context in range(32):
+            followed = bits[item][contexts[item] == context]
+            if len(followed) >= 40:
+                rates.append(float(followed.mean()))
+    rates = np.array(rates)
+    assert len(rates) > 600  # contexts after a near-certain bit are visited rarely
+    assert abs(rates.mean() - 0.5) < 0.05
+    assert abs(rates.var() - 0.125) < 0.02
+    assert (rates < 0.1).mean() > 0.15 and (rates > 0.9).mean() > 0.15  # mass at the ends
+
+
+def test_ngrams_optimal_predictor_on_a_hand_made_sequence():
+    from mann.tasks.base import Batch
+    from mann.tasks.ngrams import optimal_cost_bits, optimal_probabilities
+
+    # x: five zeros, then 1, then five zeros again...: context 00000 is followed by 1, 0, 1.
+    x = [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+    #    steps t predict x[t+1]; the first with a full context is t = 4 (predicting x[5]).
+    inputs = torch.tensor(x[:-1], dtype=torch.float32).view(1, -1, 1)
+    targets = torch.tensor(x[1:], dtype=torch.float32).view(1, -1, 1)
+    mask = torch.zeros(1, len(x) - 1)
+    mask[0, 4:] = 1.0
+    targets = targets * mask.unsqueeze(-1)
+    p = optimal_probabilities(inputs, targets, mask)[0].tolist()
+    assert p[:4] == [0.5] * 4
+    # t=4: context 00000 never seen: (0 + 1/2) / (0 + 1) = 1/2; then it is followed by 1.
+    assert p[4] == pytest.approx(0.5)
+    # t=5: context 00001 (x1..x5) new: 1/2. t=6: 00010 new, t=7: 00100, t=8: 01000, t=9: 10000.
+    assert p[5:10] == pytest.approx([0.5] * 5)
+    # t=10 predicts x[11]: context x6..x10 = 00000, seen once followed by 1: (1 + 1/2) / 2.
+    assert p[10] == pytest.approx(0.75)
+    expected = -(np.log2(0.5) * 6 + np.log2(0.75))  # t = 4..9 at 1/2, t = 10 at 3/4
+    assert float(optimal_cost_bits(Batch(inputs, targets, mask))[0]) == pytest.approx(expected)
+
+
+def test_ngrams_needs_room_for_a_context():
+    with pytest.raises(ValueError, match="min_length"):
+        NGramsTask(min_length=6, max_length=10)
 
 
 # --- repeat copy ---------------------------------------------------------------------------

@@ -36,8 +36,10 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 # checks they agree).
 TASK_NAMES = (
     "copy", "repeat_copy", "associative_recall", "priority_sort", "adding", "argmax", "multi_copy",
+    "ngrams",
 )  # fmt: skip
-ARCH_NAMES = {"ntm": "NTM", "dnc": "DNC", "sam": "SAM", "sdnc": "SDNC"}
+ARCH_NAMES = {"ntm": "NTM", "dnc": "DNC", "sam": "SAM", "sdnc": "SDNC", "lstm": "LSTM"}
+ACCESS_FILES = {"lstm": "none"}  # the memory-less baseline's access module
 PAGES = {
     "home": "pages/home.py",
     "inspect": "pages/inspect.py",
@@ -124,7 +126,8 @@ def checkpoint_names() -> list[str]:
 
 def untrained_architectures() -> list[str]:
     access = REPOSITORY / "mann" / "access"
-    return [arch for arch in ARCH_NAMES if (access / f"{arch}.py").exists()]
+    return [arch for arch in ARCH_NAMES
+            if (access / f"{ACCESS_FILES.get(arch, arch)}.py").exists()]
 
 
 def model_keys() -> list[str]:

@@ -11,6 +11,7 @@ from mann.tasks.associative_recall import AssociativeRecallTask
 from mann.tasks.base import Batch, Task
 from mann.tasks.copy import CopyTask
 from mann.tasks.multi_copy import MultiCopyTask
+from mann.tasks.ngrams import NGramsTask
 from mann.tasks.priority_sort import PrioritySortTask
 from mann.tasks.registry import TASKS, make_task
 from mann.tasks.repeat_copy import RepeatCopyTask
@@ -23,6 +24,7 @@ __all__ = [
     "Batch",
     "CopyTask",
     "MultiCopyTask",
+    "NGramsTask",
     "PrioritySortTask",
     "RepeatCopyTask",
     "Task",

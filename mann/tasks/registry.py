@@ -15,6 +15,7 @@ from mann.tasks.associative_recall import AssociativeRecallTask
 from mann.tasks.base import Task
 from mann.tasks.copy import CopyTask
 from mann.tasks.multi_copy import MultiCopyTask
+from mann.tasks.ngrams import NGramsTask
 from mann.tasks.priority_sort import PrioritySortTask
 from mann.tasks.repeat_copy import RepeatCopyTask
 
@@ -28,6 +29,7 @@ TASKS: dict[str, type] = {
         AddingTask,
         ArgmaxTask,
         MultiCopyTask,
+        NGramsTask,
     )
 }
 
