@@ -1,5 +1,6 @@
 """mann: memory-augmented neural networks (NTM, DNC, SAM, SDNC) you can watch at work."""
 
+from mann.backends import BackendError, backend, backend_for
 from mann.checkpoint import load, save
 from mann.intervention import Intervention, intervention_fields
 from mann.model import (
@@ -13,11 +14,14 @@ from mann.model import (
 from mann.trace import Trace
 
 __all__ = [
+    "BackendError",
     "Intervention",
     "MemoryAugmentedNetwork",
     "ModelConfig",
     "ModelState",
     "Trace",
+    "backend",
+    "backend_for",
     "build_model",
     "intervention_fields",
     "load",

@@ -6,7 +6,7 @@ it is computed for all steps in one matrix product (``project_inputs``) before t
 each step then adds the contribution of r_{t-1} and the recurrent state. The cells are
 written out (rather than ``nn.LSTMCell``) to keep each step to a few operations: on a CPU,
 dispatch per operation and autograd's work per node, not arithmetic, are what a small
-controller costs. The LSTM's cell is one autograd node (``mann.fused.lstm``).
+controller costs. (``mann.fused.sequence`` runs these cells with a hand-written backward.)
 
 State is a tuple of tensors, passed in and out explicitly; a feed-forward controller has
 the empty tuple. The transposed weights every step multiplies by are made once per sequence
@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from mann.access.base import require_positive
-from mann.fused.lstm import lstm_cell
 
 ControllerState = tuple[torch.Tensor, ...]
 
@@ -60,6 +59,19 @@ def layer_input(layer: int, projected, below, weights: StepWeights) -> torch.Ten
     if layer == 0:
         return torch.addmm(projected, below, weights.read)
     return torch.addmm(weights.bias[layer], below, weights.layer[layer - 1])
+
+
+def lstm_cell(gates: torch.Tensor, prev_cell: torch.Tensor):
+    """``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)`` from the pre-activation gates (B,4H)
+    ordered i, f, o, g, and c_{t-1} (B,H) -> (h_t, c_t, the activations (σ(i, f, o), g,
+    tanh c_t) a hand-written backward needs)."""
+    size = prev_cell.shape[1]
+    sigmoids = torch.sigmoid(gates[:, : 3 * size])
+    candidate = torch.tanh(gates[:, 3 * size :])
+    input_gate, forget_gate, output_gate = sigmoids.chunk(3, 1)
+    cell = torch.addcmul(forget_gate * prev_cell, input_gate, candidate)
+    cell_tanh = torch.tanh(cell)
+    return output_gate * cell_tanh, cell, (sigmoids, candidate, cell_tanh)
 
 
 def gru_cell(from_input: torch.Tensor, from_hidden: torch.Tensor, hidden: torch.Tensor):
@@ -150,7 +162,7 @@ class LSTMController(_Controller):
             hidden, cell = state[2 * layer], state[2 * layer + 1]
             gates = layer_input(layer, projected, below, weights)
             gates = torch.addmm(gates, hidden, weights.hidden[layer])
-            below, cell = lstm_cell(gates, cell)  # c = f c + i g, h = o tanh(c)
+            below, cell, _ = lstm_cell(gates, cell)  # c = f c + i g, h = o tanh(c)
             new_state += [below, cell]
         return below, tuple(new_state)
 

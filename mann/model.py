@@ -9,9 +9,10 @@ Clipping follows deepmind/dnc: it keeps a rare large activation from blowing up 
 Every controller here ends in tanh or an LSTM/GRU state within (-1, 1), so clipping h_t only
 changes anything when clip_value < 1; otherwise that clamp is skipped (it is the identity).
 
-Without ``record``, every architecture runs this loop as one autograd node over the whole
-sequence (``mann.fused.sequence``: the same kernels, a hand-written backward through time);
-the loop below is the reference it is tested against, and what recording uses.
+Without ``record``, the "auto" backend (``mann.backends``) runs this loop as one autograd node
+over the whole sequence where a kernel is registered for the memory (``mann.fused.sequence``:
+the same equations, a hand-written backward through time); the loop below is the reference
+it is tested against, what recording uses, and what the "reference" backend runs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mann import backends
 from mann.access.base import require_positive
 from mann.access.none import controller_record
 from mann.controller import CONTROLLERS, build_controller
-from mann.fused import sequence as fused_sequence
 from mann.intervention import Intervention, as_interventions
 from mann.trace import Trace
 
@@ -205,8 +206,9 @@ class MemoryAugmentedNetwork(nn.Module):
         edits = as_interventions(interventions, self.config, inputs.shape[1])
         if state is None:
             state = self.initial_state(inputs.shape[0], inputs.device)
-        if not record and edits is None and fused_sequence.usable(self, inputs, state):
-            logits, controller_state, access_fields, read_vectors = fused_sequence.run(
+        kernel = None if record or edits is not None else backends.kernel_for(self, inputs, state)
+        if kernel is not None:
+            logits, controller_state, access_fields, read_vectors = kernel.run(
                 self, inputs, state
             )
             access_state = type(state.access)(*access_fields)

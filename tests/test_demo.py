@@ -13,6 +13,7 @@ import torch
 import mann
 from mann import demo
 from mann.checkpoint import CheckpointError
+from mann.fused.runtime import HAVE_NUMBA
 from mann.tasks import make_task
 from mann.train import TrainConfig
 
@@ -194,7 +195,7 @@ def test_generalisation_frame_stacks_models():
         demo.generalisation_frame(models, make_task("associative_recall"), [2])
 
 
-@pytest.mark.skipif(not mann.fused.HAVE_NUMBA, reason="the kernels are numba's")
+@pytest.mark.skipif(not HAVE_NUMBA, reason="the kernels are numba's")
 def test_warm_kernels_fills_numba_disk_cache_for_the_architectures_and_modes_asked(tmp_path):
     # A fresh cache directory stands for a fresh machine: what the warm-up compiles there is
     # what the app's pages then load instead of compiling.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mann
 from mann import fused
 from mann.access.ntm import NTMAccess, NTMState
 from mann.fused.runtime import HAVE_NUMBA
@@ -36,7 +35,10 @@ def run_steps(access, interfaces, state, record: bool, projections):
     """
     outputs, loss = [], 0.0
     for interface, projection in zip(interfaces, projections, strict=True):
-        read_vectors, state, step_record = access.step(interface, state, record=record)
+        if record:  # the reference
+            read_vectors, state, step_record = access.step(interface, state, record=True)
+        else:
+            read_vectors, state, step_record = fused.ntm.access_step(access, interface, state)
         assert fused_was_taken(read_vectors) == (not record)
         assert (step_record is None) == (not record)
         step_outputs = (read_vectors, state.memory, state.read_weights, state.write_weights)
@@ -155,7 +157,10 @@ def one_step_both_paths(access, interface, state):
     results = []
     for record in (True, False):
         generator = torch.Generator().manual_seed(3)  # the same projection for both paths
-        read_vectors, new_state, _ = access.step(interface, state, record=record)
+        if record:
+            read_vectors, new_state, _ = access.step(interface, state, record=True)
+        else:
+            read_vectors, new_state, _ = fused.ntm.access_step(access, interface, state)
         assert fused_was_taken(read_vectors) == (not record)
         outputs = (read_vectors, *new_state)
         loss = sum(
@@ -263,13 +268,13 @@ def test_exact_zero_weights_take_the_clamps_zero_gradient():
 # ---------------------------------------------------------------------------------------
 # Wiring
 # ---------------------------------------------------------------------------------------
-def test_without_numba_record_false_takes_the_reference(monkeypatch):
+def test_the_access_step_is_the_reference_whether_or_not_it_records():
     access = NTMAccess(SLOTS, WIDTH, 1, 1, 3)
     interface = torch.randn(2, access.interface_size)
-    monkeypatch.setattr(fused.runtime, "HAVE_NUMBA", False)
-    read_vectors, _, step_record = access.step(interface, access.initial_state(2), record=False)
-    assert step_record is not None
-    assert not fused_was_taken(read_vectors)
+    for record in (True, False):
+        read_vectors, _, step_record = access.step(interface, access.initial_state(2), record)
+        assert step_record is not None
+        assert not fused_was_taken(read_vectors)
 
 
 def test_ntm_step_rejects_sizes_that_do_not_fit():
@@ -282,33 +287,3 @@ def test_ntm_step_rejects_sizes_that_do_not_fit():
         fused.ntm_step(interface[:, 1:], memory, weights, **sizes)
     with pytest.raises(ValueError, match="do not fit"):
         fused.ntm_step(interface, memory, weights, **{**sizes, "read_heads": 2})
-
-
-def test_whole_model_trains_the_same_with_and_without_the_fused_step(monkeypatch):
-    # float32, as models are trained (the controller's initial state is float32).
-    config = mann.ModelConfig(
-        arch="ntm", memory_size=12, word_size=5, hidden_size=16, read_heads=2, write_heads=1
-    )
-    model = mann.build_model(config)
-    generator = torch.Generator().manual_seed(5)
-    inputs = torch.rand(3, 7, config.input_size, generator=generator)
-    targets = torch.rand(3, 7, config.output_size, generator=generator)
-    calls = []
-    ntm_step = fused.ntm_step
-    monkeypatch.setattr(fused, "ntm_step", lambda *a, **k: calls.append(1) or ntm_step(*a, **k))
-    # The step loop; test_fused_sequence.py holds the whole-sequence node equal to it.
-    monkeypatch.setattr(fused.sequence, "ENABLED", False)
-
-    def logits_and_gradients(record: bool):
-        model.zero_grad()
-        logits = model(inputs, record=record)[0]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-        loss.backward()
-        return logits.detach(), [p.grad.clone() for p in model.parameters()]
-
-    expected, expected_grads = logits_and_gradients(record=True)
-    assert not calls
-    actual, actual_grads = logits_and_gradients(record=False)
-    assert len(calls) == inputs.shape[1]  # one fused call per time step
-    assert_close([actual], [expected], torch.float32, "logits")
-    assert_close(actual_grads, expected_grads, torch.float32, "parameter gradient")

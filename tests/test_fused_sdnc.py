@@ -1,5 +1,6 @@
 """The fused SDNC link upkeep (mann/fused/sdnc.py) against the torch composition it replaces
-(``SDNCAccess._link_changes``, reached with ``mann.access.sdnc.FUSED_LINKS = False``).
+(``SDNCAccess._link_changes``, what the reference step uses; ``link_kernel`` makes the step
+use the kernel instead).
 
 The links carry no gradient, so the kernel must give the very same numbers: link tables,
 precedence, reads, read vectors, the journal, gradients, a model's loss and Traces, all
@@ -9,13 +10,14 @@ compared exactly over long runs, with saturated write gates and with ties at the
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
 import mann
 from mann.access import sam as sam_module
-from mann.access import sdnc as sdnc_module
 from mann.access.sdnc import SDNCAccess
 from mann.fused import runtime
 from mann.fused import sdnc as fused_sdnc
@@ -37,6 +39,24 @@ def kernel_calls(monkeypatch):
 
     monkeypatch.setattr(fused_sdnc, "link_changes", counting)
     return calls
+
+
+@contextlib.contextmanager
+def link_kernel(monkeypatch, fused: bool):
+    """Within: the reference step with step 2's changed rows by ``fused_sdnc.link_changes``
+    (when ``fused``; torch where the kernel leaves a case to it), else as it is."""
+    with monkeypatch.context() as patch:
+        if fused:
+            reference = SDNCAccess._link_changes
+
+            def link_changes(self, store, tables, written, weights, precedence):
+                changes = fused_sdnc.link_changes(tables, written, weights, *precedence)
+                if changes is None:
+                    return reference(self, store, tables, written, weights, precedence)
+                return changes
+
+            patch.setattr(SDNCAccess, "_link_changes", link_changes)
+        yield
 
 
 def interfaces(access, steps: int, batch: int, seed: int, style: str, dtype=torch.float32):
@@ -62,12 +82,12 @@ def interfaces(access, steps: int, batch: int, seed: int, style: str, dtype=torc
 def run(access, inputs, fused: bool, monkeypatch):
     """60-odd steps of ``access`` with the kernel or the reference; reads, state, the
     interfaces' gradients and the journal."""
-    monkeypatch.setattr(sdnc_module, "FUSED_LINKS", fused)
     state = access.initial_state(inputs[0].shape[0], dtype=inputs[0].dtype)
     reads = []
-    for interface in inputs:
-        read, state, _ = access.step(interface, state, record=False)
-        reads.append(read)
+    with link_kernel(monkeypatch, fused):
+        for interface in inputs:
+            read, state, _ = access.step(interface, state, record=False)
+            reads.append(read)
     reads = torch.stack(reads, 1)
     weights = torch.randn(reads.shape, generator=torch.Generator().manual_seed(5))
     gradients = torch.autograd.grad((reads * weights.to(reads.dtype)).sum(), inputs)
@@ -155,9 +175,8 @@ def test_stepping_a_state_twice_branches_the_same_with_the_kernel(monkeypatch):
     inputs = interfaces(access, 12, 2, seed=7, style="ties")
     results = []
     for fused in (True, False):
-        monkeypatch.setattr(sdnc_module, "FUSED_LINKS", fused)
         state = access.initial_state(2)
-        with torch.no_grad():
+        with torch.no_grad(), link_kernel(monkeypatch, fused):
             for interface in inputs[:6]:
                 _, state, _ = access.step(interface, state)
             middle = state
@@ -178,21 +197,24 @@ def sdnc_config(slots: int, **changes) -> mann.ModelConfig:
     return mann.ModelConfig(**{**settings, **changes})
 
 
-def test_a_training_step_equals_the_torch_composition(monkeypatch):
+def test_a_training_step_by_the_sequence_kernel_equals_the_reference():
     generator = torch.Generator().manual_seed(2)
     inputs = torch.randint(0, 2, (3, 30, 6), generator=generator).float()
     targets = torch.randint(0, 2, (3, 30, 5), generator=generator).float()
     mask = torch.ones(3, 30)
     results = []
-    for fused in (True, False):
-        monkeypatch.setattr(sdnc_module, "FUSED_LINKS", fused)
+    for backend in ("fused", "reference"):
         torch.manual_seed(0)
         model = mann.build_model(sdnc_config(32))
-        logits, _ = model(inputs)
+        with mann.backend(backend):
+            logits, _ = model(inputs)
         loss = masked_bce(logits, targets, mask)
         loss.backward()
         results.append((loss.detach(), [p.grad for p in model.parameters()]))
-    assert_identical(results[0], results[1])
+    # The links carry no gradient and are the same; the rest is the kernels' arithmetic.
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+    for got, expected in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("slots", [20, 300])  # dense link, and the touched sub-matrix
@@ -200,10 +222,10 @@ def test_recorded_traces_equal_the_torch_composition(slots, kernel_calls, monkey
     inputs = torch.randint(0, 2, (2, 25, 6), generator=torch.Generator().manual_seed(4)).float()
     traces = []
     for fused in (True, False):
-        monkeypatch.setattr(sdnc_module, "FUSED_LINKS", fused)
         torch.manual_seed(0)
         model = mann.build_model(sdnc_config(slots))
-        _, _, trace = model(inputs, record=True, trace_item=1)
+        with link_kernel(monkeypatch, fused):
+            _, _, trace = model(inputs, record=True, trace_item=1)
         traces.append(trace)
     assert kernel_calls == [True] * 25
     first, second = (
@@ -219,12 +241,12 @@ def test_the_sink_rows_stay_empty(fused, monkeypatch):
     # Row N of both link tables is the sink that empty entries point at; it must never gain
     # an entry (small N and K_L = 1 make the lists of touched rows full, which once let a
     # rewritten row's decayed entries land there).
-    monkeypatch.setattr(sdnc_module, "FUSED_LINKS", fused)
     for slots, capacity, style in [(4, 1, "random"), (5, 1, "ties"), (8, 1, "saturated"),
                                    (8, 2, "saturated"), (10, 1, "random")]:  # fmt: skip
         access = SDNCAccess(slots, 4, 2, 1 if capacity == 1 else 2, capacity)
         state = access.initial_state(2)
         for t, interface in enumerate(interfaces(access, 40, 2, seed=slots, style=style)):
-            _, state, _ = access.step(interface, state, record=False)
+            with link_kernel(monkeypatch, fused):
+                _, state, _ = access.step(interface, state, record=False)
             for table in (state.link_predecessor_weights, state.link_successor_weights):
                 assert float(table[:, slots].abs().sum()) == 0.0, (slots, capacity, style, t)

@@ -1,6 +1,6 @@
 """The whole-sequence LSTM+NTM/DNC node (mann/fused/sequence.py) against the model's step loop.
 
-The step loop (``sequence.ENABLED = False``) is itself held to ``mann.addressing`` by
+The step loop (the "reference" backend) is itself held to ``mann.addressing`` by
 test_fused_ntm.py, test_fused_dnc.py and test_fused_link.py; here the sequence path must equal
 it in logits, the returned state, and the gradient of every parameter, of the inputs and of the
 initial state, including gradients that reach the returned state from a later call.
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import mann
 from mann import ModelConfig, ModelState, build_model
 from mann.access.dnc import DNCState
 from mann.access.ntm import NTMState
@@ -74,13 +75,10 @@ def run_both(model, inputs, state, loss_of):
     # Not the NTM's learned initial state: the state given here replaces it.
     used = [p for name, p in model.named_parameters() if not name.startswith("access.")]
     leaves = [inputs, *used, *flat(state)]
-    for enabled in (True, False):
-        sequence.ENABLED = enabled
-        try:
+    for backend in ("fused", "reference"):
+        with mann.backend(backend):
             logits, new_state = model(inputs, state)
             gradients = torch.autograd.grad(loss_of(model, logits, new_state), leaves)
-        finally:
-            sequence.ENABLED = True
         results.append((logits.detach(), [t.detach() for t in flat(new_state)], gradients))
     return results
 
@@ -160,7 +158,7 @@ def test_the_sequence_passes_gradcheck_through_inputs_and_state():
                                    input_size=2, output_size=2)).double()  # fmt: skip
     inputs = torch.rand(2, 3, 2, dtype=torch.float64, requires_grad=True)
     state = random_state(model, 2, torch.float64, seed=2)
-    assert sequence.usable(model, inputs, state)
+    assert sequence.missing(model, inputs, state) is None
 
     def function(x, *values):
         access = DNCState(*values[4:10])

@@ -1,8 +1,9 @@
 """The sparse memories' bookkeeping kernels against the torch compositions they replace:
-usage (mann/fused/slots.py; ``mann.access.sam.FUSED_USAGE = False`` gives the reference) and
-the ranking of k-NN candidates (mann/fused/knn.py; ``mann.access.index.FUSED_RANKING``).
-The same least used slots, tables, minima, journal and read positions, directly on random
-inputs (ties, missing candidates) and over whole SAM and SDNC runs.
+usage (mann/fused/slots.py against ``SlotStore``'s torch methods, the reference) and the
+ranking of k-NN candidates (mann/fused/knn.py, which an index uses when a store is given
+kernels). The same least used slots, tables, minima and read positions, directly on random
+inputs (ties, missing candidates) and over whole SAM runs. (The sequence kernel that uses them
+is held to the reference step loop in tests/test_sparse_sequence.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from mann import addressing
 from mann.access import index as index_module
 from mann.access import sam as sam_module
 from mann.access.sam import SAMAccess, SlotStore
-from mann.access.sdnc import SDNCAccess
 from mann.fused import knn as fused_knn
 from mann.fused import runtime
 from mann.fused import slots as fused_slots
@@ -42,11 +42,10 @@ def test_least_used_equals_the_torch_search_also_when_the_oldest_is_excluded(slo
             excluded[:, :1] = oldest
         exclude = torch.from_numpy(rng.random((batch, count)) < 0.7)
         before = last_access.clone()
-        monkeypatch.setattr(sam_module, "FUSED_USAGE", False)
-        expected = store.least_used(last_access, excluded, exclude)
+        expected = store.least_used(last_access, excluded, exclude)  # the reference
         minima = store.block_minima.clone()
-        monkeypatch.setattr(sam_module, "FUSED_USAGE", True)
-        got = store.least_used(last_access, excluded, exclude)
+        size = store.block_size(slots)
+        got = fused_slots.least_used(last_access, minima, size, excluded, exclude)
         assert torch.equal(got, expected)
         assert torch.equal(last_access, before) and torch.equal(store.block_minima, minima)
         first = last_access.argmin(-1)
@@ -55,7 +54,7 @@ def test_least_used_equals_the_torch_search_also_when_the_oldest_is_excluded(slo
 
 
 @pytest.mark.parametrize("with_minima", [True, False])
-def test_touch_equals_the_torch_update(with_minima, monkeypatch):
+def test_touch_equals_the_torch_update(with_minima):
     rng = np.random.default_rng(7)
     for _ in range(200):
         batch, slots, count = int(rng.integers(1, 4)), int(rng.integers(1, 40)), 6
@@ -71,24 +70,29 @@ def test_touch_equals_the_torch_update(with_minima, monkeypatch):
             choices = np.array([0.0, threshold, np.nextafter(np.float32(threshold), 1), 0.5])
             weights = rng_state.choice(choices, (batch, count)).astype(np.float32)
             weights = torch.from_numpy(weights)
-            monkeypatch.setattr(sam_module, "FUSED_USAGE", fused)
             store.version = 6
-            store.touch({"last_access": last_access}, positions, weights)
-            results[fused] = last_access, store.block_minima, store.journal["last_access"]
-        (table, minima, journal), (table_ref, minima_ref, journal_ref) = (
+            if fused:
+                old, new = fused_slots.touch(
+                    last_access, store.block_minima, store.block_size(slots), positions,
+                    weights, addressing.USAGE_THRESHOLD, store.version,
+                )  # fmt: skip
+                changed = (old.flatten(), new.flatten())
+            else:  # the reference
+                store.touch({"last_access": last_access}, positions, weights)
+                (change,) = store.journal["last_access"]
+                changed = (change.old, change.new)
+            results[fused] = last_access, store.block_minima, changed
+        (table, minima, changed), (table_ref, minima_ref, changed_ref) = (
             results[True], results[False],
         )  # fmt: skip
         assert torch.equal(table, table_ref)
         assert (minima is None) == (minima_ref is None)
         assert minima is None or torch.equal(minima, minima_ref)
-        for change, reference in zip(journal, journal_ref, strict=True):
-            assert change.version == reference.version
-            for name in ("index", "old", "new"):
-                assert torch.equal(getattr(change, name), getattr(reference, name))
+        for value, reference in zip(changed, changed_ref, strict=True):
+            assert torch.equal(value, reference)
 
 
-def run(access, steps: int, batch: int, seed: int, fused: bool, monkeypatch):
-    monkeypatch.setattr(sam_module, "FUSED_USAGE", fused)
+def run(access, steps: int, batch: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     inputs = [
         torch.randn(batch, access.interface_size, generator=generator).requires_grad_()
@@ -104,32 +108,6 @@ def run(access, steps: int, batch: int, seed: int, fused: bool, monkeypatch):
     gradients = torch.autograd.grad(reads.square().sum(), inputs)
     journal = sam_module.store_of(state.memory).journal
     return reads.detach(), torch.stack(least_used), state, gradients, journal
-
-
-@pytest.mark.parametrize(
-    "make", [lambda: SAMAccess(12, 4, 2, 3, index="exact"),
-             lambda: SAMAccess(40, 5, 1, 2, index="exact"),
-             lambda: SDNCAccess(12, 4, 2, 2, 3, index="exact"),
-             lambda: SDNCAccess(30, 4, 1, 3, 2, index="exact")],
-    ids=["sam-12", "sam-40", "sdnc-12", "sdnc-30"],
-)  # fmt: skip
-def test_whole_runs_equal_the_torch_composition(make, monkeypatch):
-    access = make()
-    fused = run(access, 50, 3, 1, True, monkeypatch)
-    reference = run(access, 50, 3, 1, False, monkeypatch)
-    reads, least_used, state, gradients, journal = fused
-    assert len(set(least_used.flatten().tolist())) > 5  # the writes moved around memory
-    assert torch.equal(reads, reference[0]) and torch.equal(least_used, reference[1])
-    for value, expected in zip(state, reference[2], strict=True):
-        assert torch.equal(value, expected)
-    for value, expected in zip(gradients, reference[3], strict=True):
-        assert torch.equal(value, expected)
-    assert journal.keys() == reference[4].keys()
-    for name in journal:
-        for change, expected in zip(journal[name], reference[4][name], strict=True):
-            assert change.version == expected.version
-            assert torch.equal(change.index, expected.index)
-            assert torch.equal(change.old, expected.old) and torch.equal(change.new, expected.new)
 
 
 def test_kernels_are_used_on_the_cpu():
@@ -169,10 +147,16 @@ def test_sparse_reads_are_the_same_with_the_ranking_kernel(kind, monkeypatch):
     if index_module.faiss is None:
         pytest.skip("faiss-cpu is not installed")
     results = {}
+    build = sam_module.build_index
     for fused in (True, False):
-        monkeypatch.setattr(index_module, "FUSED_RANKING", fused)
+        kernels = fused_knn if fused else None
+
+        def with_kernels(kind, memory, empty=False, kernels=kernels, **_):
+            return build(kind, memory, empty, kernels=kernels)
+
+        monkeypatch.setattr(sam_module, "build_index", with_kernels)
         access = SAMAccess(64, 4, 2, 3, index=kind)
-        results[fused] = run(access, 40, 3, 2, True, monkeypatch)
+        results[fused] = run(access, 40, 3, 2)
     reads, least_used, state, _, _ = results[True]
     assert torch.equal(reads, results[False][0]) and torch.equal(least_used, results[False][1])
     assert torch.equal(state.read_positions, results[False][2].read_positions)

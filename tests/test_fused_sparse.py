@@ -1,7 +1,8 @@
-"""The sparse reads' kernels (mann/fused/sparse.py) and the SDNC's read weighting as one
-autograd node (``mann.access.sdnc._ReadWeighting``) against the torch composition they replace
-(``mann.access.sam.FUSED_READS = False``): the same weights, reads and gradients, for one
-read on random rows (zero rows and keys included) and over whole SAM and SDNC runs.
+"""The sparse reads' kernels (mann/fused/sparse.py: ``content_read``, ``read_rows`` and the
+SDNC's ``read_weighting`` as one autograd node) against the torch composition the reference
+step uses (``mann.access.sam.content_read``, ``read_rows``, ``addressing``): the same weights,
+reads and gradients, for one read on random rows (zero rows and keys included) and over whole
+SAM and SDNC runs.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import torch
 
 from mann import addressing
 from mann.access import sam as sam_module
-from mann.access.sam import SAMAccess, content_read, memory_gradient_placeholder, read_rows
+from mann.access import sdnc as sdnc_module
+from mann.access.sam import SAMAccess, memory_gradient_placeholder
 from mann.access.sdnc import SDNCAccess
 from mann.fused import runtime
+from mann.fused import sparse as fused_sparse
 
 pytestmark = pytest.mark.skipif(not runtime.HAVE_NUMBA, reason="the fused kernels need numba")
 
@@ -39,7 +42,10 @@ def random_read(seed: int, dtype: torch.dtype, zero_rows: bool):
 def read_and_gradients(fused: bool, memory, positions, keys, strengths, monkeypatch, seed):
     """One content read and one read by given weights, their outputs and every gradient
     (keys, strengths, weights, memory) of a random function of them."""
-    monkeypatch.setattr(sam_module, "FUSED_READS", fused)
+    content_read, read_rows = (
+        (fused_sparse.content_read, fused_sparse.read_rows) if fused
+        else (sam_module.content_read, sam_module.read_rows)
+    )  # fmt: skip
     keys, strengths = keys.clone().requires_grad_(), strengths.clone().requires_grad_()
     tables = {"memory": memory.clone()}
     path = memory_gradient_placeholder(memory).requires_grad_()
@@ -72,8 +78,8 @@ def test_a_read_and_its_gradients_equal_the_torch_composition(dtype, zero_rows, 
         assert grads[3].abs().sum() > 0  # the memory's gradient is not lost
 
 
-def test_the_kernel_read_is_the_dense_content_read_over_every_slot(monkeypatch):
-    monkeypatch.setattr(sam_module, "FUSED_READS", True)
+def test_the_kernel_read_is_the_dense_content_read_over_every_slot():
+    content_read = fused_sparse.content_read
     memory, _, keys, strengths = random_read(3, torch.float64, zero_rows=True)
     slots = memory.shape[1]
     positions = torch.arange(slots).expand(*keys.shape[:2], slots).contiguous()
@@ -84,8 +90,29 @@ def test_the_kernel_read_is_the_dense_content_read_over_every_slot(monkeypatch):
     torch.testing.assert_close(reads, torch.bmm(expected, memory))
 
 
+def use_kernels(monkeypatch) -> None:
+    """The reference step with its reads (and SDNC's read weighting) by the kernels."""
+    monkeypatch.setattr(sam_module, "content_read", fused_sparse.content_read)
+    monkeypatch.setattr(sam_module, "read_rows", fused_sparse.read_rows)
+    monkeypatch.setattr(sdnc_module, "read_rows", fused_sparse.read_rows)
+
+    def read_weighting(self, tables, state, io, content_positions, content_weights):
+        N, K = self.memory_size, self.sparse_reads
+        flat = state.read_positions.flatten(1)
+        shape = (*state.read_positions.shape, self.temporal_reads)
+        successors, successor_weights = sdnc_module.link_rows(tables, "successor", flat, N)
+        predecessors, predecessor_weights = sdnc_module.link_rows(tables, "predecessor", flat, N)
+        links = tuple(table.view(shape) for table in
+                      (successors, successor_weights, predecessors, predecessor_weights))
+        return fused_sparse.read_weighting(state.read_weights, content_weights, io.read_modes,
+                                           links, content_positions, K, N)  # fmt: skip
+
+    monkeypatch.setattr(SDNCAccess, "_read_weighting", read_weighting)
+
+
 def run(access, fused: bool, monkeypatch, steps: int = 30, batch: int = 3):
-    monkeypatch.setattr(sam_module, "FUSED_READS", fused)
+    if fused:
+        use_kernels(monkeypatch)
     generator = torch.Generator().manual_seed(11)
     inputs = [
         torch.randn(batch, access.interface_size, generator=generator, dtype=torch.float64)
@@ -110,8 +137,8 @@ def run(access, fused: bool, monkeypatch, steps: int = 30, batch: int = 3):
 )  # fmt: skip
 def test_whole_runs_and_their_gradients_equal_the_torch_composition(make, monkeypatch):
     access = make()
-    reads, positions, gradients = run(access, True, monkeypatch)
     expected_reads, expected_positions, expected_gradients = run(access, False, monkeypatch)
+    reads, positions, gradients = run(access, True, monkeypatch)
     assert torch.equal(positions, expected_positions)
     torch.testing.assert_close(reads, expected_reads)
     for got, expected in zip(gradients, expected_gradients, strict=True):
@@ -119,15 +146,19 @@ def test_whole_runs_and_their_gradients_equal_the_torch_composition(make, monkey
     assert sum(float(g.abs().sum()) for g in gradients[:-5]) > 0  # early steps get gradient
 
 
-def test_the_kernels_are_used_on_the_cpu(monkeypatch):
+def test_the_reference_step_never_calls_the_kernels(monkeypatch):
     calls = []
     for name in ("content_read_forward", "rows_read_forward"):
-        kernel = getattr(sam_module.fused_sparse, name)
+        kernel = getattr(fused_sparse, name)
         monkeypatch.setattr(
-            sam_module.fused_sparse, name,
+            fused_sparse, name,
             lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args),
         )  # fmt: skip
     for access in (SAMAccess(12, 4, 2, 3), SDNCAccess(12, 4, 2, 2, 3)):
         state = access.initial_state(2)
         access.step(torch.randn(2, access.interface_size), state)
+    assert calls == []
+    use_kernels(monkeypatch)
+    for access in (SAMAccess(12, 4, 2, 3), SDNCAccess(12, 4, 2, 2, 3)):
+        access.step(torch.randn(2, access.interface_size), access.initial_state(2))
     assert calls == ["content_read_forward", "content_read_forward", "rows_read_forward"]

@@ -1,5 +1,5 @@
 """The whole-sequence node for SAM and SDNC (mann/fused/sequence.py ``_SparseSteps``, kernels in
-mann/fused/sparse_step.py) against the model's step loop (``sequence.ENABLED = False``).
+mann/fused/sparse_step.py) against the model's step loop (the "reference" backend).
 
 The step loop is itself held to ``mann.addressing`` (test_sparse.py, test_fused_sdnc.py,
 test_fused_sparse.py). Here the node must give the same logits, the same returned state (the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mann
 from mann import ModelConfig, build_model
 from mann.access import sam as sam_module
 from mann.fused import runtime, sequence, sparse_step
@@ -57,14 +58,11 @@ def run_both(model, inputs, loss_of=loss_through_state):
     """(logits, returned state, gradients of parameters and inputs) from the node and the loop."""
     results = []
     leaves = [inputs, *model.parameters()]
-    for enabled in (True, False):
-        sequence.ENABLED = enabled
-        try:
+    for backend in ("fused", "reference"):
+        with mann.backend(backend):
             logits, state = model(inputs)
             gradients = torch.autograd.grad(loss_of(model, logits, state), leaves,
                                             allow_unused=True)  # fmt: skip
-        finally:
-            sequence.ENABLED = True
         results.append((logits.detach(), state, gradients))
     return results
 
@@ -99,7 +97,12 @@ def assert_states_equal(first, second, tolerance: float) -> None:
 def test_the_sequence_equals_the_step_loop(arch, dtype, batch, changes):
     torch.manual_seed(1)
     model = build_model(config(arch, **changes)).to(dtype)
-    inputs = inputs_for(model, batch, 14, seed=2)
+    # float32 (the IVF index needs it): the kernels and torch's composition, the reference,
+    # round differently in the last bit, and over a long run a near-tie in the selection of
+    # the K largest read weights can go either way (for this seed, at step 13 of 14), after
+    # which the runs read different slots. So 8 steps there; float64 runs compare 14.
+    steps = 14 if dtype == torch.float64 else 8
+    inputs = inputs_for(model, batch, steps, seed=2)
     (logits, state, gradients), (logits_ref, state_ref, gradients_ref) = run_both(model, inputs)
     tolerance = 1e-10 if dtype == torch.float64 else 2e-5
     torch.testing.assert_close(logits, logits_ref, rtol=0, atol=tolerance)
@@ -154,11 +157,8 @@ def test_stepping_one_state_twice_branches_through_the_journal(arch):
     for name, table in model.access.tables_at(state.access).items():
         assert torch.equal(table, tables[name]), name
     assert tables["memory"].abs().sum() > 0
-    sequence.ENABLED = False
-    try:
+    with mann.backend("reference"):
         reference, _ = model(inputs, state)
-    finally:
-        sequence.ENABLED = True
     torch.testing.assert_close(reference, once, rtol=0, atol=1e-12)
 
 

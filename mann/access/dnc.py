@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mann import addressing, fused
+from mann import addressing
 from mann.access.base import require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
@@ -130,15 +130,10 @@ class DNCAccess(nn.Module):
         record: bool = True,
         edit: StepEdits | None = None,
     ) -> tuple[torch.Tensor, DNCState, DNCRecord | None]:
-        """One DNC step: interface ξ_t (B,I) and state_{t-1} -> (r_t (B,R,W), state_t, record).
-
-        Without ``record`` (and without ``edit``) the step may run fused: the same equations as
-        two autograd Functions (``mann.fused.dnc``) around the fused link, returning no record.
-        The composition below is the reference, and what traces record; ``edit``
-        (``mann.intervention``) replaces quantities as they are computed.
+        """One DNC step, the reference: interface ξ_t (B,I) and state_{t-1} -> (r_t (B,R,W),
+        state_t, record). ``edit`` (``mann.intervention``) replaces quantities as they are
+        computed. Training usually runs ``mann.fused``'s kernel instead (``mann.backends``).
         """
-        if not record and edit is None and fused.runtime.usable(interface, *state):
-            return self._fused_step(interface, state)
         edit = edit or NO_EDITS
         io = edit.interface(self.parse_interface(interface))
         prev_write_weights = state.write_weights.squeeze(1)
@@ -194,20 +189,3 @@ class DNCAccess(nn.Module):
             read_strengths=io.read_strengths,
         )
         return read_vectors, new_state, step_record
-
-    def _fused_step(
-        self, interface: torch.Tensor, state: DNCState
-    ) -> tuple[torch.Tensor, DNCState, None]:
-        # The same order as the reference: write (usage, allocation, write weighting,
-        # erase-and-write), the link and the reads through it, then precedence and reads.
-        memory, usage, write_weights, state_write_weights = fused.dnc_write(
-            interface, state.memory, state.usage, state.write_weights, state.read_weights
-        )
-        link, forward, backward = fused.link_and_directions(
-            state.link, state.precedence, write_weights, state.read_weights
-        )
-        read_weights, read_vectors, precedence = fused.dnc_read(
-            interface, memory, state.precedence, write_weights, forward, backward
-        )
-        new_state = DNCState(memory, usage, link, precedence, read_weights, state_write_weights)
-        return read_vectors, new_state, None

@@ -52,9 +52,6 @@ import math
 import numpy as np
 import torch
 
-from mann.fused import knn as fused_knn
-from mann.fused.runtime import HAVE_NUMBA
-
 try:  # faiss-cpu is a dependency, but the exact torch index works without it.
     import faiss
 except ImportError:  # pragma: no cover - exercised only where faiss is missing
@@ -78,10 +75,10 @@ EMPTY_STEP = 2.0**-22
 QUERY_MARKER = 2.0
 # The faiss indexes fetch k + this many candidates, then rank them by the rule above.
 EXTRA_CANDIDATES = 8
-# Rank faiss's candidates and keep the IVF index's books with the numba kernels of
-# mann.fused.knn where usable; False: the torch and numpy composition below (best_candidates,
-# _fill_missing, FaissIVFIndex.update), the reference tests compare with.
-FUSED_RANKING = True
+# An index ranks faiss's candidates and keeps the IVF index's books by the torch and numpy
+# composition below (best_candidates, _fill_missing, FaissIVFIndex.update): the reference.
+# Its ``kernels`` attribute, None unless the fused sequence kernel sets it (mann.fused.knn:
+# exact_update, exact_queries, best_candidates, ivf_update, ivf_probes), does the same faster.
 
 
 def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -164,18 +161,20 @@ def resolve_index_kind(
     return kind
 
 
-def build_index(kind: str, memory: torch.Tensor, empty: bool = False):
+def build_index(kind: str, memory: torch.Tensor, empty: bool = False, kernels=None):
     """A new index of ``kind`` over ``memory`` (B,N,W), filled from its current rows.
 
     ``empty=True`` promises that memory is all zeros, which spares the approximate index a
-    scan of the rows.
+    scan of the rows. ``kernels`` (``mann.fused.knn``) ranks and keeps books faster.
     """
     kind = resolve_index_kind(kind, memory.shape[1], memory.dtype, memory.device)
     if kind == "exact":
-        return ExactIndex(memory)
-    if kind == "faiss-exact":
-        return FaissExactIndex(memory)
-    return FaissIVFIndex(memory, empty=empty)
+        index = ExactIndex(memory)
+    elif kind == "faiss-exact":
+        index = FaissExactIndex(memory, kernels)
+    else:
+        index = FaissIVFIndex(memory, empty=empty, kernels=kernels)
+    return index
 
 
 class ExactIndex:
@@ -183,6 +182,7 @@ class ExactIndex:
     date row by row."""
 
     kind = "exact"
+    kernels = None  # torch does the whole search
 
     def __init__(self, memory: torch.Tensor) -> None:
         self.table = index_rows(memory.detach())
@@ -202,10 +202,14 @@ class FaissExactIndex(ExactIndex):
 
     kind = "faiss-exact"
 
+    def __init__(self, memory: torch.Tensor, kernels=None) -> None:
+        super().__init__(memory)
+        self.kernels = kernels
+
     def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
-        if not (FUSED_RANKING and HAVE_NUMBA):
+        if self.kernels is None:
             return super().update(positions, rows)
-        fused_knn.exact_update(
+        self.kernels.exact_update(
             self.table.numpy(), positions.cpu().contiguous().numpy(),
             rows.detach().to(torch.float32).cpu().contiguous().numpy(), EMPTY_SIMILARITY,
             EMPTY_STEP, QUERY_MARKER,
@@ -213,8 +217,8 @@ class FaissExactIndex(ExactIndex):
 
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
         keys = keys.detach().to(torch.float32).cpu().contiguous()
-        if FUSED_RANKING and HAVE_NUMBA:
-            queries = fused_knn.exact_queries(keys.numpy(), QUERY_MARKER)
+        if self.kernels is not None:
+            queries = self.kernels.exact_queries(keys.numpy(), QUERY_MARKER)
         else:
             queries = index_queries(keys).contiguous().numpy()
         database = self.table.numpy()  # shares memory with the torch copy
@@ -226,9 +230,9 @@ class FaissExactIndex(ExactIndex):
             similarity[item], labels[item] = faiss.knn(
                 queries[item], database[item], wanted, metric=faiss.METRIC_INNER_PRODUCT
             )
-        if FUSED_RANKING and HAVE_NUMBA:
+        if self.kernels is not None:
             batch, heads = queries.shape[:2]
-            found = fused_knn.best_candidates(
+            found = self.kernels.best_candidates(
                 similarity.reshape(batch * heads, wanted), labels.reshape(batch * heads, wanted),
                 np.zeros(batch * heads, dtype=np.int64), k, slots, TIE_RESOLUTION, fill=False,
             )  # fmt: skip
@@ -261,7 +265,9 @@ class FaissIVFIndex:
         lists: int | None = None,
         probes: int = 8,
         empty: bool = False,
+        kernels=None,
     ) -> None:
+        self.kernels = kernels
         batch, slots, width = memory.shape
         self.batch, self.slots = batch, slots
         self.lists = lists or max(1, round(math.sqrt(slots)))
@@ -293,8 +299,8 @@ class FaissIVFIndex:
 
     def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
         """Rows (B,P,W) were written at slots ``positions`` (B,P); repeats carry equal rows."""
-        if FUSED_RANKING and HAVE_NUMBA:
-            stale, fresh, vectors, assigned = fused_knn.ivf_update(
+        if self.kernels is not None:
+            stale, fresh, vectors, assigned = self.kernels.ivf_update(
                 positions.cpu().contiguous().numpy(),
                 rows.detach().to(torch.float32).cpu().contiguous().numpy(), self.slots,
                 self.present, self.rows, self.centroids_t,
@@ -338,16 +344,16 @@ class FaissIVFIndex:
     def search(self, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k most similar slots to each key (approximately): keys (B,H,W) -> (B,H,k)."""
         wanted = min(self.slots, k + EXTRA_CANDIDATES)
-        if FUSED_RANKING and HAVE_NUMBA:
+        if self.kernels is not None:
             heads = keys.shape[1]
-            flat_queries, lists = fused_knn.ivf_probes(
+            flat_queries, lists = self.kernels.ivf_probes(
                 keys.detach().to(torch.float32).cpu().contiguous().numpy(), self.centroids_t,
                 self.rows, self.probes, IVF_MIN_CANDIDATES,
             )  # fmt: skip
             if self.index.nprobe != lists.shape[1]:
                 self.index.nprobe = lists.shape[1]
             similarity, labels = self.index.search_preassigned(flat_queries, wanted, lists, None)
-            found = fused_knn.best_candidates(
+            found = self.kernels.best_candidates(
                 similarity, labels, self._query_offsets(heads), k, self.slots, TIE_RESOLUTION,
                 fill=True,
             )  # fmt: skip

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mann import addressing, fused
+from mann import addressing
 from mann.access.base import require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
@@ -121,24 +121,11 @@ class NTMAccess(nn.Module):
         record: bool = True,
         edit: StepEdits | None = None,
     ) -> tuple[torch.Tensor, NTMState, NTMRecord | None]:
-        """One NTM step; ``edit`` (``mann.intervention``) replaces quantities as they are
-        computed, on the reference path."""
+        """One NTM step, the reference: interface (B,I) and state_{t-1} -> (r_t (B,R,W),
+        state_t, record). ``edit`` (``mann.intervention``) replaces quantities as they are
+        computed. Training usually runs ``mann.fused``'s kernel instead (``mann.backends``)."""
         # w_{t-1}, reads then writes; contiguous even when the state holds expanded views.
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
-        if not record and edit is None and fused.runtime.usable(interface, state.memory, previous):
-            # The same step in one fused call forward and one backward (mann/fused/ntm.py).
-            read_vectors, memory, weights = fused.ntm_step(
-                interface,
-                state.memory,
-                previous,
-                read_heads=self.read_heads,
-                write_heads=self.write_heads,
-                word_size=self.word_size,
-                shift_range=self.shift_range,
-            )
-            read_weights, write_weights = weights.split([self.read_heads, self.write_heads], dim=1)
-            return read_vectors, NTMState(memory, read_weights, write_weights), None
-
         batch = interface.shape[0]
         heads = self.read_heads + self.write_heads
         address, write = interface.split(

@@ -102,19 +102,7 @@ from torch import nn
 from mann import addressing
 from mann.access.base import require_positive
 from mann.access.index import build_index, resolve_index_kind
-from mann.fused import slots as fused_slots
-from mann.fused import sparse as fused_sparse
-from mann.fused.runtime import usable as fused_usable
 from mann.intervention import NO_EDITS, StepEdits
-
-# Usage bookkeeping (least used slot, touch) by the numba kernels of mann.fused.slots where
-# usable; False: always the torch composition below (the reference tests compare them with).
-FUSED_USAGE = True
-
-# Sparse reads (content weights and the weighted sum of rows) by the numba kernels of
-# mann.fused.sparse where usable, and SDNC's read weighting, one autograd node each; False:
-# the torch composition of mann.addressing, the reference tests compare them with.
-FUSED_READS = True
 
 # An excluded slot's last use, when picking the least used: later than any real step.
 _EXCLUDED = torch.iinfo(torch.int64).max
@@ -201,6 +189,15 @@ class SlotStore:
         self.block_minima: torch.Tensor | None = None
         self._scratch: torch.Tensor | None = None
         self._snapshots: dict[str, tuple[int, torch.Tensor]] = {}
+        # The index's ranking kernels (``mann.fused.knn``), set by the fused sequence kernel;
+        # None: the reference (torch and numpy).
+        self.kernels = None
+
+    def use_kernels(self, kernels) -> None:
+        """Rank and keep the index's books with ``kernels`` (``mann.fused.knn``), or None."""
+        self.kernels = kernels
+        if self.index is not None and self.index.kind != "exact":
+            self.index.kernels = kernels
 
     # ---- versions ----------------------------------------------------------------------
     def begin_step(self) -> int:
@@ -308,7 +305,8 @@ class SlotStore:
     def rows_written(self, memory: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor):
         """Rows (B,P,W) were just written at slots ``positions`` (B,P): the index follows."""
         if self.index is None and self.memory_is_zero:
-            self.index = build_index(self.index_kind, memory, empty=True)  # nothing to scan
+            self.index = build_index(self.index_kind, memory, empty=True,  # nothing to scan
+                                     kernels=self.kernels)  # fmt: skip
         self.memory_is_zero = False
         if self.index is not None:
             self.index.update(positions, rows)
@@ -328,7 +326,8 @@ class SlotStore:
     def search(self, tables: dict, keys: torch.Tensor, k: int) -> torch.Tensor:
         """The k nearest slots to each key (B,H,W) in the current memory -> (B,H,k)."""
         if self.index is None:
-            self.index = build_index(self.index_kind, tables["memory"], self.memory_is_zero)
+            self.index = build_index(self.index_kind, tables["memory"], self.memory_is_zero,
+                                     kernels=self.kernels)  # fmt: skip
         return self.index.search(keys, k).to(keys.device)
 
     # ---- usage -------------------------------------------------------------------------
@@ -368,9 +367,6 @@ class SlotStore:
         """The least recently used slot U (B,), not one of ``excluded`` (B,P) where
         ``exclude`` (B,P) is set, unless every slot is. O(P √N): a √N-block minimum."""
         minima = self.minima(last_access)
-        if FUSED_USAGE and fused_slots.usable(last_access, excluded):
-            size = self.block_size(last_access.shape[1])
-            return fused_slots.least_used(last_access, minima, size, excluded, exclude)
         least = self._least_used_in(last_access, minima)
         if not ((least.unsqueeze(-1) == excluded) & exclude).any():
             return least
@@ -392,13 +388,6 @@ class SlotStore:
         last_access = tables["last_access"]
         slots = last_access.shape[1]
         index = flat_index(positions, slots)
-        if FUSED_USAGE and fused_slots.usable(last_access, positions):
-            old, new = fused_slots.touch(
-                last_access, self.block_minima, self.block_size(slots), positions, weights,
-                addressing.USAGE_THRESHOLD, self.version,
-            )  # fmt: skip
-            self._journal("last_access", index, old.flatten(), new.flatten())
-            return
         flat = last_access.view(-1)
         used = weights.detach().flatten() > addressing.USAGE_THRESHOLD
         old = flat.index_select(0, index)
@@ -510,102 +499,10 @@ class _GatherRows(torch.autograd.Function):
         return grad_memory, None, None
 
 
-def _numpy_or_zeros(gradient: torch.Tensor | None, like: torch.Tensor):
-    return (gradient if gradient is not None else torch.zeros_like(like)).contiguous().numpy()
-
-
-class _ContentRead(torch.autograd.Function):
-    """Gather + ``sparse_content_weights`` (+ ``sparse_read``) in one kernel each way.
-
-    Returns (weights (B,H,K), reads (B,H,W), next path); the reads' gradient flows only when
-    the caller uses them (SAM does, SDNC mixes the weights first and reads later).
-    """
-
-    @staticmethod
-    def forward(ctx, path, keys, strengths, tables, positions):
-        ctx.set_materialize_grads(False)
-        memory = tables["memory"]
-        batch, heads, k = positions.shape
-        width = memory.shape[2]
-        keys, strengths = keys.detach().contiguous(), strengths.detach().contiguous()
-        rows = keys.new_empty((batch, heads, k, width))
-        similarity, row_norms, weights = (keys.new_empty((batch, heads, k)) for _ in range(3))
-        key_norms = keys.new_empty((batch, heads))
-        reads = keys.new_empty((batch, heads, width))
-        fused_sparse.content_read_forward(
-            memory.numpy(), positions.numpy(), keys.numpy(), strengths.numpy(),
-            addressing.EPSILON, rows.numpy(), similarity.numpy(), key_norms.numpy(),
-            row_norms.numpy(), weights.numpy(), reads.numpy(),
-        )  # fmt: skip
-        ctx.save_for_backward(
-            positions, keys, strengths, rows, similarity, key_norms, row_norms, weights
-        )
-        ctx.memory_shape = path.shape
-        return weights, reads, memory_gradient_placeholder(path)
-
-    @staticmethod
-    def backward(ctx, grad_weights, grad_reads, grad_memory):
-        positions, keys, strengths, rows, similarity, key_norms, row_norms, weights = (
-            ctx.saved_tensors
-        )
-        if grad_weights is None and grad_reads is None:
-            return grad_memory, None, None, None, None
-        if grad_memory is None:  # the last read of the sequence: start the buffer
-            grad_memory = lazy_zeros(ctx.memory_shape, keys.dtype)
-        grad_keys, grad_strengths = torch.empty_like(keys), torch.empty_like(strengths)
-        fused_sparse.content_read_backward(
-            _numpy_or_zeros(grad_weights, weights), _numpy_or_zeros(grad_reads, keys),
-            positions.numpy(), keys.numpy(), strengths.numpy(), addressing.EPSILON,
-            rows.numpy(), similarity.numpy(), key_norms.numpy(), row_norms.numpy(),
-            weights.numpy(), grad_memory.numpy(), grad_keys.numpy(), grad_strengths.numpy(),
-        )  # fmt: skip
-        return grad_memory, grad_keys, grad_strengths, None, None
-
-
-class _ReadRows(torch.autograd.Function):
-    """Gather + ``sparse_read`` in one kernel each way: (reads (B,H,W), next path)."""
-
-    @staticmethod
-    def forward(ctx, path, weights, tables, positions):
-        ctx.set_materialize_grads(False)
-        memory = tables["memory"]
-        batch, heads, k = positions.shape
-        weights = weights.detach().contiguous()
-        rows = weights.new_empty((batch, heads, k, memory.shape[2]))
-        reads = weights.new_empty((batch, heads, memory.shape[2]))
-        fused_sparse.rows_read_forward(
-            memory.numpy(), positions.numpy(), weights.numpy(), rows.numpy(), reads.numpy()
-        )
-        ctx.save_for_backward(positions, weights, rows)
-        ctx.memory_shape = path.shape
-        return reads, memory_gradient_placeholder(path)
-
-    @staticmethod
-    def backward(ctx, grad_reads, grad_memory):
-        if grad_reads is None:
-            return grad_memory, None, None, None
-        positions, weights, rows = ctx.saved_tensors
-        if grad_memory is None:
-            grad_memory = lazy_zeros(ctx.memory_shape, weights.dtype)
-        grad_weights = torch.empty_like(weights)
-        fused_sparse.rows_read_backward(
-            grad_reads.contiguous().numpy(), positions.numpy(), weights.numpy(), rows.numpy(),
-            grad_memory.numpy(), grad_weights.numpy(),
-        )  # fmt: skip
-        return grad_memory, grad_weights, None, None
-
-
-def fused_reads_usable(memory: torch.Tensor, *tensors: torch.Tensor) -> bool:
-    return FUSED_READS and fused_usable(memory, *tensors)
-
-
 def content_read(path, tables, positions, keys, strengths, read: bool = True):
     """Weights softmax_k(β D(k, M[i_k])) (B,H,K) over the rows at ``positions`` (B,H,K), and
     with ``read`` the read vectors Σ_k w_k M[i_k] (B,H,W) (else None), and the next path."""
     memory = tables["memory"]
-    if fused_reads_usable(memory, keys, strengths):
-        weights, reads, path = _ContentRead.apply(path, keys, strengths, tables, positions)
-        return weights, (reads if read else None), path
     batch, heads, k = positions.shape
     rows, path = gather_rows(path, tables, positions.flatten(1))
     rows = rows.view(batch, heads, k, memory.shape[2])
@@ -616,8 +513,6 @@ def content_read(path, tables, positions, keys, strengths, read: bool = True):
 def read_rows(path, tables, positions, weights):
     """Read vectors Σ_k w_k M[i_k] (B,H,W) at ``positions`` (B,H,K), and the next path."""
     memory = tables["memory"]
-    if fused_reads_usable(memory, weights):
-        return _ReadRows.apply(path, weights, tables, positions)
     rows, path = gather_rows(path, tables, positions.flatten(1))
     rows = rows.view(*positions.shape, memory.shape[2])
     return addressing.sparse_read(rows, weights), path

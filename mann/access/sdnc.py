@@ -56,26 +56,21 @@ from typing import NamedTuple
 
 import torch
 
-from mann import addressing, fused
+from mann import addressing
 from mann.access.base import require_positive
 from mann.access.sam import (
     SAMAccess,
     SparseRecord,
     TablesAt,
-    fused_reads_usable,
     lazy_zeros,
     memory_gradient_placeholder,
     read_rows,
     rows_at,
 )
-from mann.fused import sdnc as fused_sdnc
 from mann.intervention import NO_EDITS, StepEdits
 
 # Up to this many slots the Trace records the dense link matrix (T,N,N).
 DENSE_LINK_LIMIT = 256
-# Step 2 by the numba kernel (mann.fused.sdnc) where usable; False: always the torch
-# composition (the reference, which tests compare the kernel with).
-FUSED_LINKS = True
 
 
 class SDNCState(NamedTuple):
@@ -193,60 +188,6 @@ class SDNCRecord(SparseRecord):
         return self._parts["read_modes"]
 
 
-class _ReadWeighting(torch.autograd.Function):
-    """Steps 5–6, the directional weightings and the read weighting, as one autograd node.
-
-    The forward is ``addressing.sparse_directional_weights`` and
-    ``sparse_read_weighting_selection``; the backward routes dL/dw^r through the entries
-    the mixture kept: the top-k picks merged entries, each merged entry is the sum of its
-    group, each entry is a mode times a backward, content or forward value, and those are
-    link weights times w^r_{t-1} (the links carry no gradient). Composed, the same is about
-    twenty autograd nodes a step.
-    """
-
-    @staticmethod
-    def forward(ctx, prev_weights, content_weights, read_modes, links, content_positions, k, size):
-        successors, successor_weights, predecessors, predecessor_weights = links
-        forward, backward = addressing.sparse_directional_weights(
-            successors, successor_weights, predecessors, predecessor_weights, prev_weights
-        )
-        read_positions, read_weights, _, (order, group, kept) = (
-            addressing.sparse_read_weighting_selection(
-                backward, (content_positions, content_weights), forward, read_modes, k, size
-            )
-        )
-        ctx.save_for_backward(
-            successor_weights, predecessor_weights, backward[1], content_weights, forward[1],
-            read_modes, order, group, kept,
-        )  # fmt: skip
-        outputs = (read_positions, *forward, *backward)
-        ctx.mark_non_differentiable(*outputs)
-        return read_weights, *outputs
-
-    @staticmethod
-    def backward(ctx, grad_read_weights, *_):
-        (successor_weights, predecessor_weights, backward_values, content_weights,
-         forward_values, read_modes, order, group, kept) = ctx.saved_tensors  # fmt: skip
-        entries = order.shape[-1]
-        grad_merged = grad_read_weights.new_zeros(*order.shape[:-1], entries)
-        grad_merged.scatter_(-1, kept, grad_read_weights)
-        grad_sorted = grad_merged.gather(-1, group)  # each sorted entry: its merged entry's
-        grad_values = torch.zeros_like(grad_merged).scatter_(-1, order, grad_sorted)
-        sizes = (backward_values.shape[-1], content_weights.shape[-1], forward_values.shape[-1])
-        grad_backward, grad_content, grad_forward = grad_values.split(sizes, -1)
-        grad_modes = torch.stack(
-            [(grad_backward * backward_values).sum(-1), (grad_content * content_weights).sum(-1),
-             (grad_forward * forward_values).sum(-1)], -1,
-        )  # fmt: skip
-        modes = read_modes.unsqueeze(-1)
-        shape = successor_weights.shape  # (B,R,K,K_L)
-        grad_prev = (
-            (modes[..., 0, :] * grad_backward).view(shape) * predecessor_weights
-            + (modes[..., 2, :] * grad_forward).view(shape) * successor_weights
-        ).sum(-1)
-        return grad_prev, modes[..., 1, :] * grad_content, grad_modes, None, None, None, None
-
-
 class SDNCAccess(SAMAccess):
     """Sparse DNC: SAM's sparse reads and writes plus K_L-sparse temporal links."""
 
@@ -323,16 +264,10 @@ class SDNCAccess(SAMAccess):
     # ---- links -------------------------------------------------------------------------
     def _update_links(self, store, tables, write_positions, write_weights, precedence):
         """Step 2 on the tables, in place: the rows and columns that can grow, by
-        ``addressing.sparse_temporal_link``, then the entries elsewhere that only decay.
-
-        One numba kernel computes the changed rows where it can (``mann.fused.sdnc``, the
-        same numbers); the torch composition ``_link_changes`` is the reference."""
+        ``addressing.sparse_temporal_link``, then the entries elsewhere that only decay
+        (``_link_changes``; ``mann.fused.sdnc`` computes the same numbers by one kernel)."""
         written, weights = addressing.merge_sparse(write_positions, write_weights, self.memory_size)
-        changes = None
-        if FUSED_LINKS and fused.runtime.usable(weights, tables["link_predecessor_weights"]):
-            changes = fused_sdnc.link_changes(tables, written, weights, *precedence)
-        if changes is None:  # no numba, another device, or a case the kernel leaves to torch
-            changes = self._link_changes(store, tables, written, weights, precedence)
+        changes = self._link_changes(store, tables, written, weights, precedence)
         kinds = ("predecessor", "successor")
         for kind, (positions, slots, values) in zip(kinds, changes, strict=True):
             store.change(tables, f"link_{kind}s", positions, slots)
@@ -445,12 +380,6 @@ class SDNCAccess(SAMAccess):
             table.view(shape)
             for table in (successors, successor_weights, predecessors, predecessor_weights)
         )
-        if fused_reads_usable(tables["memory"], state.read_weights, content_weights):
-            read_weights, read_positions, *directions = _ReadWeighting.apply(
-                state.read_weights, content_weights, io.read_modes, links, content_positions,
-                K, N,
-            )  # fmt: skip
-            return read_positions, read_weights, tuple(directions[:2]), tuple(directions[2:])
         forward, backward = addressing.sparse_directional_weights(*links, state.read_weights)
         read_positions, read_weights, _ = addressing.sparse_read_weighting(
             backward, (content_positions, content_weights), forward, io.read_modes, K, N

@@ -745,3 +745,23 @@ def dnc_read(
     Equals ``addressing.precedence``, ``content_weights``, ``read_weighting`` and ``read``.
     """
     return _Read.apply(interface, memory, prev_precedence, write_weights, forward, backward)
+
+
+def access_step(access, interface: torch.Tensor, state):
+    """``DNCAccess.step`` without a record, by the fused kernels, in the reference's order:
+    the write (usage, allocation, write weighting, erase-and-write), the link and the reads
+    through it, then precedence and the reads -> (r_t, state_t, None)."""
+    from mann.access.dnc import DNCState
+    from mann.fused.link import link_and_directions
+
+    memory, usage, write_weights, state_write_weights = dnc_write(
+        interface, state.memory, state.usage, state.write_weights, state.read_weights
+    )
+    link, forward, backward = link_and_directions(
+        state.link, state.precedence, write_weights, state.read_weights
+    )
+    read_weights, read_vectors, precedence = dnc_read(
+        interface, memory, state.precedence, write_weights, forward, backward
+    )
+    new_state = DNCState(memory, usage, link, precedence, read_weights, state_write_weights)
+    return read_vectors, new_state, None

@@ -1,4 +1,4 @@
-"""The LSTM cell as one autograd node (``mann.controller.LSTMController``).
+"""The LSTM cell's backward as one kernel (``mann.controller.lstm_cell``'s equations).
 
 Composed, a cell is nine autograd nodes per layer and time step (two slices, σ, a split, two
 tanh, two products, an addcmul), and at a controller's size the autograd engine's work per
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from mann.controller import lstm_cell as _reference_cell
 from mann.fused.runtime import HAVE_NUMBA, njit, usable
 
 if HAVE_NUMBA:
@@ -38,17 +39,8 @@ if HAVE_NUMBA:
 
 
 def cell_forward(gates: torch.Tensor, prev_cell: torch.Tensor):
-    """``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)`` from pre-activation gates (B,4H).
-
-    Returns (h_t, c_t) and the activations the backward needs.
-    """
-    size = prev_cell.shape[1]
-    sigmoids = torch.sigmoid(gates[:, : 3 * size])
-    candidate = torch.tanh(gates[:, 3 * size :])
-    input_gate, forget_gate, output_gate = sigmoids.chunk(3, 1)
-    cell = torch.addcmul(forget_gate * prev_cell, input_gate, candidate)
-    cell_tanh = torch.tanh(cell)
-    return output_gate * cell_tanh, cell, (sigmoids, candidate, cell_tanh)
+    """``mann.controller.lstm_cell``: (h_t, c_t) and the activations the backward needs."""
+    return _reference_cell(gates, prev_cell)
 
 
 class _LSTMCell(torch.autograd.Function):
@@ -83,5 +75,5 @@ def lstm_cell(gates: torch.Tensor, prev_cell: torch.Tensor) -> tuple[torch.Tenso
     the kernel is usable (CPU, float32/64, numba), else the composed operations."""
     if usable(gates, prev_cell):
         return _LSTMCell.apply(gates, prev_cell)
-    hidden, cell, _ = cell_forward(gates, prev_cell)
+    hidden, cell, _ = _reference_cell(gates, prev_cell)
     return hidden, cell

@@ -465,3 +465,17 @@ def ntm_step(
             f"write_heads={write_heads}, word_size={word_size}, shift_range={shift_range}"
         )
     return _NTMStep.apply(interface, memory, prev_weights, read_heads)
+
+
+def access_step(access, interface: torch.Tensor, state):
+    """``NTMAccess.step`` without a record, by the fused kernel: (r_t, state_t, None)."""
+    from mann.access.ntm import NTMState
+
+    previous = torch.cat([state.read_weights, state.write_weights], dim=1)
+    read_vectors, memory, weights = ntm_step(
+        interface, state.memory, previous, read_heads=access.read_heads,
+        write_heads=access.write_heads, word_size=access.word_size,
+        shift_range=access.shift_range,
+    )  # fmt: skip
+    read_weights, write_weights = weights.split([access.read_heads, access.write_heads], dim=1)
+    return read_vectors, NTMState(memory, read_weights, write_weights), None

@@ -22,9 +22,10 @@ of a step are small objects: the memory's (``_NTMSteps``, ``_DNCSteps``, ``_Spar
 dL/dstate_t) -> (dL/dinterface, dL/dstate_{t-1})``, and the controller's per layer
 (``_LSTMLayers``, ``_GRULayers``, ``_FeedForwardLayers``).
 
-Taken when not recording, for any memory and controller, CPU float tensors of one dtype,
-numba present and ``clip_value >= 1`` (a smaller clip also clips h_t); otherwise the model
-runs step by step.
+Registered (``mann.backends``) for exactly ``NTMAccess``, ``DNCAccess``, ``SAMAccess`` and
+``SDNCAccess`` with the LSTM, GRU and feed-forward controllers; it takes CPU float tensors of
+one dtype, needs numba and ``clip_value >= 1`` (a smaller clip also clips h_t). Where it
+cannot run a call, the "auto" backend runs the reference step loop and "fused" raises.
 """
 
 from __future__ import annotations
@@ -36,27 +37,34 @@ from torch.autograd.function import once_differentiable
 from mann import addressing
 from mann.controller import StepWeights, gru_cell, layer_input, make_step_weights
 from mann.fused import dnc as fused_dnc
+from mann.fused import knn as fused_knn
 from mann.fused import link as fused_link
 from mann.fused import ntm as fused_ntm
 from mann.fused import sdnc as fused_sdnc
 from mann.fused import sparse_step
 from mann.fused.lstm import cell_backward, cell_forward
-from mann.fused.runtime import KERNEL_LOCK, set_threads
+from mann.fused.runtime import HAVE_NUMBA, KERNEL_LOCK, set_threads
 from mann.fused.runtime import usable as kernels_usable
 
-# False: always step by step (tests compare the two paths).
-ENABLED = True
 
-
-def usable(model, inputs: torch.Tensor, state) -> bool:
-    """Whether ``run`` can take this model, input and state."""
-    return (
-        ENABLED
-        and _steps_for(model.access) is not None
-        and _layers_for(model.controller) is not None
-        and model.config.clip_value >= 1.0
-        and kernels_usable(inputs, *model.parameters(), *_state_tensors(model, state))
-    )
+def missing(model, inputs: torch.Tensor | None, state) -> str | None:
+    """Why ``run`` cannot take this model, input and state (None when it can)."""
+    if not HAVE_NUMBA:
+        return "numba is not installed"
+    if _steps_for(model.access) is None:
+        return f"no sequence kernel for {type(model.access).__name__}"
+    if _layers_for(model.controller) is None:
+        return f"no sequence kernel for the controller {type(model.controller).__name__}"
+    if model.config.clip_value < 1.0:
+        return f"clip_value={model.config.clip_value} < 1 (the kernels do not clip h_t)"
+    tensors = list(model.parameters())
+    if inputs is not None:
+        tensors.append(inputs)
+    if state is not None:
+        tensors += _state_tensors(model, state)
+    if not kernels_usable(*tensors):
+        return "the kernels take CPU float32 or float64 tensors of one dtype"
+    return None
 
 
 def _state_tensors(model, state, steps=None) -> tuple[torch.Tensor, ...]:
@@ -144,7 +152,7 @@ def _layers_for(controller):
     from mann.controller import FeedForwardController, GRUController, LSTMController
 
     kinds = {LSTMController: _LSTMLayers, GRUController: _GRULayers,
-             FeedForwardController: _FeedForwardLayers}  # fmt: skip
+             FeedForwardController: _FeedForwardLayers}  # fmt: skip  # exactly these classes
     kind = kinds.get(type(controller))
     return kind(controller) if kind else None
 
@@ -277,6 +285,7 @@ class _SparseSteps:
     def begin(self, access_state) -> None:
         self.state_type = type(access_state)
         self.store, self.tables = self.access._checkout(access_state)
+        self.store.use_kernels(fused_knn)  # the index ranks by numba too
         self.read_positions = access_state.read_positions
         if self.links:
             self.precedence = (access_state.precedence_positions, access_state.precedence_weights)
@@ -480,15 +489,19 @@ _LINK_TABLES = ("link_predecessors", "link_predecessor_weights", "link_successor
 
 
 def _steps_for(access):
+    """The memory's part of a step, for exactly the access classes the kernels implement (a
+    subclass may change the equations: it runs the reference unless it registers its own)."""
     from mann.access.dnc import DNCAccess
     from mann.access.ntm import NTMAccess
     from mann.access.sam import SAMAccess
+    from mann.access.sdnc import SDNCAccess
 
-    if isinstance(access, SAMAccess):  # and so the SDNC
+    kind = type(access)
+    if kind in (SAMAccess, SDNCAccess):
         return _SparseSteps(access) if sparse_step.USABLE else None
-    if isinstance(access, DNCAccess):
+    if kind is DNCAccess:
         return _DNCSteps()
-    if isinstance(access, NTMAccess):
+    if kind is NTMAccess:
         return _NTMSteps(access)
     return None
 
