@@ -37,6 +37,7 @@ from mann.train import (
     LR_DECAYS,
     MODEL_FLAGS,
     OPTIMIZERS,
+    SWITCH_FLAGS,
     TRAIN_FLAGS,
     Progress,
     TrainConfig,
@@ -44,7 +45,7 @@ from mann.train import (
     train,
 )
 
-MODEL_OPTIONS = MODEL_FLAGS
+MODEL_OPTIONS = (*MODEL_FLAGS, *SWITCH_FLAGS)
 TRAIN_OPTIONS = (*TRAIN_FLAGS, "keep_best", "validation_size")
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C
 
@@ -89,9 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--task", choices=sorted(TASKS), help="task (default copy)")
     model = trainer.add_argument_group("model (defaults: mann.ModelConfig)")
     model.add_argument("--controller", choices=sorted(CONTROLLERS))
-    for name in MODEL_OPTIONS[1:-1]:
+    for name in MODEL_FLAGS[1:-1]:
         model.add_argument(_flag(name), type=int, metavar="N")
     model.add_argument("--clip-value", type=float, metavar="X", help="activation clip")
+    for name, what in (("masked_content", "a learned mask over the word for content lookups"),
+                       ("deallocation", "freed slots' contents wiped"),
+                       ("link_sharpness", "forward/backward weightings sharpened")):
+        model.add_argument(_flag(name), action="store_const", const=True,
+                           help=f"DNC improvement (Csordás & Schmidhuber 2019): {what}")
     task = trainer.add_argument_group("task")
     task.add_argument("--min-length", type=int, metavar="N", help="shortest training length")
     task.add_argument("--max-length", type=int, metavar="N", help="longest training length")

@@ -4,7 +4,9 @@ Shapes use B batch, N memory slots, W word size, H heads, R read heads, Hw write
 S allowed shifts. Every function is batched, has no state and works in any float dtype.
 
 Sources: NTM, Graves et al. 2014 section 3; DNC, Graves et al. 2016 Methods (the
-reference code is deepmind/dnc). shared/MATH.md lists the same equations.
+reference code is deepmind/dnc); the DNC's three improvements, Csordás & Schmidhuber 2019
+("Improving Differentiable Neural Computers Through Memory Masking, De-allocation, and Link
+Distribution Sharpness Control"). docs/math.md lists every equation with its function.
 """
 
 from __future__ import annotations
@@ -45,6 +47,24 @@ def content_weights(
     memory (B,N,W), keys (B,H,W), strengths β (B,H) -> (B,H,N), each row sums to 1.
     """
     similarity = cosine_similarity(memory, keys)
+    return torch.softmax(similarity * strengths.unsqueeze(-1), dim=-1)
+
+
+def masked_content_weights(
+    memory: torch.Tensor, keys: torch.Tensor, strengths: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    """Masked content weighting (Csordás & Schmidhuber 2019, 3.1):
+    ``C(M, k, β, m)[i] = softmax_i(β D(k ∘ m, M[i] ∘ m))``: the mask m ∈ [0,1]^W picks the
+    part of the word a lookup compares, so a key can match on an address field alone.
+
+    memory (B,N,W), keys (B,H,W), strengths β (B,H), masks m (B,H,W) -> (B,H,N).
+    """
+    masked_keys = keys * masks
+    masked_memory = memory.unsqueeze(1) * masks.unsqueeze(2)  # (B,H,N,W): one per head
+    dot = (masked_memory * masked_keys.unsqueeze(2)).sum(-1)
+    key_norms = torch.linalg.vector_norm(masked_keys, dim=-1)
+    memory_norms = torch.linalg.vector_norm(masked_memory, dim=-1)
+    similarity = dot / (key_norms.unsqueeze(-1) * memory_norms + EPSILON)
     return torch.softmax(similarity * strengths.unsqueeze(-1), dim=-1)
 
 
@@ -166,6 +186,16 @@ def allocation(usage: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(usage).scatter(-1, free_list, sorted_allocation)
 
 
+def deallocate(memory: torch.Tensor, retention_vector: torch.Tensor) -> torch.Tensor:
+    """De-allocation (Csordás & Schmidhuber 2019, 3.2): ``M ∘ ψ 1ᵀ``. Freeing a slot also
+    wipes what it held, in proportion to how much it was freed, so a later content lookup
+    cannot find stale data there.
+
+    memory (B,N,W), retention ψ (B,N) -> (B,N,W).
+    """
+    return memory * retention_vector.unsqueeze(-1)
+
+
 def write_weighting(
     allocation_weights: torch.Tensor,
     write_content_weights: torch.Tensor,
@@ -221,6 +251,21 @@ def directional_weights(
     forward = torch.bmm(prev_read_weights, link.transpose(1, 2))
     backward = torch.bmm(prev_read_weights, link)
     return forward, backward
+
+
+def sharpen_links(weights: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """Link distribution sharpness control (Csordás & Schmidhuber 2019, 3.3):
+    ``S(d, s)[i] = d[i]^s / Σ_j d[j]^s`` for a forward or backward weighting d and s >= 1:
+    a blurred link (after several writes overlapped) is sharpened back onto one slot.
+
+    weights d (B,R,N) >= 0, exponents s (B,R) -> (B,R,N); an all-zero d stays zero.
+    """
+    # d^s as exp(s log d), and exactly 0 where d is: pow's gradient with respect to s is
+    # d^s log d, NaN at d = 0.
+    positive = weights > 0
+    safe = torch.where(positive, weights, torch.ones_like(weights))
+    powered = torch.where(positive, torch.exp(exponents.unsqueeze(-1) * torch.log(safe)), 0.0)
+    return powered / (powered.sum(-1, keepdim=True) + EPSILON)
 
 
 def read_weighting(

@@ -173,7 +173,9 @@ def load(path: str | os.PathLike) -> MemoryAugmentedNetwork:
 
 # Architectures with no parameter sized by the number of slots: one trained with N slots runs
 # with any other N. (The NTM learns its initial weightings over the N slots.)
-RESIZABLE_ARCHITECTURES = ("dnc", "sam", "sdnc")
+RESIZABLE_ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc")
+# Those with no parameter sized by N: the same weights load at any memory size.
+SIZE_FREE_ARCHITECTURES = ("dnc", "sam", "sdnc")
 
 
 def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) -> Path:
@@ -181,22 +183,34 @@ def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) ->
 
     DNC, SAM and SDNC have no parameter sized by N, so the same weights run with a larger (or
     smaller) memory: a model trained on short sequences in a small memory can be given the room
-    that longer ones need. The metadata is kept; ``resized_from`` records the old size and
-    ``command`` gains the ``python -m mann resize`` that made this file.
+    that longer ones need. An NTM's one N-sized parameter, its heads' initial weighting (as
+    logits), gains new slots at a logit 40 below its lowest, so the initial weighting stays as
+    it was (new slots get e^-40 of the weight); shrinking keeps the first slots and
+    renormalises. The metadata is kept; ``resized_from`` records the old size and ``command``
+    gains the ``python -m mann resize`` that made this file.
 
     Raises:
         CheckpointError: ``path`` is missing or damaged.
-        ValueError: the architecture has N-sized parameters (NTM), or the size is impossible.
+        ValueError: the architecture cannot be resized (the memory-less LSTM), or the size is
+            impossible.
     """
     model = load(path)
     config = model.config
     if config.arch not in RESIZABLE_ARCHITECTURES:
         raise ValueError(
-            f"cannot resize an {config.arch!r} model: its parameters depend on memory_size "
+            f"cannot resize an {config.arch!r} model: it has no memory "
             f"(only {', '.join(RESIZABLE_ARCHITECTURES)} can be resized)"
         )
     resized = build_model(ModelConfig.from_dict({**config.to_dict(), "memory_size": memory_size}))
-    resized.load_state_dict(model.state_dict(), strict=True)
+    state = model.state_dict()
+    if config.arch == "ntm":
+        logits = state["access.initial_weight_logits"]  # (heads, N)
+        grown = torch.full((logits.shape[0], memory_size), float(logits.min()) - 40.0,
+                           dtype=logits.dtype)  # fmt: skip
+        kept = min(memory_size, logits.shape[1])
+        grown[:, :kept] = logits[:, :kept]
+        state["access.initial_weight_logits"] = grown
+    resized.load_state_dict(state, strict=True)
     metadata = {
         key: value for key, value in read_metadata(path).items() if key not in RESERVED_KEYS
     }

@@ -805,6 +805,8 @@ def _explain_dnc_write(trace: Trace, step: int, name: str, knobs: dict) -> Expla
     gates = {"1 - γ": g_a, "α": g_w} if sparse else {"g^a": g_a, "g^w": g_w}
     if "β^w" in used:
         gates["β^w"] = used["β^w"]
+    if trace.write_mask is not None:  # masked content: the share of the word compared
+        gates["content mask, mean"] = float(trace.write_mask[step].mean())
     return Explanation(
         trace.arch, step, name, tuple(stages), gates, trace.write_weights[step, 0], knobs=used
     )
@@ -862,6 +864,11 @@ def _explain_dnc_read(
     gates = {f"π {mode}": value for mode, value in pi.items()}
     if "β^r" in used:
         gates["β^r"] = used["β^r"]
+    if trace.forward_sharpness is not None:  # link sharpness (Csordás & Schmidhuber 2019)
+        gates["s^f (forward sharpened)"] = float(trace.forward_sharpness[step, index])
+        gates["s^b (backward sharpened)"] = float(trace.backward_sharpness[step, index])
+    if trace.read_masks is not None:  # masked content: the share of the word compared
+        gates["content mask, mean"] = float(trace.read_masks[step, index].mean())
     if trace.free_gates is not None:
         gates["free gate f"] = float(trace.free_gates[step, index])
     return Explanation(

@@ -33,6 +33,7 @@ from mann.intervention import Intervention, as_interventions
 from mann.trace import Trace
 
 ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc", "lstm")  # "lstm": the controller alone
+IMPROVEMENTS = ("masked_content", "deallocation", "link_sharpness")  # the DNC's options
 
 
 @dataclass
@@ -53,6 +54,10 @@ class ModelConfig:
     sparse_reads: int = 4
     temporal_reads: int = 8
     clip_value: float = 20.0
+    # The DNC's improvements (Csordás & Schmidhuber 2019), off by default: a plain DNC.
+    masked_content: bool = False  # a learned mask over the word for each content lookup
+    deallocation: bool = False  # freed slots' contents wiped, scaled by the retention
+    link_sharpness: bool = False  # forward/backward weightings sharpened by learned powers
 
     def validate(self) -> ModelConfig:
         if self.arch not in ARCHITECTURES:
@@ -97,6 +102,13 @@ class ModelConfig:
         clip = self.clip_value
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
             raise ValueError(f"clip_value must be a number > 0, got {self.clip_value!r}")
+        for name in IMPROVEMENTS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+            if value and self.arch != "dnc":
+                raise ValueError(f"{name} is a DNC improvement; arch={self.arch!r} has no such "
+                                 "option")  # fmt: skip
         return self
 
     def to_dict(self) -> dict:
@@ -131,7 +143,11 @@ def build_access(config: ModelConfig) -> nn.Module:
     if config.arch == "dnc":
         from mann.access.dnc import DNCAccess
 
-        return DNCAccess(config.memory_size, config.word_size, config.read_heads)
+        return DNCAccess(
+            config.memory_size, config.word_size, config.read_heads,
+            masked_content=config.masked_content, deallocation=config.deallocation,
+            link_sharpness=config.link_sharpness,
+        )  # fmt: skip
     if config.arch == "sam":
         from mann.access.sam import SAMAccess
 
@@ -305,7 +321,8 @@ class MemoryAugmentedNetwork(nn.Module):
             chosen_values = [v.index_select(0, chosen) for v in values]
             return torch.stack(chosen_values, 1).detach().float().cpu()
 
-        fields = {name: stacked([getattr(r, name) for r in records]) for name in records[0]._fields}
+        present = [name for name in records[0]._fields if getattr(records[0], name) is not None]
+        fields = {name: stacked([getattr(r, name) for r in records]) for name in present}
         inputs = inputs.index_select(0, chosen).detach().float().cpu()
         outputs = torch.sigmoid(logits.index_select(0, chosen)).detach().float().cpu()
         traces = []

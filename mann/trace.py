@@ -46,6 +46,11 @@ AXES: dict[str, tuple[str, ...]] = {
     "write_gate": (),
     "write_strength": (),
     "read_strengths": ("head",),
+    # the DNC's improvements (Csordás & Schmidhuber 2019), when on
+    "read_masks": ("head", "word"),
+    "write_mask": ("word",),
+    "forward_sharpness": ("head",),
+    "backward_sharpness": ("head",),
     # NTM (H = read heads then write heads)
     "content_weights": ("head", "slot"),
     "interpolation_gate": ("head",),
@@ -75,7 +80,8 @@ class Trace:
     ``link[t, i, j]`` the degree to which slot i was written right after slot j;
     read_content_weights, forward_weights, backward_weights (T,R,N); read_modes (T,R,3);
     free_gates (T,R); allocation_gate, write_gate, write_strength β^w (T,); read_strengths β^r
-    (T,R).
+    (T,R). With the improvements on: read_masks (T,R,W), write_mask (T,W), forward_sharpness
+    and backward_sharpness (T,R).
 
     NTM: content_weights (T,H,N), interpolation_gate (T,H), shift (T,H,S), sharpening (T,H),
     key_strength (T,H), heads ordered reads first, then writes.
@@ -116,6 +122,10 @@ class Trace:
     write_gate: np.ndarray | None = None
     write_strength: np.ndarray | None = None
     read_strengths: np.ndarray | None = None
+    read_masks: np.ndarray | None = None
+    write_mask: np.ndarray | None = None
+    forward_sharpness: np.ndarray | None = None
+    backward_sharpness: np.ndarray | None = None
     content_weights: np.ndarray | None = None
     interpolation_gate: np.ndarray | None = None
     shift: np.ndarray | None = None

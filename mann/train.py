@@ -80,6 +80,8 @@ MODEL_FLAGS = (
     "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
     "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
 )  # fmt: skip
+# The DNC's improvements: ``--masked-content`` etc. with no value, given when on.
+SWITCH_FLAGS = ("masked_content", "deallocation", "link_sharpness")
 TRAIN_FLAGS = (
     "steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed",
     "curriculum", "curriculum_start", "curriculum_increment", "curriculum_threshold",
@@ -374,6 +376,7 @@ def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
     parts += ["--arch", config["arch"], "--task", train_config.task]
     for name in MODEL_FLAGS:
         parts += [_flag(name), str(config[name])]
+    parts += [_flag(name) for name in SWITCH_FLAGS if config.get(name)]
     for key, value in train_config.task_options.items():
         parts += ["--task-option", f"{key}={_option_text(value)}"]
     train_values = train_config.to_dict()
@@ -406,7 +409,7 @@ def load_initial_weights(model: MemoryAugmentedNetwork, path: str | Path) -> Non
     loaded = checkpoint.load(path)
     source = loaded.config.to_dict()
     target = model.config.to_dict()
-    allowed = ("memory_size",) if target["arch"] in checkpoint.RESIZABLE_ARCHITECTURES else ()
+    allowed = ("memory_size",) if target["arch"] in checkpoint.SIZE_FREE_ARCHITECTURES else ()
     differing = [k for k in target if k not in allowed and source.get(k) != target[k]]
     if differing:
         details = ", ".join(f"{k} {source.get(k)!r} (this run: {target[k]!r})" for k in differing)

@@ -118,9 +118,11 @@ def main() -> None:
     else:
         st.plotly_chart(figures.explain_figure(explained), key="explain_figure")
 
-    if explained.gates and not explained.knobs:  # with knobs, the sliders show the values
-        gate_columns = st.columns(min(len(explained.gates), 6))
-        for index, (name, value) in enumerate(explained.gates.items()):
+    shown = {name: value for name, value in explained.gates.items()
+             if not explained.knobs or name.startswith(("s^", "content mask", "free gate"))}
+    if shown:  # with knobs, the sliders show the others
+        gate_columns = st.columns(min(len(shown), 6))
+        for index, (name, value) in enumerate(shown.items()):
             gate_columns[index % len(gate_columns)].metric(name, f"{value:.3f}")
     stage_columns = st.columns(len(explained.stages))
     for column, stage in zip(stage_columns, explained.stages, strict=True):

@@ -366,7 +366,7 @@ def test_generalisation_plots_each_model(checkpoints):
     assert app.multiselect[0].value == ["checkpoint:ntm-copy", "checkpoint:dnc-copy"]
     app.text_input[0].set_value("2, 4").run()
     app.number_input(key="generalisation_sequences").set_value(10).run()
-    app.button[0].click().run()
+    next(button for button in app.button if button.label == "Evaluate").click().run()
     (spec,) = charts(app)
     lines = {trace["name"]: trace for trace in spec["data"]}
     assert set(lines) == {"ntm-copy", "dnc-copy"}
@@ -375,7 +375,7 @@ def test_generalisation_plots_each_model(checkpoints):
     )
     np.testing.assert_allclose(decode(lines["ntm-copy"]["y"]), expected["mean_bit_errors"])
     app.text_input[0].set_value("2, x").run()
-    app.button[0].click().run()
+    next(button for button in app.button if button.label == "Evaluate").click().run()
     assert "lengths must be whole numbers" in app.error[0].value
     assert charts(app), "the previous result stays"
 
@@ -508,6 +508,26 @@ def test_explain_knobs_recompute_the_stages_and_send_them_to_whatif(checkpoints)
     listed = app.session_state["whatif_list"]
     assert [values["field"] for values in listed] == ["write_gate"]
     assert listed[0]["value"] == 0.0
+
+
+def test_generalisation_preset_draws_the_papers_picture(checkpoints):
+    lstm = mann.build_model(mann.ModelConfig(arch="lstm", input_size=COPY.input_size,
+                                             output_size=COPY.output_size, hidden_size=8))
+    mann.save(lstm, checkpoints / "lstm-copy", task="copy",
+              task_options=dataclasses.asdict(COPY))  # fmt: skip
+    app = start(shared.PAGES["generalisation"])
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
+    preset = next(b for b in app.button if b.label.startswith("The NTM paper's picture"))
+    assert "LSTM vs NTM vs DNC" in preset.label
+    preset.click().run()
+    assert not app.error, [element.value for element in app.error]
+    (spec,) = charts(app)
+    lines = {trace["name"]: trace for trace in spec["data"] if trace.get("mode")}
+    assert set(lines) == {"lstm-copy", "ntm-copy", "dnc-copy"}
+    assert decode(lines["lstm-copy"]["x"]).tolist() == [10, 20, 30, 40, 60, 80, 120]
+    expected = demo.generalisation_frame({"lstm-copy": mann.load(checkpoints / "lstm-copy")},
+                                         COPY, [10, 20], sequences=50, seed=0)  # fmt: skip
+    np.testing.assert_allclose(decode(lines["lstm-copy"]["y"])[:2], expected["mean_bit_errors"])
 
 
 def test_export_offers_the_trace_and_the_figures(checkpoints):

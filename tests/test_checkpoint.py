@@ -437,10 +437,29 @@ def test_resize_keeps_the_weights_and_says_how_it_was_made(tmp_path, arch):
     assert torch.isfinite(logits).all() and state.access.memory.shape[1] == 24
 
 
-def test_resize_refuses_the_ntm_and_impossible_sizes_and_writes_nothing(tmp_path):
-    checkpoint.save(tiny_model("ntm"), tmp_path / "ntm")
-    with pytest.raises(ValueError, match="cannot resize an 'ntm' model: its parameters depend"):
-        checkpoint.resize(tmp_path / "ntm", 20, tmp_path / "out")
+def test_resize_gives_an_ntm_more_slots_and_keeps_its_initial_weighting(tmp_path):
+    model = tiny_model("ntm")
+    checkpoint.save(model, tmp_path / "small")
+    checkpoint.resize(tmp_path / "small", 32, tmp_path / "large")
+    resized = mann.load(tmp_path / "large")
+    before = model.access.initial_state(1).read_weights[0]
+    after = resized.access.initial_state(1).read_weights[0]
+    assert after.shape[-1] == 32
+    torch.testing.assert_close(after[:, : before.shape[-1]], before, rtol=1e-12, atol=1e-15)
+    assert float(after[:, before.shape[-1] :].max()) < 1e-15  # the new slots start unweighted
+    for name, tensor in model.state_dict().items():  # every other weight as it was
+        if name != "access.initial_weight_logits":
+            assert torch.equal(tensor, resized.state_dict()[name]), name
+    logits, state = resized(sample_inputs())
+    assert torch.isfinite(logits).all() and state.access.memory.shape[1] == 32
+
+
+def test_resize_refuses_a_model_without_memory_and_impossible_sizes(tmp_path):
+    lstm = mann.build_model(mann.ModelConfig(arch="lstm", input_size=5, output_size=4,
+                                             hidden_size=8))  # fmt: skip
+    checkpoint.save(lstm, tmp_path / "lstm")
+    with pytest.raises(ValueError, match="cannot resize an 'lstm' model: it has no memory"):
+        checkpoint.resize(tmp_path / "lstm", 20, tmp_path / "out")
     if "sdnc" in available_archs():
         checkpoint.save(tiny_model("sdnc"), tmp_path / "sdnc")
         with pytest.raises(ValueError, match="sparse_reads must be at most memory_size=2"):

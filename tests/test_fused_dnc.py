@@ -135,7 +135,7 @@ def test_the_first_step_allocates_the_lowest_of_equal_usages():
     # is also what makes a fresh DNC's writes easy to follow in a figure.
     access = DNCAccess(memory_size=64, word_size=4, read_heads=1)
     interface = torch.zeros(1, access.interface_size)
-    gates = slice(access.interface_sizes[0] + access.interface_sizes[1], None)
+    gates = slice(access.layout.offset("erase"), None)
     interface[:, gates] = 30.0  # erase, free, allocation and write gates shut fully open
     state = initial_state(access, 1, torch.float32)
     _, reference, _ = step(access, interface, state, record=True)

@@ -44,3 +44,47 @@ def require_positive(name: str, value: int, minimum: int = 1) -> None:
     """Raise ValueError naming the parameter unless ``value`` is an int >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class InterfaceLayout:
+    """Where each named field of an interface vector lies: fields in order, with sizes.
+
+    ``layout.offset("free_gates")``, ``layout.size(...)``, ``layout.slice(...)``,
+    ``layout.total``; ``layout.split(interface)`` gives every field's columns by name. The
+    access module's ``parse_interface``, the fused kernels' offsets (checked by tests) and the
+    tests read positions from here: no bare indices into the interface.
+    """
+
+    def __init__(self, fields: list[tuple[str, int]]) -> None:
+        self.fields = tuple(fields)
+        self._offsets: dict[str, int] = {}
+        offset = 0
+        for name, size in self.fields:
+            if name in self._offsets:
+                raise ValueError(f"interface field {name!r} appears twice")
+            self._offsets[name] = offset
+            offset += size
+        self.total = offset
+        self._sizes = dict(self.fields)
+
+    def offset(self, name: str) -> int:
+        return self._offsets[name]
+
+    def size(self, name: str) -> int:
+        return self._sizes[name]
+
+    def slice(self, name: str) -> slice:
+        start = self._offsets[name]
+        return slice(start, start + self._sizes[name])
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
+
+    def split(self, interface: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each field's columns of ``interface`` (..., total), by name."""
+        if interface.shape[-1] != self.total:
+            raise ValueError(f"the interface has {interface.shape[-1]} columns, the layout "
+                             f"{self.total}")  # fmt: skip
+        parts = interface.split([size for _, size in self.fields], dim=-1)
+        return dict(zip(self.names, parts, strict=True))

@@ -1,8 +1,14 @@
 """Differentiable Neural Computer memory (Graves et al. 2016, Methods).
 
-One write head, R read heads. ``step`` owns the order of the equations (shared/MATH.md):
+One write head, R read heads. ``step`` owns the order of the equations (docs/math.md):
 usage from the previous step's weightings, allocation, write weighting, erase-and-write,
 temporal link and precedence, then the read weightings on the new memory.
+
+Csordás & Schmidhuber's (2019) three improvements are options, off by default (a plain DNC,
+which every shipped checkpoint is): ``masked_content`` (a learned mask over the word for each
+content lookup), ``deallocation`` (freed slots' contents wiped in proportion to how much they
+were freed) and ``link_sharpness`` (forward and backward weightings raised to a learned power
+and renormalised). Each adds its fields at the end of the interface vector.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import torch
 from torch import nn
 
 from mann import addressing
-from mann.access.base import require_positive
+from mann.access.base import InterfaceLayout, require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
 
@@ -40,6 +46,11 @@ class DNCInterface(NamedTuple):
     allocation_gate: torch.Tensor  # g^a = σ(·) (B,)
     write_gate: torch.Tensor  # g^w = σ(·) (B,)
     read_modes: torch.Tensor  # π^r = softmax(·) over backward, content, forward (B,R,3)
+    # The improvements (None when off):
+    read_masks: torch.Tensor | None = None  # m^r = σ(·) (B,R,W)
+    write_mask: torch.Tensor | None = None  # m^w = σ(·) (B,1,W)
+    forward_sharpness: torch.Tensor | None = None  # s^f = oneplus(·) (B,R)
+    backward_sharpness: torch.Tensor | None = None  # s^b = oneplus(·) (B,R)
 
 
 class DNCRecord(NamedTuple):
@@ -61,14 +72,48 @@ class DNCRecord(NamedTuple):
     write_gate: torch.Tensor  # (B,)
     write_strength: torch.Tensor  # β^w (B,)
     read_strengths: torch.Tensor  # β^r (B,R)
+    # The improvements (None when off):
+    read_masks: torch.Tensor | None = None  # (B,R,W)
+    write_mask: torch.Tensor | None = None  # (B,W)
+    forward_sharpness: torch.Tensor | None = None  # (B,R)
+    backward_sharpness: torch.Tensor | None = None  # (B,R)
+
+
+def dnc_layout(
+    word_size: int, read_heads: int, masked_content: bool = False, link_sharpness: bool = False
+) -> InterfaceLayout:
+    """The DNC's interface vector. Fields sharing a squashing function are adjacent, so each
+    function is one operation (keys and write vector | oneplus | σ | softmax); the
+    improvements' fields follow. ``mann.fused.dnc`` reads the plain part at these offsets."""
+    W, R = word_size, read_heads
+    fields = [
+        ("read_keys", R * W), ("write_key", W), ("write_vector", W),  # raw
+        ("read_strengths", R), ("write_strength", 1),  # oneplus
+        ("erase", W), ("free_gates", R), ("allocation_gate", 1), ("write_gate", 1),  # σ
+        ("read_modes", 3 * R),  # softmax per head
+    ]  # fmt: skip
+    if masked_content:
+        fields += [("read_masks", R * W), ("write_mask", W)]  # σ
+    if link_sharpness:
+        fields += [("forward_sharpness", R), ("backward_sharpness", R)]  # oneplus
+    return InterfaceLayout(fields)
 
 
 class DNCAccess(nn.Module):
-    """DNC memory: content lookup, dynamic allocation and temporal links."""
+    """DNC memory: content lookup, dynamic allocation and temporal links (and, as options,
+    Csordás & Schmidhuber's masked content lookup, de-allocation and link sharpness)."""
 
     write_heads = 1
 
-    def __init__(self, memory_size: int = 64, word_size: int = 20, read_heads: int = 4) -> None:
+    def __init__(
+        self,
+        memory_size: int = 64,
+        word_size: int = 20,
+        read_heads: int = 4,
+        masked_content: bool = False,
+        deallocation: bool = False,
+        link_sharpness: bool = False,
+    ) -> None:
         super().__init__()
         require_positive("memory_size", memory_size)
         require_positive("word_size", word_size)
@@ -76,21 +121,40 @@ class DNCAccess(nn.Module):
         self.memory_size = memory_size
         self.word_size = word_size
         self.read_heads = read_heads
-        W, R = word_size, read_heads
-        # The interface vector's layout: fields sharing a squashing function are adjacent,
-        # so each function is one operation (keys and write vector | oneplus | σ | softmax).
-        self.interface_sizes = (R * W + 2 * W, R + 1, W + R + 2, 3 * R)
-        self.interface_size = sum(self.interface_sizes)
+        self.masked_content = bool(masked_content)
+        self.deallocation = bool(deallocation)
+        self.link_sharpness = bool(link_sharpness)
+        self.layout = dnc_layout(word_size, read_heads, masked_content, link_sharpness)
+        self.interface_size = self.layout.total
+
+    @property
+    def improved(self) -> bool:
+        """Whether any of the improvements is on (the fused kernels implement the plain DNC)."""
+        return self.masked_content or self.deallocation or self.link_sharpness
 
     def parse_interface(self, interface: torch.Tensor) -> DNCInterface:
         batch = interface.shape[0]
         W, R = self.word_size, self.read_heads
-        vectors, strengths, gates, read_modes = interface.split(self.interface_sizes, dim=-1)
-        read_keys, write_key, write_vector = vectors.split([R * W, W, W], dim=-1)
-        read_strengths, write_strength = addressing.oneplus(strengths).split([R, 1], dim=-1)
-        erase, free_gates, allocation_gate, write_gate = torch.sigmoid(gates).split(
-            [W, R, 1, 1], dim=-1
+        field = self.layout.split(interface)
+        layout = self.layout
+        # One squashing operation per group of adjacent fields.
+        strengths = addressing.oneplus(
+            interface[:, layout.offset("read_strengths") : layout.offset("erase")]
         )
+        read_strengths, write_strength = strengths.split([R, 1], dim=-1)
+        gates = torch.sigmoid(interface[:, layout.offset("erase") : layout.offset("read_modes")])
+        erase, free_gates, allocation_gate, write_gate = gates.split([W, R, 1, 1], dim=-1)
+        read_keys, write_key, write_vector = (
+            field["read_keys"], field["write_key"], field["write_vector"]
+        )
+        extra = {}
+        if self.masked_content:
+            extra["read_masks"] = torch.sigmoid(field["read_masks"]).view(batch, R, W)
+            extra["write_mask"] = torch.sigmoid(field["write_mask"]).view(batch, 1, W)
+        if self.link_sharpness:
+            extra["forward_sharpness"] = addressing.oneplus(field["forward_sharpness"])
+            extra["backward_sharpness"] = addressing.oneplus(field["backward_sharpness"])
+        read_modes = field["read_modes"]
         return DNCInterface(
             read_keys=read_keys.view(batch, R, W),
             write_key=write_key.view(batch, 1, W),
@@ -102,6 +166,7 @@ class DNCAccess(nn.Module):
             allocation_gate=allocation_gate.squeeze(-1),
             write_gate=write_gate.squeeze(-1),
             read_modes=torch.softmax(read_modes.view(batch, R, 3), dim=-1),
+            **extra,
         )
 
     def initial_state(
@@ -144,8 +209,12 @@ class DNCAccess(nn.Module):
             addressing.usage(state.usage, prev_write_weights, state.read_weights, io.free_gates),
         )
         allocation = addressing.allocation(usage)
-        write_content = addressing.content_weights(
-            state.memory, io.write_key, io.write_strength
+        prev_memory = state.memory
+        if self.deallocation:  # what was freed is wiped before anything looks at it
+            retention = addressing.retention(state.read_weights, io.free_gates)
+            prev_memory = addressing.deallocate(prev_memory, retention)
+        write_content = self._content(
+            prev_memory, io.write_key, io.write_strength, io.write_mask
         ).squeeze(1)
         write_weights = edit(
             "write_weights",
@@ -153,14 +222,17 @@ class DNCAccess(nn.Module):
                 allocation, write_content, io.allocation_gate, io.write_gate
             ).unsqueeze(1),
         )
-        memory = addressing.erase_and_write(state.memory, write_weights, io.erase, io.write_vector)
+        memory = addressing.erase_and_write(prev_memory, write_weights, io.erase, io.write_vector)
 
         # Temporal links record the order of writes; reads follow them.
         written = write_weights.squeeze(1)
         link = edit("link", addressing.temporal_link(state.link, state.precedence, written))
         forward, backward = addressing.directional_weights(link, state.read_weights)
+        if self.link_sharpness:
+            forward = addressing.sharpen_links(forward, io.forward_sharpness)
+            backward = addressing.sharpen_links(backward, io.backward_sharpness)
         precedence = addressing.precedence(state.precedence, written)
-        read_content = addressing.content_weights(memory, io.read_keys, io.read_strengths)
+        read_content = self._content(memory, io.read_keys, io.read_strengths, io.read_masks)
         read_weights = edit(
             "read_weights",
             addressing.read_weighting(backward, read_content, forward, io.read_modes),
@@ -187,5 +259,16 @@ class DNCAccess(nn.Module):
             write_gate=io.write_gate,
             write_strength=io.write_strength.squeeze(-1),
             read_strengths=io.read_strengths,
+            read_masks=io.read_masks,
+            write_mask=None if io.write_mask is None else io.write_mask.squeeze(1),
+            forward_sharpness=io.forward_sharpness,
+            backward_sharpness=io.backward_sharpness,
         )
         return read_vectors, new_state, step_record
+
+    @staticmethod
+    def _content(memory, keys, strengths, masks):
+        """Content lookup, masked when the masks are on (Csordás & Schmidhuber 2019, 3.1)."""
+        if masks is None:
+            return addressing.content_weights(memory, keys, strengths)
+        return addressing.masked_content_weights(memory, keys, strengths, masks)

@@ -15,7 +15,7 @@ Each has a numba forward and a hand-written numba backward. The backward recompu
 cheap intermediates (gates, usage, allocation, write and read weightings) from the saved
 inputs; only the content weights and similarities are kept from the forward, as recomputing
 them costs N exponentials per head and item, the largest single cost here. The interface
-vector is read in place, by the layout of ``DNCAccess.interface_sizes``; both Functions
+vector is read in place, by the layout of ``DNCAccess.layout``; both Functions
 return a gradient for the whole vector, zero outside the fields they use, and autograd adds
 the two. The kernels are serial; they may reassociate sums (to vectorise them) but keep IEEE
 infinities, NaNs and functions, and pass ``torch.autograd.gradcheck`` in float64. From
@@ -52,9 +52,10 @@ if HAVE_NUMBA:
 
     @njit(**KERNEL)
     def _layout(heads, width):
-        # Where each field starts in the interface vector: DNCAccess.interface_sizes is
-        # (read keys R·W, write key W, write vector W | read strengths R, write strength 1 |
-        # erase W, free gates R, allocation gate 1, write gate 1 | read modes 3R).
+        # Where each field starts in the interface vector (mann.access.dnc.dnc_layout, which
+        # tests hold these offsets to): read keys R·W, write key W, write vector W | read
+        # strengths R, write strength 1 | erase W, free gates R, allocation gate 1, write
+        # gate 1 | read modes 3R.
         write_key = heads * width
         write_vector = write_key + width
         read_strengths = write_vector + width
@@ -720,7 +721,7 @@ def dnc_write(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The write half of a DNC step, fused: usage, allocation, write weighting, write.
 
-    interface ξ_t (B,I) laid out as ``DNCAccess.interface_sizes``, memory M_{t-1} (B,N,W),
+    interface ξ_t (B,I) laid out as ``DNCAccess.layout``, memory M_{t-1} (B,N,W),
     usage u_{t-1} (B,N), write weights w^w_{t-1} (B,1,N), read weights w^r_{t-1} (B,R,N)
     -> (memory M_t (B,N,W), usage u_t (B,N), write weights w^w_t (B,N) and, a copy, (B,1,N)).
     Equals ``addressing.usage``, ``allocation``, ``content_weights``, ``write_weighting`` and
