@@ -40,7 +40,7 @@ MULTI_COPY = [
     ({"min_rounds": 24, "max_rounds": 24}, (5,), {}),
 ]
 SHIPPED = {
-    "ntm-copy": COPY,
+    "ntm-copy": GENERALISING_COPY,
     "dnc-copy": GENERALISING_COPY,
     "ntm-repeat-copy": [({}, (1, 5, 10), {1: 0.5, 5: 0.5, 10: 0.5})],
     "dnc-repeat-copy": [({}, (1, 5, 10), {1: 0.5, 5: 0.5, 10: 0.5})],
@@ -48,6 +48,7 @@ SHIPPED = {
     "dnc-associative-recall": [({}, (2, 4, 6), {2: 0.5, 4: 0.5, 6: 0.5})],
     "sdnc-copy": COPY,
     "sam-copy": COPY,
+    "lstm-copy": [({}, (10, 20, 40, 80, 120), {})],  # the baseline: reported, no bar
     "ntm-multi-copy": MULTI_COPY,
     "dnc-multi-copy": MULTI_COPY,
 }

@@ -39,6 +39,7 @@ from mann.trace import Trace
 SHIPPED = (
     "ntm-copy", "dnc-copy", "ntm-repeat-copy", "dnc-repeat-copy", "ntm-associative-recall",
     "dnc-associative-recall", "ntm-multi-copy", "dnc-multi-copy", "sam-copy", "sdnc-copy",
+    "lstm-copy",
 )
 # Sizes of the untrained models, per architecture (input and output sizes come from the task).
 UNTRAINED_SIZES: dict[str, dict[str, Any]] = {
@@ -51,6 +52,7 @@ UNTRAINED_SIZES: dict[str, dict[str, Any]] = {
     ),
     "lstm": dict(hidden_size=100),
 }
+CONTROLLER_NAMES = {"lstm": "LSTM", "gru": "GRU", "feedforward": "feed-forward"}
 # The longest input the app records (T), and the largest checkpoint it accepts as an upload.
 MAX_INPUT_STEPS = 400
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -133,7 +135,8 @@ def describe(model: MemoryAugmentedNetwork) -> str:
     config = model.config
     text = (
         f"{config.arch.upper()}: memory {config.memory_size}×{config.word_size}, "
-        f"{config.controller.upper()} {config.hidden_size}×{config.num_layers}, "
+        f"{CONTROLLER_NAMES.get(config.controller, config.controller)} "
+        f"{config.hidden_size}×{config.num_layers}, "
         f"{config.read_heads} read head{'s' if config.read_heads > 1 else ''}"
     )
     if config.arch == "ntm":

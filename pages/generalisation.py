@@ -48,10 +48,12 @@ def main() -> None:
         return
 
     trained = [key for key in options if not key.startswith("untrained:")]
-    picked = st.multiselect(
-        "models", options, default=trained[:4] or [choice.key], format_func=shared.model_label,
-        key=f"generalisation_models:{task.name}",
-    )
+    models_key = f"generalisation_models:{task.name}"
+    if models_key in st.session_state:  # keep only what is still offered
+        st.session_state[models_key] = [k for k in st.session_state[models_key] if k in options]
+    else:
+        st.session_state[models_key] = trained[:4] or [choice.key]
+    picked = st.multiselect("models", options, format_func=shared.model_label, key=models_key)
     shortest, longest = training_lengths(task)
     low, high, _ = shared.length_bounds(task.name, shared.task_json(task))
     suggested = sorted({n for n in (longest // 2, longest, 2 * longest, 3 * longest, 4 * longest)

@@ -51,3 +51,19 @@ def test_the_ntm_walks_a_ring_and_the_dnc_reuses_freed_slots():
     # The DNC frees what it reads and allocates fresh slots for the items.
     assert dnc["free_gates:scored"] > 0.9
     assert dnc["allocation_gate:unscored"] > 0.6
+
+
+@pytest.mark.slow
+def test_the_ntm_papers_picture_memory_copies_at_four_times_the_training_length():
+    # All three trained on copies of 1-20 vectors.
+    copy = make_task("copy")
+    errors = {}
+    for name in ("lstm-copy", "ntm-copy", "dnc-copy"):
+        model, task, _ = shipped(name)
+        assert (task.min_length, task.max_length) == (1, 20)
+        frame = generalisation(model, copy, [20, 80], sequences=100, seed=3)
+        errors[name] = frame.set_index("length")["mean_bit_errors"].to_dict()
+    assert errors["ntm-copy"][80] <= 1.0 and errors["dnc-copy"][80] <= 1.0
+    assert errors["ntm-copy"][20] <= 0.1 and errors["dnc-copy"][20] <= 0.1
+    assert errors["lstm-copy"][80] > 100  # without memory it falls apart past 20
+    assert shipped("lstm-copy")[0].config.arch == "lstm"
