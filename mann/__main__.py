@@ -392,18 +392,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model = checkpoint.load(args.checkpoint)
     metadata = checkpoint.read_metadata(args.checkpoint)
     prepare_kernels(model.config, ("evaluate",), announce=True)
-    task_name = args.task or metadata.get("task")
-    if task_name is None:
-        raise ValueError(
-            f"checkpoint {checkpoint.weights_path(args.checkpoint)} stores no task; pass --task"
-        )
-    options = (
-        {}
-        if args.task and args.task != metadata.get("task")
-        else dict(metadata.get("task_options") or {})
-    )
-    options.update(parse_options(args.task_option))
-    task = make_task(task_name, **options)
+    task = task_for_checkpoint(args.checkpoint, metadata, args.task, args.task_option)
+    task_name = task.name
     frame = generalisation(
         model,
         task,
@@ -434,18 +424,8 @@ def run_patterns(args: argparse.Namespace) -> int:
         models[name] = checkpoint.load(path)
         if first_metadata is None:
             first_metadata = checkpoint.read_metadata(path)
-    task_name = args.task or first_metadata.get("task")
-    if task_name is None:
-        raise ValueError(
-            f"checkpoint {args.checkpoints[0]} stores no task; pass --task"
-        )
-    options = (
-        {}
-        if args.task and args.task != first_metadata.get("task")
-        else dict(first_metadata.get("task_options") or {})
-    )
-    options.update(parse_options(args.task_option))
-    task = make_task(task_name, **options)
+    task = task_for_checkpoint(args.checkpoints[0], first_metadata, args.task, args.task_option)
+    task_name = task.name
     lengths = args.lengths or [training_lengths(task)[1]]
     for model in models.values():
         prepare_kernels(model.config, ("record",), announce=False)
@@ -467,6 +447,18 @@ def run_patterns(args: argparse.Namespace) -> int:
         frame.to_csv(args.csv, index=False)
         print(f"\nwrote {args.csv}")
     return 0
+
+
+def task_for_checkpoint(path, metadata: dict, task_name: str | None, pairs: list[str]):
+    """The task a command runs a checkpoint on: the one stored in it (its options too) unless
+    ``--task`` names another (then that task's defaults), with ``--task-option`` on top."""
+    name = task_name or metadata.get("task")
+    if name is None:
+        raise ValueError(f"checkpoint {checkpoint.weights_path(path)} stores no task; pass --task")
+    stored = task_name is None or task_name == metadata.get("task")
+    options = dict(metadata.get("task_options") or {}) if stored else {}
+    options.update(parse_options(pairs))
+    return make_task(name, **options)
 
 
 def _trained_range(task_name: str, options: dict) -> str:

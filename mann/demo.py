@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from mann.checkpoint import WEIGHTS_SUFFIX, CheckpointError, load, read_metadata, save
-from mann.model import ARCHITECTURES, MemoryAugmentedNetwork, ModelConfig, build_model
+from mann.model import ARCHITECTURES, MemoryAugmentedNetwork, ModelConfig, build_model, check_fits
 from mann.model import record_trace as _record_trace
 from mann.tasks import TASKS, Batch, make_task
 from mann.tasks.base import Task
@@ -117,17 +117,6 @@ def task_of(metadata: Mapping[str, Any], default: str = "copy") -> Task:
     name = metadata.get("task") or default
     options = dict(metadata.get("task_options") or {})
     return make_task(name, **options)
-
-
-def check_fits(model: MemoryAugmentedNetwork, task: Task) -> None:
-    """Raise ValueError unless the model's input and output sizes are the task's."""
-    config = model.config
-    if (config.input_size, config.output_size) != (task.input_size, task.output_size):
-        raise ValueError(
-            f"the model (input_size={config.input_size}, output_size={config.output_size}) "
-            f"does not fit task {task.name!r} (inputs {task.input_size} wide, "
-            f"targets {task.output_size} wide)"
-        )
 
 
 def describe(model: MemoryAugmentedNetwork) -> str:

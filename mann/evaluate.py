@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from mann.metrics import bit_errors, masked_bce
-from mann.model import MemoryAugmentedNetwork
+from mann.model import MemoryAugmentedNetwork, check_fits
 from mann.tasks.base import Task
 
 COLUMNS = (
@@ -66,13 +66,7 @@ def generalisation(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    config = model.config
-    if (config.input_size, config.output_size) != (task.input_size, task.output_size):
-        raise ValueError(
-            f"model sizes (input_size={config.input_size}, output_size={config.output_size}) "
-            f"do not match task {task.name!r} (inputs {task.input_size}, "
-            f"targets {task.output_size} wide)"
-        )
+    check_fits(model, task)
 
     rows = []
     was_training = model.training

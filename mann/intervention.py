@@ -29,6 +29,14 @@ _COMMON = {
     "write_weights": ("write_head", "slot"),
     "read_vectors": ("read_head", "word"),
 }
+_SPARSE = {
+    "memory": ("slot", "word"),
+    "read_vectors": ("read_head", "word"),
+    "write_gate": (),
+    "interpolation_gate": (),
+    "write_vector": ("word",),
+    "read_strengths": ("read_head",),
+}
 FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "ntm": {
         **_COMMON,
@@ -51,23 +59,8 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "read_strengths": ("read_head",),
     },
     # SAM and SDNC keep their weightings sparse (K entries), so theirs are not offered.
-    "sam": {
-        "memory": ("slot", "word"),
-        "read_vectors": ("read_head", "word"),
-        "write_gate": (),
-        "interpolation_gate": (),
-        "write_vector": ("word",),
-        "read_strengths": ("read_head",),
-    },
-    "sdnc": {
-        "memory": ("slot", "word"),
-        "read_vectors": ("read_head", "word"),
-        "write_gate": (),
-        "interpolation_gate": (),
-        "write_vector": ("word",),
-        "read_strengths": ("read_head",),
-        "read_modes": ("read_head", "mode"),
-    },
+    "sam": _SPARSE,
+    "sdnc": {**_SPARSE, "read_modes": ("read_head", "mode")},
 }
 FIELDS["lstm"] = {}  # the controller alone: no memory to intervene in
 HEAD_AXES = ("head", "read_head", "write_head")

@@ -338,6 +338,19 @@ class MemoryAugmentedNetwork(nn.Module):
         return traces
 
 
+def check_fits(model: MemoryAugmentedNetwork, task, name: str | None = None) -> None:
+    """Raise ValueError (naming the model ``name`` when given) unless the model's input and
+    output sizes are those of ``task``."""
+    config = model.config
+    if (config.input_size, config.output_size) != (task.input_size, task.output_size):
+        which = f"model {name!r}" if name else "the model"
+        raise ValueError(
+            f"{which} (input_size={config.input_size}, output_size={config.output_size}) "
+            f"does not fit task {task.name!r} (inputs {task.input_size} wide, "
+            f"targets {task.output_size} wide)"
+        )
+
+
 def build_model(config: ModelConfig) -> MemoryAugmentedNetwork:
     """Make a freshly initialised model from a config (validated first)."""
     return MemoryAugmentedNetwork(config)

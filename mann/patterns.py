@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mann.analysis import metrics_frame
-from mann.model import MemoryAugmentedNetwork, record_traces
+from mann.model import MemoryAugmentedNetwork, check_fits, record_traces
 from mann.tasks.base import Task
 from mann.trace import Trace
 
@@ -23,17 +23,6 @@ if TYPE_CHECKING:
 
 # Called after each recorded batch with (episodes done, episodes in all).
 ProgressCallback = Callable[[int, int], None]
-
-
-def check_model_fits(name: str, model: MemoryAugmentedNetwork, task: Task) -> None:
-    """Raise ValueError naming ``name`` unless the model's input and output sizes fit ``task``."""
-    config = model.config
-    if (config.input_size, config.output_size) != (task.input_size, task.output_size):
-        raise ValueError(
-            f"model {name!r} (input_size={config.input_size}, output_size={config.output_size}) "
-            f"does not fit task {task.name!r} (inputs {task.input_size} wide, targets "
-            f"{task.output_size} wide)"
-        )
 
 
 def fixed_task(task: Task, length: int, rounds: int | None = None) -> Task:
@@ -85,7 +74,7 @@ def collect_traces(
     if not models:
         raise ValueError("models must name at least one model")
     for name, model in models.items():
-        check_model_fits(name, model, task)
+        check_fits(model, task, name)
     generator = torch.Generator().manual_seed(seed)
     traces: dict[str, list[Trace]] = {name: [] for name in models}
     done, total = 0, sequences * len(models)

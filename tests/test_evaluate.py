@@ -120,7 +120,7 @@ def test_bad_arguments_are_refused(arguments, message):
 
 
 def test_sizes_must_match_the_task():
-    with pytest.raises(ValueError, match=r"do not match task 'copy' \(inputs 9"):
+    with pytest.raises(ValueError, match=r"does not fit task 'copy' \(inputs 9"):
         generalisation(tiny_model(), make_task("copy"), [2])
 
 

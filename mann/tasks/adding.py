@@ -24,20 +24,19 @@ sequences, give ``sum_bits`` headroom when the task is made.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mann.tasks.base import Batch, require_int, require_range
+from mann.tasks.base import Batch, TaskBase, require_int, require_range
 from mann.tasks.digit_sequence import sample_digit_sequence
 
 _MOST_SUM_BITS = 62
 
 
 @dataclass(frozen=True)
-class AddingTask:
+class AddingTask(TaskBase):
     """Sum ``min_length .. max_length`` digits in ``0 .. digits-1``; answer in binary."""
 
     name: ClassVar[str] = "adding"
@@ -87,13 +86,9 @@ class AddingTask:
         """T of the longest sequence: max_length + 1."""
         return self.max_length + 1
 
-    def with_lengths(self, min_length: int, max_length: int) -> AddingTask:
-        """A copy drawing lengths from ``min_length .. max_length``, same ``sum_bits``."""
-        return dataclasses.replace(self, min_length=min_length, max_length=max_length)
-
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of sums; inputs (B,T,digits+1), targets (B,T,sum_bits)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         sequence = sample_digit_sequence(
             batch_size, self.digits, self.min_length, self.max_length, generator
         )

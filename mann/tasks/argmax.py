@@ -26,18 +26,17 @@ ValueError: to test generalisation to longer sequences, give it headroom when th
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mann.tasks.base import Batch, require_int, require_range
+from mann.tasks.base import Batch, TaskBase, require_int, require_range
 from mann.tasks.digit_sequence import sample_digit_sequence
 
 
 @dataclass(frozen=True)
-class ArgmaxTask:
+class ArgmaxTask(TaskBase):
     """Find the (last) position of the largest of ``min_length .. max_length`` digits."""
 
     name: ClassVar[str] = "argmax"
@@ -76,13 +75,9 @@ class ArgmaxTask:
         """T of the longest sequence: max_length + 1."""
         return self.max_length + 1
 
-    def with_lengths(self, min_length: int, max_length: int) -> ArgmaxTask:
-        """A copy drawing lengths from ``min_length .. max_length``, same ``num_positions``."""
-        return dataclasses.replace(self, min_length=min_length, max_length=max_length)
-
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of argmax problems; inputs (B,T,digits+1), targets (B,T,num_positions)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         sequence = sample_digit_sequence(
             batch_size, self.digits, self.min_length, self.max_length, generator
         )

@@ -24,7 +24,6 @@ at the end with zeros, mask 0.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,6 +31,7 @@ import torch
 
 from mann.tasks.base import (
     Batch,
+    TaskBase,
     gather_steps,
     random_bits,
     require_int,
@@ -42,10 +42,11 @@ from mann.tasks.base import (
 
 
 @dataclass(frozen=True)
-class AssociativeRecallTask:
+class AssociativeRecallTask(TaskBase):
     """Recall the item that followed a query item in a list of ``min_items .. max_items``."""
 
     name: ClassVar[str] = "associative_recall"
+    length_fields: ClassVar[tuple[str, str]] = ("min_items", "max_items")
 
     bits: int = 6
     item_length: int = 3
@@ -94,13 +95,9 @@ class AssociativeRecallTask:
         """T for a list of ``items`` items."""
         return (items + 2) * (self.item_length + 1)
 
-    def with_lengths(self, min_length: int, max_length: int) -> AssociativeRecallTask:
-        """A copy drawing the number of items from ``min_length .. max_length``."""
-        return dataclasses.replace(self, min_items=min_length, max_items=max_length)
-
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of recall problems; inputs (B,T,bits+2), targets (B,T,bits)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         item_counts = sample_lengths(batch_size, self.min_items, self.max_items, generator)
         most_items = int(item_counts.max())
         total_steps = self.steps_for(most_items)

@@ -16,7 +16,8 @@ shorter items are padded at the end with zero inputs, zero targets and mask 0.
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple, Protocol
+import dataclasses
+from typing import ClassVar, NamedTuple, Protocol, Self
 
 import torch
 
@@ -52,6 +53,22 @@ class Task(Protocol):
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch: ...
 
     def with_lengths(self, min_length: int, max_length: int) -> Task: ...
+
+
+class TaskBase:
+    """What the task dataclasses share: ``with_lengths`` over the two fields that make their
+    length range (``length_fields``), and the check of a batch size."""
+
+    length_fields: ClassVar[tuple[str, str]] = ("min_length", "max_length")
+
+    def with_lengths(self, min_length: int, max_length: int) -> Self:
+        """A copy of this task drawing lengths from ``min_length .. max_length`` (what its
+        ``length_fields`` hold: vectors, items, inputs; validated like the task's own)."""
+        low, high = self.length_fields
+        return dataclasses.replace(self, **{low: min_length, high: max_length})
+
+    def _check_batch_size(self, batch_size: object) -> None:
+        require_int(type(self).__name__, "batch_size", batch_size, 1)
 
 
 def require_int(owner: str, name: str, value: object, minimum: int) -> None:

@@ -12,7 +12,6 @@ L is drawn per item, uniform over ``min_length .. max_length``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,6 +19,7 @@ import torch
 
 from mann.tasks.base import (
     Batch,
+    TaskBase,
     gather_steps,
     random_bits,
     require_int,
@@ -30,7 +30,7 @@ from mann.tasks.base import (
 
 
 @dataclass(frozen=True)
-class CopyTask:
+class CopyTask(TaskBase):
     """Copy a sequence of ``min_length .. max_length`` random vectors of ``bits`` bits."""
 
     name: ClassVar[str] = "copy"
@@ -64,13 +64,9 @@ class CopyTask:
         """T for a sequence of ``length`` vectors: input, delimiter, output."""
         return 2 * length + 1
 
-    def with_lengths(self, min_length: int, max_length: int) -> CopyTask:
-        """A copy of this task drawing lengths from ``min_length .. max_length``."""
-        return dataclasses.replace(self, min_length=min_length, max_length=max_length)
-
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of ``batch_size`` copy problems; inputs (B,T,bits+1), targets (B,T,bits)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         lengths = sample_lengths(batch_size, self.min_length, self.max_length, generator)
         longest = int(lengths.max())
         total_steps = self.steps_for(longest)

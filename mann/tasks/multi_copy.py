@@ -24,11 +24,11 @@ from typing import ClassVar
 
 import torch
 
-from mann.tasks.base import Batch, gather_steps, random_bits, require_int, require_range
+from mann.tasks.base import Batch, TaskBase, gather_steps, random_bits, require_int, require_range
 
 
 @dataclass(frozen=True)
-class MultiCopyTask:
+class MultiCopyTask(TaskBase):
     """R copy rounds (R in ``min_rounds .. max_rounds``) of ``min_length .. max_length`` vectors."""
 
     name: ClassVar[str] = "multi_copy"
@@ -60,17 +60,13 @@ class MultiCopyTask:
         """T of the longest episode: max_rounds rounds of max_length vectors."""
         return self.max_rounds * (2 * self.max_length + 1)
 
-    def with_lengths(self, min_length: int, max_length: int) -> MultiCopyTask:
-        """A copy of this task drawing round lengths from ``min_length .. max_length``."""
-        return dataclasses.replace(self, min_length=min_length, max_length=max_length)
-
     def with_rounds(self, min_rounds: int, max_rounds: int) -> MultiCopyTask:
         """A copy of this task drawing the number of rounds from ``min_rounds .. max_rounds``."""
         return dataclasses.replace(self, min_rounds=min_rounds, max_rounds=max_rounds)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of episodes; inputs (B,T,bits+1), targets (B,T,bits), mask (B,T)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         rounds = torch.randint(
             self.min_rounds, self.max_rounds + 1, (batch_size,), generator=generator
         )

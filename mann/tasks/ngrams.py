@@ -18,14 +18,13 @@ followed by 1 and N0 times by 0 predicts P(1) = (N1 + ½) / (N1 + N0 + 1).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mann.tasks.base import Batch, random_bits, require_int, require_range, sample_lengths
+from mann.tasks.base import Batch, TaskBase, random_bits, require_range, sample_lengths
 
 CONTEXT_BITS = 5  # a 6-gram: five bits of context, then the predicted one
 CONTEXTS = 2**CONTEXT_BITS
@@ -45,7 +44,7 @@ def context_index(bits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class NGramsTask:
+class NGramsTask(TaskBase):
     """Predict each next bit of ``min_length .. max_length``-bit sequences of a random 6-gram."""
 
     name: ClassVar[str] = "ngrams"
@@ -69,16 +68,13 @@ class NGramsTask:
     def max_steps(self) -> int:
         return self.max_length - 1
 
-    def with_lengths(self, min_length: int, max_length: int) -> NGramsTask:
-        return dataclasses.replace(self, min_length=min_length, max_length=max_length)
-
     def sample_bits(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """The sequences themselves: (B, L) float32 bits, L the batch's longest length; bits
         past an item's own length are 0."""
         return self._draw(batch_size, generator)[0]
 
     def _draw(self, batch_size: int, generator: torch.Generator):
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         lengths = sample_lengths(batch_size, self.min_length, self.max_length, generator)
         longest = int(lengths.max())
         # Beta(½, ½) as the arcsine law: sin²(πU/2) for U uniform.

@@ -22,7 +22,6 @@ still ask for the top ``num_outputs``. Shorter sequences are padded at the end, 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,6 +29,7 @@ import torch
 
 from mann.tasks.base import (
     Batch,
+    TaskBase,
     gather_steps,
     random_bits,
     require_int,
@@ -40,10 +40,11 @@ from mann.tasks.base import (
 
 
 @dataclass(frozen=True)
-class PrioritySortTask:
+class PrioritySortTask(TaskBase):
     """Sort ``min_inputs .. num_inputs`` prioritised vectors; write the top ``num_outputs``."""
 
     name: ClassVar[str] = "priority_sort"
+    length_fields: ClassVar[tuple[str, str]] = ("min_inputs", "num_inputs")
 
     bits: int = 8
     num_inputs: int = 20
@@ -92,13 +93,9 @@ class PrioritySortTask:
         """T for a sequence of ``inputs`` inputs."""
         return inputs + 1 + self.outputs_for(inputs)
 
-    def with_lengths(self, min_length: int, max_length: int) -> PrioritySortTask:
-        """A copy drawing the number of inputs from ``min_length .. max_length``."""
-        return dataclasses.replace(self, min_inputs=min_length, num_inputs=max_length)
-
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of sorting problems; inputs (B,T,bits+2), targets (B,T,bits)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         lengths = sample_lengths(batch_size, self.min_length, self.num_inputs, generator)
         longest = int(lengths.max())
         output_counts = lengths.clamp(max=self.num_outputs)

@@ -33,6 +33,7 @@ import torch
 
 from mann.tasks.base import (
     Batch,
+    TaskBase,
     gather_steps,
     random_bits,
     require_int,
@@ -43,7 +44,7 @@ from mann.tasks.base import (
 
 
 @dataclass(frozen=True)
-class RepeatCopyTask:
+class RepeatCopyTask(TaskBase):
     """Copy a sequence of ``min_length .. max_length`` vectors ``min_repeats .. max_repeats``
     times, then mark the end."""
 
@@ -98,17 +99,13 @@ class RepeatCopyTask:
         """T for ``length`` vectors repeated ``repeats`` times."""
         return length * repeats + length + 3
 
-    def with_lengths(self, min_length: int, max_length: int) -> RepeatCopyTask:
-        """A copy drawing sequence lengths from ``min_length .. max_length`` (same repeats)."""
-        return dataclasses.replace(self, min_length=min_length, max_length=max_length)
-
     def with_repeats(self, min_repeats: int, max_repeats: int) -> RepeatCopyTask:
         """A copy drawing repeat counts from ``min_repeats .. max_repeats``, same count scale."""
         return dataclasses.replace(self, min_repeats=min_repeats, max_repeats=max_repeats)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of repeat-copy problems; inputs (B,T,bits+2), targets (B,T,bits+1)."""
-        require_int(type(self).__name__, "batch_size", batch_size, 1)
+        self._check_batch_size(batch_size)
         lengths = sample_lengths(batch_size, self.min_length, self.max_length, generator)
         repeats = sample_lengths(batch_size, self.min_repeats, self.max_repeats, generator)
         longest = int(lengths.max())
