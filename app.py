@@ -6,7 +6,7 @@ composes: it picks through ui.shared, calls mann, and hands the Trace to mann.fi
 
 import streamlit as st
 
-from ui import shared
+from ui import links, shared
 
 st.set_page_config(
     page_title="mann: watch memory-augmented networks at work",
@@ -38,7 +38,9 @@ navigation = st.navigation(
 shared.kernel_warm_up()  # once per server: numba compiles while the first page is read
 # An upload is checked before the page runs, so the page already shows the uploaded model.
 shared.take_pending_upload()
+links.restore()  # a link's view (model, input, step, ...) before any widget is drawn
 with shared.inside_app():
+    links.show_problems()
     navigation.run()
 # The sidebar comes after the page: its widgets' values reach the page all the same (they are
 # read from the session at the start of the run), and the page's first lines show without

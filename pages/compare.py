@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -29,8 +29,8 @@ def main() -> None:
         if len(default) < 2 and key in options and key not in default:
             default.append(key)
     picked = st.multiselect(
-        "models (two to four)", options, default=default, format_func=shared.model_label,
-        max_selections=4, key=f"compare_models:{task.name}",
+        "models (two to four)", options, default=links.models_from_link(options) or default,
+        format_func=shared.model_label, max_selections=4, key=f"compare_models:{task.name}",
     )
     if len(picked) < 2:
         st.info("Pick at least two models.")
@@ -45,7 +45,9 @@ def main() -> None:
 
     names = tuple(model.label for model in choices)
     key = "|".join(shared.trace_key(model, chosen) for model in choices)
-    st.plotly_chart(shared.compare_figure(key, tuple(traces), names), key="compare_figure")
+    step = links.step_from_link(traces[0].steps) or 0
+    st.plotly_chart(shared.compare_figure(key, tuple(traces), names, step),
+                    key="compare_figure")  # fmt: skip
 
     rows = []
     for model, trace in zip(choices, traces, strict=True):
@@ -57,6 +59,7 @@ def main() -> None:
             "bit errors on this input": trace.metadata.get("bit_errors"),
         })
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+    links.link_box(steps=traces[0].steps, step=step, models=picked)
 
 
 main()

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mann import figures
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -95,13 +95,18 @@ def main() -> None:
                 icon=":material/info:")
         return
     left, right = st.columns([3, 1])
+    linked_step = links.step_from_link(trace.steps)
+    linked_head = st.session_state.get(links.HEAD)
     with left:
         # Keys include the trace's shape, so a stored step is never out of a new range.
-        step = st.slider("step", 0, trace.steps - 1, figures.interesting_step(trace),
-                         key=f"explain_step:{trace.steps}")
+        step = st.slider("step", 0, trace.steps - 1,
+                         figures.interesting_step(trace) if linked_step is None else linked_step,
+                         key=f"explain_step:{trace.steps}")  # fmt: skip
     with right:
-        head = st.selectbox("head", heads, key=f"explain_head:{'/'.join(heads)}")
+        head = st.selectbox("head", heads, key=f"explain_head:{'/'.join(heads)}",
+                            index=heads.index(linked_head) if linked_head in heads else 0)
 
+    links.link_box(step=step, head=head)
     explained = figures.explanation(trace, step, head)
     prefix = f"knob:{shared.trace_key(choice, chosen)}:{step}:{head}"
     knobs = knob_sliders(explained.knobs, prefix) if explained.knobs else {}

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from mann import figures
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -63,3 +63,4 @@ def main() -> None:
 
 
 main()
+links.link_box()

@@ -4,7 +4,7 @@ import streamlit as st
 
 from mann import figures
 from mann.demo import parse_lengths, training_lengths
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -97,3 +97,4 @@ def main() -> None:
 
 
 main()
+links.link_box()

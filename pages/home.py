@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -143,4 +143,4 @@ st.page_link(shared.PAGES["patterns"], label="Patterns: how models allocate and 
 st.page_link(shared.PAGES["export"], label="Export: the trace and an offline figure",
              icon=":material/download:")
 st.caption("Choose the model and the input in the sidebar; every page uses that choice.")
-
+links.link_box()

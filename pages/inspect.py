@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from mann import figures
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -92,27 +92,30 @@ def main() -> None:
 
     scrub_tab, timeline_tab = st.tabs(["Scrub through time", "Timeline"])
     with scrub_tab:
+        step = links.step_from_link(trace.steps) or 0
         if figures.fits_in_browser(trace):
-            st.plotly_chart(shared.figure("scrub_figure", key, trace), key="scrub_figure")
+            st.plotly_chart(shared.figure("scrub_figure", key, trace, step=step),
+                            key="scrub_figure")  # fmt: skip
         else:
             st.caption(
                 f"This trace is too big to send every step to the browser "
                 f"({figures.animation_size(trace):,} numbers): the slider below asks the "
                 "server for each step."
             )
-            one_step(trace)
+            one_step(trace, step)
     with timeline_tab:
         st.caption(
             "Every head's weighting over all steps, as in the NTM paper's figures: "
             + TIMELINE_NOTES.get(trace.arch, "")
         )
         st.plotly_chart(shared.figure("timeline_figure", key, trace), key="timeline_figure")
+    links.link_box(steps=trace.steps, step=step)
 
 
 @st.fragment
-def one_step(trace) -> None:
+def one_step(trace, start: int = 0) -> None:
     """Server-side scrubbing for big traces: only this fragment reruns when the slider moves."""
-    step = st.slider("step", 0, trace.steps - 1, 0, key=f"server_step:{trace.steps}")
+    step = st.slider("step", 0, trace.steps - 1, start, key=f"server_step:{trace.steps}")
     st.plotly_chart(figures.step_figure(trace, step), key="step_figure")
 
 

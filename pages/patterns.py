@@ -5,7 +5,7 @@ import streamlit as st
 from mann import pattern_figures
 from mann.analysis import METRICS, summary_table
 from mann.demo import MAX_INPUT_STEPS, training_lengths
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -48,7 +48,8 @@ def controls():
     task = shared.task_for(task_name)
     options = shared.fitting_keys(task)
     picked = second.multiselect(
-        "models (two to four)", options, default=preferred_models(task_name, options),
+        "models (two to four)", options,
+        default=links.models_from_link(options) or preferred_models(task_name, options),
         format_func=shared.model_label, max_selections=4, key=f"patterns_models:{task_name}",
     )
     shortest, longest = training_lengths(task)
@@ -179,6 +180,7 @@ def main() -> None:
     result = measure(task, picked, length, rounds, episodes, seed)
     if result is not None:
         show(result)
+    links.link_box(models=picked)
 
 
 main()

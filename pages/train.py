@@ -12,7 +12,7 @@ from mann.demo import (
 from mann.model import ModelConfig
 from mann.tasks import TASKS, make_task
 from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -163,3 +163,4 @@ if training is not None and training.finished and training.result is not None:
         st.error(st.session_state.pop("train_save_error"))
     if st.session_state.pop("open_inspect", False):
         st.switch_page(shared.PAGES["inspect"])
+links.link_box()

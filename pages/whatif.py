@@ -6,7 +6,7 @@ import streamlit as st
 from mann.intervention import DESCRIPTIONS, Intervention, describe, intervention_fields
 from mann.whatif import presets
 from mann.whatif_figures import whatif_figure
-from ui import shared
+from ui import links, shared
 
 shared.page_needs_app()
 
@@ -175,3 +175,4 @@ def main() -> None:
 
 
 main()
+links.link_box()

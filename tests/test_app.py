@@ -530,6 +530,72 @@ def test_generalisation_preset_draws_the_papers_picture(checkpoints):
     np.testing.assert_allclose(decode(lines["lstm-copy"]["y"])[:2], expected["mean_bit_errors"])
 
 
+def start_with_link(page: str | None, **query: str) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    for name, value in query.items():
+        app.query_params[name] = value
+    if page is not None:  # a link opens its page directly: the session's first run
+        app.switch_page(page)
+    app.run()
+    assert not app.exception, [element.value for element in app.exception]
+    return app
+
+
+@pytest.mark.parametrize("page", [None, *PAGES])
+def test_every_page_takes_its_view_from_the_link_and_writes_it_back(checkpoints, page):
+    app = start_with_link(page, model="dnc-copy", length="7", seed="5")
+    assert app.sidebar.selectbox[0].value == "checkpoint:dnc-copy"
+    assert app.session_state["length:copy"] == 7 and app.session_state["input_seed"] == 5
+    assert not app.warning or "could not be used" not in app.warning[0].value
+    query = {name: app.query_params[name] for name in app.query_params}
+    written = {name: value[0] if isinstance(value, list) else value
+               for name, value in query.items()}  # fmt: skip
+    assert {"model": "dnc-copy", "length": "7", "seed": "5"}.items() <= written.items(), written
+
+
+def test_inspect_and_explain_open_at_the_linked_step_and_head(checkpoints):
+    app = start_with_link(shared.PAGES["inspect"], model="ntm-copy", length="6", seed="3",
+                          step="4")  # fmt: skip
+    scrub, _ = charts(app)
+    assert scrub["layout"]["sliders"][0]["active"] == 4
+    trace = expected_trace(checkpoints, "ntm-copy", length=6, seed=3)
+    np.testing.assert_array_equal(frame_values(scrub, 4, "memory"), trace.memory[4].T)
+    link = app.code[-1].value
+    assert "model=ntm-copy" in link and "length=6" in link and "seed=3" in link
+    assert "step=4" in link
+
+    app = start_with_link(shared.PAGES["explain"], model="ntm-copy", step="9", head="write 0")
+    assert app.slider(key="explain_step:41").value == 9
+    assert app.selectbox(key="explain_head:read 0/write 0").value == "write 0"
+    assert "head=write+0" in app.code[-1].value and "step=9" in app.code[-1].value
+
+
+def test_compare_takes_its_models_from_the_link(checkpoints):
+    app = start_with_link(shared.PAGES["compare"], model="ntm-copy",
+                          models="dnc-copy,untrained:ntm")  # fmt: skip
+    assert app.multiselect[0].value == ["checkpoint:dnc-copy", "untrained:ntm"]
+    assert "models=dnc-copy%2Cuntrained%3Antm" in app.code[-1].value
+
+
+@pytest.mark.parametrize(
+    "query, problem",
+    [
+        ({"model": "nope"}, "model='nope' is not available here"),
+        ({"length": "abc"}, "length='abc' is not a whole number"),
+        ({"length": "900"}, "length=900 must lie in 1.."),
+        ({"seed": "-3"}, "seed=-3 must be at least 0"),
+        ({"task": "sorting"}, "task='sorting' is not one of"),
+        ({"models": "dnc-copy,ghost"}, "models: 'ghost' is not available here"),
+    ],
+)
+def test_a_bad_link_says_what_it_could_not_use_and_the_page_works(checkpoints, query, problem):
+    app = start_with_link(shared.PAGES["inspect"], **query)
+    assert any(problem in warning.value for warning in app.warning), [w.value for w in app.warning]
+    assert charts(app), "the page still draws its figures"
+    app.run()  # said once, not on every rerun
+    assert not any("could not be used" in warning.value for warning in app.warning)
+
+
 def test_export_offers_the_trace_and_the_figures(checkpoints):
     app = start(shared.PAGES["export"])
     labels = [button.label for button in app.get("download_button")]

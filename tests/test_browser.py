@@ -111,7 +111,8 @@ def test_a_link_straight_to_a_page_opens_it_inside_the_app(server, browser):
     # first request by the pages/ directory, streamlit#8860: page files named otherwise than
     # their URLs showed that dialog; named after them, but without shared.page_needs_app,
     # they were served without app.py: no model selector, file names as links.)
-    for path in ("inspect", "train"):
+    # The first is a link to a view: dnc-copy on input length 12, seed 3, shown at step 7.
+    for path in ("inspect?model=dnc-copy&length=12&seed=3&step=7", "train"):
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         tab = context.new_page()
         try:
@@ -122,7 +123,18 @@ def test_a_link_straight_to_a_page_opens_it_inside_the_app(server, browser):
             assert sidebar.get_by_text("Model", exact=True).count() == 1
             assert tab.locator('[data-testid="stException"]').count() == 0
             assert tab.get_by_text("Page not found").count() == 0
-            assert tab.get_by_role("heading", name=path.capitalize()).count() >= 1
+            page_name = path.split("?")[0]
+            assert tab.get_by_role("heading", name=page_name.capitalize()).count() >= 1
+            if "?" in path:
+                assert tab.get_by_role("heading", name="dnc-copy", exact=True).count() == 1
+                values = sidebar.locator("input[type=number]").evaluate_all(
+                    "inputs => inputs.map(input => input.value)"
+                )
+                assert values[:2] == ["12", "3"], values  # length, seed
+                charts(tab)
+                active = tab.evaluate("() => document.querySelectorAll('.js-plotly-plot')[0]"
+                                      "._fullLayout.sliders[0].active")  # fmt: skip
+                assert active == 7
         finally:
             context.close()
 

@@ -442,8 +442,8 @@ def test_resize_gives_an_ntm_more_slots_and_keeps_its_initial_weighting(tmp_path
     checkpoint.save(model, tmp_path / "small")
     checkpoint.resize(tmp_path / "small", 32, tmp_path / "large")
     resized = mann.load(tmp_path / "large")
-    before = model.access.initial_state(1).read_weights[0]
-    after = resized.access.initial_state(1).read_weights[0]
+    before = model.access.initial_state(1).read_weights[0].detach()
+    after = resized.access.initial_state(1).read_weights[0].detach()
     assert after.shape[-1] == 32
     torch.testing.assert_close(after[:, : before.shape[-1]], before, rtol=1e-12, atol=1e-15)
     assert float(after[:, before.shape[-1] :].max()) < 1e-15  # the new slots start unweighted

@@ -289,16 +289,18 @@ def sidebar() -> None:
         from mann.demo import length_label
 
         low, high, default = length_bounds(task.name, task_json(task))
+        # Defaults through the session: a link (ui.links) may have set these keys already.
+        st.session_state.setdefault(f"length:{task.name}", default)
         st.number_input(
             f"{length_label(task)} ({task.name.replace('_', ' ')})", min_value=low,
-            max_value=high, value=default, step=1, key=f"length:{task.name}",
+            max_value=high, step=1, key=f"length:{task.name}",
         )
         if hasattr(task, "with_rounds"):
+            st.session_state.setdefault(f"rounds:{task.name}", task.max_rounds)
             st.number_input("rounds (copy rounds in the episode)", min_value=1,
-                            max_value=rounds_bound(task), value=task.max_rounds, step=1,
-                            key=f"rounds:{task.name}")
-        st.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, step=1,
-                        key="input_seed")
+                            max_value=rounds_bound(task), step=1, key=f"rounds:{task.name}")
+        st.session_state.setdefault("input_seed", 0)
+        st.number_input("seed", min_value=0, max_value=2**31 - 1, step=1, key="input_seed")
 
 
 def _describe(choice: Choice) -> str:
@@ -561,11 +563,11 @@ def input_choice(task: Any, length: int, seed: int) -> InputChoice:
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
-def compare_figure(key: str, _traces: tuple, names: tuple[str, ...]) -> Any:
+def compare_figure(key: str, _traces: tuple, names: tuple[str, ...], step: int = 0) -> Any:
     """``mann.figures.compare_figure``, cached by the traces' keys joined in ``key``."""
     from mann import figures
 
-    return figures.compare_figure(list(_traces), list(names))
+    return figures.compare_figure(list(_traces), list(names), step)
 
 
 def generalisation(
