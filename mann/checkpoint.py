@@ -99,15 +99,22 @@ def training_state_path(path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- public API
 
 
-def save(model: MemoryAugmentedNetwork, path: str | os.PathLike, **metadata: Any) -> Path:
+def save(
+    model: MemoryAugmentedNetwork,
+    path: str | os.PathLike,
+    overwrite: bool = True,
+    **metadata: Any,
+) -> Path:
     """Save ``model`` as the checkpoint ``path`` (with or without suffix); return the weights file.
 
     Keyword arguments are stored as metadata; they must be JSON-serialisable (numbers, strings,
     lists, dicts, None) and may not be ``format_version``, ``config`` or ``weights_sha256``.
-    Missing directories are created.
+    Missing directories are created. With ``overwrite=False`` an existing checkpoint of that
+    name is never replaced (FileExistsError naming it), even by a save racing this one.
 
     Raises:
         ValueError: ``model`` is not a MemoryAugmentedNetwork, or a metadata value is not JSON.
+        FileExistsError: ``overwrite=False`` and the checkpoint exists.
     """
     if not isinstance(model, MemoryAugmentedNetwork):
         raise ValueError(
@@ -127,7 +134,10 @@ def save(model: MemoryAugmentedNetwork, path: str | os.PathLike, **metadata: Any
     target = weights_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # The weights file is the source of truth, so it goes first; the JSON is a readable copy.
-    write_atomically(target, data)
+    try:
+        write_atomically(target, data, replace=overwrite)
+    except FileExistsError:
+        raise FileExistsError(f"checkpoint {target} exists; it is not replaced") from None
     text = json.dumps(full_metadata, indent=2, sort_keys=False) + "\n"
     write_atomically(metadata_path(path), text.encode("utf-8"))
     return target
@@ -381,8 +391,13 @@ def _serialise(tensors: dict[str, torch.Tensor], metadata: dict) -> tuple[bytes,
     return serialise_tensors(tensors, metadata={HEADER_KEY: text}), metadata
 
 
-def write_atomically(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` via a temporary file in the same directory and a rename."""
+def write_atomically(target: Path, data: bytes, replace: bool = True) -> None:
+    """Write ``data`` to ``target`` via a temporary file in the same directory and a rename.
+
+    With ``replace=False`` an existing ``target`` is never replaced: the file appears by a
+    hard link that fails if the name is taken (FileExistsError), so two writers racing for
+    one name cannot both win.
+    """
     handle = tempfile.NamedTemporaryFile(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
     )
@@ -394,7 +409,11 @@ def write_atomically(target: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         # NamedTemporaryFile makes the file private (0600); a checkpoint is for sharing.
         os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
+        if replace:
+            os.replace(temporary, target)
+        else:
+            os.link(temporary, target)
+            temporary.unlink()
     except BaseException:
         # Also on KeyboardInterrupt: the previous file stays, no partial file remains.
         temporary.unlink(missing_ok=True)

@@ -351,11 +351,13 @@ class BackgroundTraining:
     def finished(self) -> bool:
         return self._thread.ident is not None and not self._thread.is_alive()
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save the trained model as checkpoint ``path``, with the metadata the trainer writes.
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the trained model as checkpoint ``path``, with the metadata the trainer writes;
+        an existing checkpoint of that name is never replaced unless ``overwrite``.
 
         Raises:
             ValueError: the run is still going or failed.
+            FileExistsError: the checkpoint exists (and not ``overwrite``).
         """
         if not self.finished or self.result is None:
             raise ValueError("training must have finished (or been stopped) before saving")
@@ -364,7 +366,8 @@ class BackgroundTraining:
         task = self.train_config.make_task()
         out = dataclasses.replace(self.train_config, out=str(path))
         return save(
-            self.model, path, task=task.name, task_options=dataclasses.asdict(task),
+            self.model, path, overwrite=overwrite, task=task.name,
+            task_options=dataclasses.asdict(task),
             train_config=out.to_dict(), command=command_line(self.model_config, out),
             metrics=self.result.metrics, torch_version=torch.__version__,
         )
@@ -379,8 +382,9 @@ def check_fits_config(config: ModelConfig, task: Task) -> None:
         )
 
 
-def checkpoint_name_error(name: str) -> str | None:
-    """Why ``name`` cannot name a checkpoint file, or None if it can."""
+def checkpoint_name_error(name: str, directory: str | os.PathLike | None = None) -> str | None:
+    """Why ``name`` cannot name a new checkpoint file (in ``directory``, when given: the name
+    must be free there), or None if it can."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
     if not name:
         return "name must not be empty"
@@ -388,6 +392,10 @@ def checkpoint_name_error(name: str) -> str | None:
         return f"name must be at most 64 characters, got {len(name)}"
     if not set(name) <= allowed or name.startswith("-"):
         return f"name must use only letters, digits, '-' and '_' (not first '-'), got {name!r}"
+    if directory is not None and (Path(directory) / f"{name}{WEIGHTS_SUFFIX}").exists():
+        shipped = " (a shipped model)" if name in SHIPPED else ""
+        return (f"a checkpoint named {name!r}{shipped} exists already; it is never replaced "
+                "from the app: choose another name")
     return None
 
 

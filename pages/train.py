@@ -128,7 +128,7 @@ def use_trained(run: BackgroundTraining, name: str, save: bool) -> None:
     """Button callback: keep (and perhaps save) the trained model and choose it in the sidebar."""
     if save:
         try:
-            run.save(shared.checkpoint_dir() / name)
+            run.save(shared.checkpoint_dir() / name)  # never over an existing checkpoint
         except (OSError, ValueError) as error:
             st.session_state["train_save_error"] = f"Could not save {name!r}: {error}"
             return
@@ -146,7 +146,8 @@ if training is not None and training.finished and training.result is not None:
     st.subheader("Keep the model")
     name = st.text_input("checkpoint name", f"my-{training.model_config.arch}-"
                          f"{training.train_config.task.replace('_', '-')}", key="train_name")
-    problem = checkpoint_name_error(name)
+    problem = checkpoint_name_error(name, shared.checkpoint_dir())
+    bad_name = checkpoint_name_error(name)  # the label of a model kept unsaved
     if problem:
         st.error(problem)
     first, second = st.columns(2)
@@ -156,7 +157,7 @@ if training is not None and training.finished and training.result is not None:
         help=f"Writes {name}.safetensors and {name}.json to {shared.checkpoint_dir()}.",
     )
     second.button(
-        "Open in Inspect without saving", disabled=bool(problem),
+        "Open in Inspect without saving", disabled=bool(bad_name),
         on_click=use_trained, args=(training, name, False), icon=":material/visibility:",
     )
     if "train_save_error" in st.session_state:

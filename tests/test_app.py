@@ -348,6 +348,28 @@ def test_train_page_trains_saves_and_selects_the_model(checkpoints):
     assert mann.checkpoint.read_metadata(checkpoints / "from-the-app")["metrics"]["step"] == 4
 
 
+@pytest.mark.slow
+def test_train_page_never_saves_over_an_existing_checkpoint(checkpoints):
+    shipped = (checkpoints / "ntm-copy.safetensors").read_bytes()
+    app = start(shared.PAGES["train"])
+    for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_word", 4),
+                       ("train_steps", 2), ("train_batch", 2)):
+        app.number_input(key=key).set_value(value)
+    app.button[0].click().run()
+    assert app.session_state["training"].wait(timeout=60)
+    app.run()
+    app.text_input(key="train_name").set_value("ntm-copy").run()
+    assert any("'ntm-copy' (a shipped model) exists already" in e.value for e in app.error)
+    save = next(button for button in app.button if button.label.startswith("Save"))
+    assert save.disabled
+    unsaved = next(button for button in app.button if button.label.startswith("Open in"))
+    assert not unsaved.disabled  # keeping it for this browser session needs no free name
+    # Even a save that got past the page (two visitors racing) cannot replace the file.
+    with pytest.raises(FileExistsError):
+        app.session_state["training"].save(checkpoints / "ntm-copy")
+    assert (checkpoints / "ntm-copy.safetensors").read_bytes() == shipped
+
+
 def test_train_page_reports_impossible_parameters(checkpoints):
     app = start(shared.PAGES["train"])
     app.number_input(key="train_memory").set_value(1)  # an NTM needs room for its shifts

@@ -479,3 +479,17 @@ def test_resize_from_the_command_line(tmp_path, capsys):
     assert mann.load(tmp_path / "large").config.memory_size == 16
     assert main(["resize", str(tmp_path / "small"), "--memory-size", "0", "--out", "x"]) == 2
     assert "memory_size must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_save_without_overwrite_never_replaces_a_checkpoint(tmp_path):
+    first, second = tiny_model("dnc", seed=1), tiny_model("dnc", seed=2)
+    checkpoint.save(first, tmp_path / "kept", note="first")
+    before = (tmp_path / "kept.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="kept.safetensors exists; it is not replaced"):
+        checkpoint.save(second, tmp_path / "kept", overwrite=False, note="second")
+    assert (tmp_path / "kept.safetensors").read_bytes() == before
+    assert checkpoint.read_metadata(tmp_path / "kept")["note"] == "first"
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+    checkpoint.save(second, tmp_path / "new", overwrite=False)  # a free name is fine
+    checkpoint.save(second, tmp_path / "kept", note="third")  # the library default replaces
+    assert checkpoint.read_metadata(tmp_path / "kept")["note"] == "third"
