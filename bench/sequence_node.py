@@ -1,4 +1,4 @@
-"""The whole-sequence node (mann/fused/sequence.py) against the model's step loop.
+"""The whole-sequence node (mann/fused/sequence.py) against the reference step loop.
 
 For each configuration, alternating processes (node, loop, node, loop, …), each reporting:
 - train ms: its fastest of ``--steps`` training steps (forward, masked BCE, backward, RMSprop)
@@ -6,7 +6,8 @@ For each configuration, alternating processes (node, loop, node, loop, …), eac
 - eval MB: the peak RSS of one forward pass without gradients over ``--eval-batch`` copy
   sequences of length 80 (161 steps), as ``mann evaluate`` and the app run models, measured
   in a process of its own above what the process held before it.
-Both paths run the same kernels; the loop is taken with ``sequence.ENABLED = False``.
+The node is the "fused" backend (``mann.backend``), the loop the "reference" one: the model's
+time loop over the access modules' pure-torch steps.
 
     python bench/sequence_node.py                      # every configuration (run it alone)
     python bench/sequence_node.py --only GRU --pairs 3
@@ -16,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DNC = dict(arch="dnc", memory_size=64, word_size=20, hidden_size=64, num_layers=2, read_heads=4)
 CONFIGS = {
@@ -37,14 +42,13 @@ def measure(name: str, path: str, mode: str, steps: int, eval_batch: int) -> dic
     import torch
 
     import mann
-    from mann.fused import sequence
     from mann.metrics import masked_bce
     from mann.tasks import make_task
 
     torch.set_num_threads(2)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    sequence.ENABLED = path == "node"
+    os.environ["MANN_BACKEND"] = "fused" if path == "node" else "reference"  # this process
     values, batch_size = CONFIGS[name]
     model = mann.build_model(mann.ModelConfig(input_size=9, output_size=8, **values))
     if mode == "eval":
