@@ -17,6 +17,8 @@ st.set_page_config(
 navigation = st.navigation(
     [
         st.Page(shared.PAGES["home"], title="Home", icon=":material/home:", default=True),
+        st.Page(shared.PAGES["learn"], title="Learn", icon=":material/school:",
+                url_path="learn"),
         st.Page(shared.PAGES["inspect"], title="Inspect", icon=":material/grid_on:",
                 url_path="inspect"),
         st.Page(shared.PAGES["explain"], title="Explain", icon=":material/functions:",

@@ -188,6 +188,31 @@ RESIZABLE_ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc")
 SIZE_FREE_ARCHITECTURES = ("dnc", "sam", "sdnc")
 
 
+def resized_model(model: MemoryAugmentedNetwork, memory_size: int) -> MemoryAugmentedNetwork:
+    """A copy of ``model`` with ``memory_size`` slots, in memory (see ``resize``).
+
+    Raises:
+        ValueError: the architecture has no memory (the LSTM), or the size is impossible.
+    """
+    config = model.config
+    if config.arch not in RESIZABLE_ARCHITECTURES:
+        raise ValueError(
+            f"cannot resize an {config.arch!r} model: it has no memory "
+            f"(only {', '.join(RESIZABLE_ARCHITECTURES)} can be resized)"
+        )
+    resized = build_model(ModelConfig.from_dict({**config.to_dict(), "memory_size": memory_size}))
+    state = model.state_dict()
+    if config.arch == "ntm":
+        logits = state["access.initial_weight_logits"]  # (heads, N)
+        grown = torch.full((logits.shape[0], memory_size), float(logits.min()) - 40.0,
+                           dtype=logits.dtype)  # fmt: skip
+        kept = min(memory_size, logits.shape[1])
+        grown[:, :kept] = logits[:, :kept]
+        state["access.initial_weight_logits"] = grown
+    resized.load_state_dict(state, strict=True)
+    return resized.train(model.training)
+
+
 def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) -> Path:
     """Save checkpoint ``path`` with ``memory_size`` slots at ``out``; return the weights file.
 
@@ -206,21 +231,7 @@ def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) ->
     """
     model = load(path)
     config = model.config
-    if config.arch not in RESIZABLE_ARCHITECTURES:
-        raise ValueError(
-            f"cannot resize an {config.arch!r} model: it has no memory "
-            f"(only {', '.join(RESIZABLE_ARCHITECTURES)} can be resized)"
-        )
-    resized = build_model(ModelConfig.from_dict({**config.to_dict(), "memory_size": memory_size}))
-    state = model.state_dict()
-    if config.arch == "ntm":
-        logits = state["access.initial_weight_logits"]  # (heads, N)
-        grown = torch.full((logits.shape[0], memory_size), float(logits.min()) - 40.0,
-                           dtype=logits.dtype)  # fmt: skip
-        kept = min(memory_size, logits.shape[1])
-        grown[:, :kept] = logits[:, :kept]
-        state["access.initial_weight_logits"] = grown
-    resized.load_state_dict(state, strict=True)
+    resized = resized_model(model, memory_size)
     metadata = {
         key: value for key, value in read_metadata(path).items() if key not in RESERVED_KEYS
     }

@@ -77,7 +77,8 @@ def pool_slots(values: np.ndarray, bin_size: int, how: str = "sum", axis: int = 
     slots = moved.shape[-1]
     padding = (-slots) % bin_size
     padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, padding)])
-    pooled = padded.reshape(*moved.shape[:-1], -1, bin_size).sum(-1)
+    bins = padded.shape[-1] // bin_size  # stated: with no heads (an LSTM) -1 cannot be inferred
+    pooled = padded.reshape(*moved.shape[:-1], bins, bin_size).sum(-1)
     if how == "mean":
         counts = np.full(pooled.shape[-1], bin_size, dtype=np.float32)
         counts[-1] = bin_size - padding

@@ -682,3 +682,48 @@ def test_inspect_marks_the_sparse_reads_of_untrained_sparse_memories(checkpoints
                                   sorted(trace.read_positions[9, 0]))
     timeline_note = next(c.value for c in app.caption if "NTM paper's figures" in c.value)
     assert timeline_note.split(": ", 1)[1].startswith(f"{arch.upper()} ")  # its own, not the DNC's
+
+
+# ---- Learn: every lesson steps through on the shipped models -----------------------------
+REPOSITORY_CHECKPOINTS = Path(APP).parent / "checkpoints"
+
+
+@pytest.fixture
+def shipped_checkpoints(monkeypatch) -> Path:
+    monkeypatch.setenv("MANN_CHECKPOINTS", str(REPOSITORY_CHECKPOINTS))
+    return REPOSITORY_CHECKPOINTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lesson_key", ["ntm", "dnc", "memory", "sparse"])
+def test_each_lesson_steps_through_with_a_live_view_each_step(shipped_checkpoints, lesson_key):
+    from ui.lessons import LESSONS
+
+    lesson = next(item for item in LESSONS if item.key == lesson_key)
+    assert 3 <= len(lesson.steps) <= 8
+    app = start(shared.PAGES["learn"])
+    app.radio(key="learn_lesson").set_value(lesson_key).run()
+    for index, step in enumerate(lesson.steps):
+        assert not app.exception and not app.error, (index, [e.value for e in app.error])
+        assert app.subheader[0].value == step.title
+        assert charts(app), f"step {index + 1} has a live view"
+        link = next(m.value for m in app.markdown if "Open this view in its full page" in m.value)
+        assert f"/{step.view.page}?" in link
+        back = next(button for button in app.button if button.label == "Back")
+        assert back.disabled == (index == 0)
+        forward = next(button for button in app.button if button.label == "Next")
+        if index == len(lesson.steps) - 1:
+            assert forward.disabled
+        else:
+            forward.click().run()
+    next(button for button in app.button if button.label == "Back").click().run()
+    assert app.subheader[0].value == lesson.steps[-2].title
+
+
+def test_a_lesson_without_its_model_says_so_and_offers_the_others(checkpoints):
+    app = start(shared.PAGES["learn"])  # only small ntm-copy and dnc-copy stand-ins here
+    app.radio(key="learn_lesson").set_value("dnc").run()
+    assert "needs the shipped checkpoint(s) dnc-multi-copy, ntm-multi-copy" in app.warning[0].value
+    assert "How an NTM copies" in app.warning[0].value
+    app.radio(key="learn_lesson").set_value("ntm").run()
+    assert not app.warning and charts(app)

@@ -230,6 +230,15 @@ def test_every_page_in_a_real_browser(server, page):
     settle(page, timeout=90_000)
     shoot(page, "generalisation")
 
+    # Learn: the first lesson, one step on.
+    open_page(page, f"{server}/learn")
+    charts(page)
+    page.get_by_role("button", name="Next").click()
+    settle(page)
+    charts(page)
+    assert page.get_by_role("heading", name="Writing: one slot per item").count() == 1
+    shoot(page, "learn")
+
     # What if: a preset on dnc-copy, run end to end.
     open_page(page, f"{server}/whatif")
     sidebar = page.get_by_test_id("stSidebar")

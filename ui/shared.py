@@ -49,6 +49,7 @@ PAGES = {
     "generalisation": "pages/generalisation.py",
     "patterns": "pages/patterns.py",
     "whatif": "pages/whatif.py",
+    "learn": "pages/learn.py",
     "export": "pages/export.py",
 }
 
@@ -219,6 +220,26 @@ def resolve(key: str, untrained_task: str = "copy") -> Choice:
         raise ValueError(f"model {key!r} is not available (any more) in this session")
     return Choice(key, stored.label, stored.model, task_of(stored.metadata), stored.metadata,
                   True, key)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _resized(path: str, modified: float, memory_size: int) -> Any:
+    from mann.checkpoint import resized_model
+
+    model, _ = _load_checkpoint(path, modified)
+    return resized_model(model, memory_size).eval()
+
+
+def resolve_sized(key: str, memory_size: int | None = None) -> Choice:
+    """``resolve(key)``, with a checkpoint's model given ``memory_size`` slots (in memory, the
+    file untouched) when that is set: a lesson shows a sparse memory at a larger size."""
+    choice = resolve(key)
+    if memory_size is None or not key.startswith("checkpoint:"):
+        return choice
+    path = checkpoint_dir() / f"{key.partition(':')[2]}.safetensors"
+    model = _resized(str(path), path.stat().st_mtime, memory_size)
+    return Choice(key, f"{choice.label} ({memory_size} slots)", model, choice.task,
+                  choice.metadata, True, f"{choice.version}|{memory_size}")
 
 
 def register_session_model(label: str, model: Any, metadata: dict) -> str:
@@ -416,19 +437,18 @@ def random_inputs(chosen: InputChoice) -> Any:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _trace(model_key: str, version: str, untrained_task: str, input_key: str,
+def _trace(model_key: str, version: str, input_key: str, _model: Any,
            _chosen: InputChoice) -> Any:
     from mann.demo import check_fits, record
 
-    choice = resolve(model_key, untrained_task)
-    check_fits(choice.model, input_task(_chosen))
-    return record(choice.model, input_batch(_chosen))
+    check_fits(_model, input_task(_chosen))
+    return record(_model, input_batch(_chosen))
 
 
 def trace_for(choice: Choice, chosen: InputChoice) -> Any:
-    """The Trace of ``choice``'s model on the chosen input (cached per model and input)."""
-    untrained_task = choice.version if choice.key.startswith("untrained:") else ""
-    return _trace(choice.key, choice.version, untrained_task, chosen.key, chosen)
+    """The Trace of ``choice``'s model on the chosen input (cached per model version and
+    input)."""
+    return _trace(choice.key, choice.version, chosen.key, choice.model, chosen)
 
 
 def trace_key(choice: Choice, chosen: InputChoice) -> str:
