@@ -31,7 +31,6 @@ class View:
     page: str = "inspect"
     memory_size: int | None = None  # run the model with this many slots (None: as shipped)
 
-    @property
     def sized(self, name: str) -> int | None:
         """The memory size the view runs ``name`` with."""
         return self.memory_size or MEMORY_SIZES.get(name)
