@@ -1119,3 +1119,10 @@ def training_figure(history: Sequence) -> go.Figure:
 def figure_html(figure: go.Figure) -> str:
     """A standalone HTML page with plotly.js embedded: opens offline, slider included."""
     return figure.to_html(include_plotlyjs=True, full_html=True, auto_play=False)
+
+
+def save_animation(trace: Trace, path, fps: float = 4.0, size: tuple[int, int] = (1280, 720)):
+    """The scrub view as an animated GIF or MP4 for slides (``mann.animation``)."""
+    from mann.animation import save_animation as save
+
+    return save(trace, path, fps=fps, size=size)

@@ -29,6 +29,9 @@ def main() -> None:
     def timeline_html() -> str:
         return figures.figure_html(shared.figure("timeline_figure", key, trace))
 
+    def animation(suffix: str):
+        return lambda: shared.animation_bytes(key, trace, suffix)
+
     first, second = st.columns(2)
     with first:
         st.download_button(
@@ -53,6 +56,18 @@ def main() -> None:
             file_name=f"{stem}-timeline.html", mime="text/html",
             icon=":material/view_timeline:",
         )
+    st.subheader("For slides")
+    st.caption("The scrub view as an animation, one frame per step at 4 frames a second, "
+               "1280×720: memory, weightings, links and the input / target / output strip.")
+    first, second = st.columns(2)
+    first.download_button(
+        "Animation (GIF)", data=animation(".gif"), file_name=f"{stem}.gif", mime="image/gif",
+        icon=":material/gif_box:", help="Plays in any slide program and browser.",
+    )
+    second.download_button(
+        "Animation (MP4)", data=animation(".mp4"), file_name=f"{stem}.mp4", mime="video/mp4",
+        icon=":material/movie:", help="Smaller than the GIF; H.264.",
+    )
 
     st.subheader("What the trace holds")
     rows = [

@@ -624,6 +624,7 @@ def test_export_offers_the_trace_and_the_figures(checkpoints):
     assert labels == [
         "Trace (.npz)", "Trace (CSV, one row per number)",
         "Scrubbable figure (HTML, works offline)", "Timeline figure (HTML, works offline)",
+        "Animation (GIF)", "Animation (MP4)",
     ]
     trace = expected_trace(checkpoints, "ntm-copy")
     fields = list(app.dataframe[0].value["field"])

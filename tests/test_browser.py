@@ -278,6 +278,12 @@ def test_every_page_in_a_real_browser(server, page):
 
     trace = Trace.load(download.value.path())
     assert trace.steps > 0 and trace.memory is not None
+    with page.expect_download(timeout=120_000) as download:
+        page.get_by_role("button", name="Animation (GIF)").click()
+    from PIL import Image
+
+    with Image.open(download.value.path()) as gif:
+        assert gif.n_frames == trace.steps and gif.size == (1280, 720)
     shoot(page, "export")
 
     print("\nmeasured in the browser test")

@@ -529,6 +529,19 @@ def measure_patterns(models: dict, task: Any, episodes: int, seed: int, on_progr
     return traces, metrics_frame(traces)
 
 
+@st.cache_data(max_entries=4, show_spinner="Drawing the frames...")
+def animation_bytes(key: str, _trace: Any, suffix: str) -> bytes:
+    """``mann.figures.save_animation`` of the trace named ``key``, as the file's bytes."""
+    import tempfile
+
+    from mann.figures import save_animation
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"animation{suffix}"
+        save_animation(_trace, path)
+        return path.read_bytes()
+
+
 def interventions_key() -> str:
     """The session's What-if interventions as canonical JSON (part of the result's cache key)."""
     return json.dumps(st.session_state.get("whatif_list", []), sort_keys=True)
