@@ -22,6 +22,9 @@ st.caption(
     "the curves as they come. On this machine copy takes a few minutes to learn."
 )
 
+# Seconds without a page showing a run (the fragment refreshes every second) before it stops.
+ABANDON_AFTER = 60.0
+
 training: BackgroundTraining | None = st.session_state.get("training")
 running = training is not None and training.running
 
@@ -84,7 +87,10 @@ if start:
             curriculum=curriculum, seed=int(seed),
             log_every=max(1, min(10, int(steps) // 20 or 1)),
         )
-        training = BackgroundTraining(model_config, train_config).start()
+        # Runs take turns on a shared server; one whose visitor has left (no page showing it
+        # for a minute) stops.
+        training = BackgroundTraining(model_config, train_config,
+                                      abandon_after=ABANDON_AFTER).start()
     except ValueError as error:
         st.error(f"Cannot train this: {error}")
     else:
@@ -94,10 +100,18 @@ if start:
 
 
 def show_progress(run: BackgroundTraining) -> None:
+    run.heartbeat()  # this visitor is still here
     history = run.poll()
     total = run.train_config.steps
     done = history[-1].step if history else 0
-    state = "running" if run.running else ("failed" if run.error else "finished")
+    place = run.queue_position
+    if place is not None:
+        st.info(f"Waiting for its turn: {place} in the queue ({run.queue.slots} training at a "
+                "time on this server). It starts by itself; stay on the page.",
+                icon=":material/hourglass_top:")  # fmt: skip
+    state = run.state
+    if run.abandoned:
+        state = "stopped (nobody was watching)"
     st.progress(done / total, text=f"{state}: step {done} of {total}")
     if history:
         last = history[-1]
