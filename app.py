@@ -49,3 +49,5 @@ with shared.inside_app():
 # waiting for the sidebar's checkpoint loading. Pages end by returning, never by st.stop(),
 # so the sidebar is always drawn.
 shared.sidebar()
+shared.display_controls()
+shared.freeze_long_lived_objects()  # once, after the first run's imports

@@ -66,6 +66,18 @@ def streamlit_server(environment: dict | None = None) -> Iterator[str]:
     Raises:
         RuntimeError: it exited or did not answer within 60 s (with the end of its output).
     """
+    with streamlit_process(environment) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def streamlit_process(environment: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As `streamlit_server`, yielding the server's process beside its URL (to read its CPU
+    time and memory from /proc).
+
+    Raises:
+        RuntimeError: it exited or did not answer within 60 s (with the end of its output).
+    """
     port = free_port()
     environment = dict(environment or os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # Output to a file, not a pipe: an unread pipe that fills up would stall the server.
@@ -92,7 +104,7 @@ def streamlit_server(environment: dict | None = None) -> Iterator[str]:
                 output = log.read().decode(errors="replace")
                 raise RuntimeError(f"streamlit did not start: {output[-2000:]}")
             time.sleep(0.05)
-        yield base
+        yield base, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

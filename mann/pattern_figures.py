@@ -22,6 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from mann.analysis import GATES, PHASES, focus, slot_write_counts, write_jumps
+from mann.figures import TEMPLATE
 from mann.trace import READ_MODES, Trace
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ SCORED_SHADE = "rgba(120, 120, 120, 0.12)"
 
 def _layout(figure: go.Figure, title: str, height: int, **axes) -> go.Figure:
     figure.update_layout(
-        title_text=title, height=height, template="plotly_white",
+        title_text=title, height=height, template=TEMPLATE,
         margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2), **axes,
     )  # fmt: skip
     return figure

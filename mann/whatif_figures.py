@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mann.figures import TEMPLATE
 from mann.intervention import Intervention
 from mann.whatif import WhatIf
 
@@ -58,7 +59,7 @@ def whatif_figure(result: WhatIf) -> go.Figure:
     figure.update_yaxes(title_text="Σ |ΔM|", rangemode="tozero", row=3, col=1)
     figure.update_xaxes(title_text="time step", row=3, col=1)
     figure.update_layout(
-        height=520, template="plotly_white", barmode="group", bargap=0.15,
+        height=520, template=TEMPLATE, barmode="group", bargap=0.15,
         margin=dict(l=60, r=20, t=50, b=40), legend=dict(orientation="h", y=1.08),
     )  # fmt: skip
     figure.update_annotations(font_size=12)

@@ -8,12 +8,19 @@ from ui import links, shared
 shared.page_needs_app()
 
 
+# The figure's height when the page fits a 1280×720 screen (one line above it).
+FIT_HEIGHT = 600
+
+
 def main() -> None:
-    st.title("Compare")
-    st.caption(
+    screen = shared.display()
+    shared.heading(
+        "Compare",
         "Every model runs on the sidebar's input; one slider moves all rows together. Only "
-        "models that take this task's inputs are offered (untrained ones are sized for it)."
+        "models that take this task's inputs are offered (untrained ones are sized for it).",
     )
+    # Fitting the screen, the figure comes first and the choice of models below it.
+    above = st.container()
     try:
         choice = shared.selected()
         chosen = shared.current_input(choice)
@@ -46,8 +53,9 @@ def main() -> None:
     names = tuple(model.label for model in choices)
     key = "|".join(shared.trace_key(model, chosen) for model in choices)
     step = links.step_from_link(traces[0].steps) or 0
-    st.plotly_chart(shared.compare_figure(key, tuple(traces), names, step),
-                    key="compare_figure")  # fmt: skip
+    figure = shared.compare_figure(key, tuple(traces), names, step,
+                                   screen.height(FIT_HEIGHT), screen.text_scale)
+    (above if screen.fit else st).plotly_chart(figure, key="compare_figure")
 
     rows = []
     for model, trace in zip(choices, traces, strict=True):

@@ -56,46 +56,61 @@ TIMELINE_NOTES = {
 }
 
 
+# The scrub figure's height when the page fits a 1280×720 screen (one line and the tabs
+# above it).
+FIT_HEIGHT = 560
+
+
 def main() -> None:
-    st.title("Inspect")
-    st.caption(
-        "The model and the input come from the sidebar. Scrubbing runs in your browser: the "
-        "figure holds every step. Colours: memory blue (negative) to red (positive); "
-        "weightings dark (0) to yellow (the largest value in this run)."
-    )
+    screen = shared.display()
     try:
         choice = shared.selected()
         base_input = shared.current_input(choice)
     except ValueError as error:
+        st.title("Inspect")
         st.error(str(error))
         return
-    # The editor comes before the trace, so an edit shows at once.
-    if not edit_input(base_input):
-        return
+    if not screen.fit:
+        st.title("Inspect")
+        st.caption(
+            "The model and the input come from the sidebar. Scrubbing runs in your browser: "
+            "the figure holds every step. Colours: memory blue (negative) to red (positive); "
+            "weightings dark (0) to yellow (the largest value in this run)."
+        )
+        # The editor comes before the trace, so an edit shows at once.
+        if not edit_input(base_input):
+            return
     current = shared.current()
     if current is None:
         return
     choice, chosen, trace = current
     key = shared.trace_key(choice, chosen)
 
-    st.subheader(choice.label)
-    first, second, third = st.columns(3)
-    first.metric("steps", trace.steps)
     errors = trace.metadata.get("bit_errors")
-    second.metric("bit errors on this input", "not scored" if errors is None else f"{errors:g}")
-    third.metric("memory (slots × word)", f"{trace.memory_size} × {trace.word_size}")
-    if not choice.trained:
-        st.info("Untrained model (random weights): the mechanics are real, the behaviour is "
-                "not learned.", icon=":material/info:")
-    if chosen.edited is not None:
-        st.info("Showing your hand-edited input.", icon=":material/edit:")
+    errors = "not scored" if errors is None else f"{errors:g}"
+    if screen.fit:
+        shared.heading("Inspect", "", f"{choice.label} · {trace.steps} steps · bit errors "
+                       f"{errors} · memory {trace.memory_size} × {trace.word_size}")
+    else:
+        st.subheader(choice.label)
+        first, second, third = st.columns(3)
+        first.metric("steps", trace.steps)
+        second.metric("bit errors on this input", errors)
+        third.metric("memory (slots × word)", f"{trace.memory_size} × {trace.word_size}")
+        if not choice.trained:
+            st.info("Untrained model (random weights): the mechanics are real, the behaviour "
+                    "is not learned.", icon=":material/info:")
+        if chosen.edited is not None:
+            st.info("Showing your hand-edited input.", icon=":material/edit:")
 
     scrub_tab, timeline_tab = st.tabs(["Scrub through time", "Timeline"])
     with scrub_tab:
         step = links.step_from_link(trace.steps) or 0
         if figures.fits_in_browser(trace):
-            st.plotly_chart(shared.figure("scrub_figure", key, trace, step=step),
-                            key="scrub_figure")  # fmt: skip
+            figure = shared.figure("scrub_figure", key, trace, step=step,
+                                   height=screen.height(FIT_HEIGHT),
+                                   text_scale=screen.text_scale)  # fmt: skip
+            st.plotly_chart(figure, key="scrub_figure")
         else:
             st.caption(
                 f"This trace is too big to send every step to the browser "
@@ -108,7 +123,8 @@ def main() -> None:
             "Every head's weighting over all steps, as in the NTM paper's figures: "
             + TIMELINE_NOTES.get(trace.arch, "")
         )
-        st.plotly_chart(shared.figure("timeline_figure", key, trace), key="timeline_figure")
+        st.plotly_chart(shared.figure("timeline_figure", key, trace,
+                                      text_scale=screen.text_scale), key="timeline_figure")
     links.link_box(steps=trace.steps, step=step)
 
 
@@ -116,7 +132,11 @@ def main() -> None:
 def one_step(trace, start: int = 0) -> None:
     """Server-side scrubbing for big traces: only this fragment reruns when the slider moves."""
     step = st.slider("step", 0, trace.steps - 1, start, key=f"server_step:{trace.steps}")
-    st.plotly_chart(figures.step_figure(trace, step), key="step_figure")
+    screen = shared.display()
+    figure = figures.step_figure(trace, step)
+    figures.for_screen(figure, screen.height(FIT_HEIGHT - 60), screen.text_scale,
+                       title=not screen.fit)
+    st.plotly_chart(figure, key="step_figure")
 
 
 main()

@@ -120,7 +120,12 @@ def show_progress(run: BackgroundTraining) -> None:
         second.metric("bit errors per sequence", f"{last.bit_errors:.3g}")
         third.metric("lengths now trained", f"{last.min_length} to {last.max_length}")
         fourth.metric("seconds", f"{last.seconds:.0f}")
-        st.plotly_chart(figures.training_figure(history), key="training_figure")
+        # One figure per run, its curves replaced on each refresh (cheaper than a new one).
+        drawn = st.session_state.get("training_drawn")
+        if drawn is None or drawn[0] is not run:
+            drawn = (run, figures.training_figure(history))
+            st.session_state["training_drawn"] = drawn
+        st.plotly_chart(figures.training_figure(history, into=drawn[1]), key="training_figure")
     if run.error is not None:
         st.error(f"Training failed: {run.error}")
     if run.running:

@@ -1,8 +1,11 @@
 """What if: replace a quantity of the running memory at chosen steps, rerun, see what changes."""
 
+import json
+
 import numpy as np
 import streamlit as st
 
+from mann import figures
 from mann.intervention import DESCRIPTIONS, Intervention, describe, intervention_fields
 from mann.whatif import presets
 from mann.whatif_figures import whatif_figure
@@ -19,8 +22,48 @@ def intervention_list() -> list[dict]:
     return st.session_state.setdefault(LIST_KEY, [])
 
 
+def use_preset(preset, number: int) -> None:
+    st.session_state[LIST_KEY] = [i.to_dict() for i in preset.interventions]
+    st.session_state[PRESET_KEY] = {"name": preset.name, "prediction": preset.prediction,
+                                    "number": number}  # fmt: skip
+
+
+def from_link(found: list) -> None:
+    """A link's preset (its number) or interventions (JSON), once, when it arrives."""
+    number = st.session_state.pop(links.PRESET, None)
+    listed = st.session_state.pop(links.INTERVENTIONS, None)
+    if number is not None:
+        if number <= len(found):
+            use_preset(found[number - 1], number)
+        else:
+            st.warning(f"The link's preset={number} does not apply to this model and input "
+                       f"({len(found)} presets do).", icon=":material/link_off:")
+    elif listed is not None:
+        try:
+            loaded = json.loads(listed)
+            if not isinstance(loaded, list):
+                raise ValueError("not a list")
+            interventions = [Intervention.from_dict(values) for values in loaded]
+        except (ValueError, TypeError, KeyError) as error:
+            st.warning(f"The link's interventions could not be read ({error}); the list is "
+                       "empty.", icon=":material/link_off:")
+        else:
+            st.session_state[LIST_KEY] = [i.to_dict() for i in interventions]
+            st.session_state.pop(PRESET_KEY, None)
+
+
+def link_query() -> dict:
+    """The What if page's own part of its link: the preset's number, else the list."""
+    preset = st.session_state.get(PRESET_KEY)
+    if preset is not None:
+        return {"preset": preset["number"]}
+    listed = intervention_list()
+    return {"interventions": json.dumps(listed, separators=(",", ":"))} if listed else {}
+
+
 def preset_buttons(trace) -> None:
     found = presets(trace)
+    from_link(found)
     if not found:
         st.caption("Presets need a copy or multi-copy episode of an NTM or a DNC (choose one of "
                    "the shipped copy models in the sidebar).")
@@ -29,9 +72,7 @@ def preset_buttons(trace) -> None:
     columns = st.columns(min(len(found), 3))
     for index, preset in enumerate(found):
         if columns[index % len(columns)].button(preset.name, key=f"preset:{index}"):
-            st.session_state[LIST_KEY] = [i.to_dict() for i in preset.interventions]
-            st.session_state[PRESET_KEY] = {"name": preset.name,
-                                            "prediction": preset.prediction}
+            use_preset(preset, index + 1)
 
 
 def value_inputs(field: str, shape: tuple, key: str):
@@ -117,11 +158,22 @@ def listing() -> list[Intervention]:
     return interventions
 
 
-def show(choice, chosen, result) -> None:
+# The what-if figure's height when the page fits a 1280×720 screen (a line, the presets and
+# the preset's prediction above it).
+FIT_HEIGHT = 420
+
+
+def show_outcome(result, screen: shared.Display) -> None:
+    """The prediction of the preset in use, the outcome in numbers and the what-if figure."""
     preset = st.session_state.get(PRESET_KEY)
     if preset is not None:
         st.info(f"**{preset['name']}.** {preset['prediction']}", icon=":material/lightbulb:")
     changed = result.steps_with_changed_bits
+    figure = whatif_figure(result)
+    figures.for_screen(figure, screen.height(FIT_HEIGHT), screen.text_scale, title=not screen.fit)
+    if screen.fit:
+        st.plotly_chart(figure, key="whatif_figure")
+        return
     columns = st.columns(4)
     columns[0].metric("bit errors, as recorded", f"{result.original.metadata['bit_errors']:g}")
     columns[1].metric("bit errors, with interventions",
@@ -136,22 +188,27 @@ def show(choice, chosen, result) -> None:
     columns[3].metric("answer steps that changed", len(changed))
     if changed:
         st.caption(f"Answers changed at steps {', '.join(map(str, changed))}.")
-    st.plotly_chart(whatif_figure(result), key="whatif_figure")
+    st.plotly_chart(figure, key="whatif_figure")
+
+
+def show_side_by_side(choice, chosen, result, screen: shared.Display) -> None:
     st.caption("Both runs side by side, one slider (the intervened run is the second row):")
     key = f"whatif|{shared.trace_key(choice, chosen)}|{shared.interventions_key()}"
     st.plotly_chart(
         shared.compare_figure(key, (result.original, result.intervened),
-                              ("as recorded", "with interventions")),
+                              ("as recorded", "with interventions"),
+                              text_scale=screen.text_scale),
         key="whatif_compare",
     )
 
 
 def main() -> None:
-    st.title("What if")
-    st.caption(
+    screen = shared.display()
+    shared.heading(
+        "What if",
         "Replace a quantity of the running memory at chosen steps — a gate, a weighting, a "
         "slot of memory, a row of the link matrix — and run the same input again. The model's "
-        "weights are never changed. Model and input come from the sidebar."
+        "weights are never changed. Model and input come from the sidebar.",
     )
     current = shared.current()
     if current is None:
@@ -162,6 +219,8 @@ def main() -> None:
                 "DNC, SAM or SDNC in the sidebar.", icon=":material/info:")
         return
     preset_buttons(trace)
+    # Fitting the screen, the outcome comes right after the presets, the editing below it.
+    outcome = st.container() if screen.fit else None
     builder(choice.model, trace)
     interventions = listing()
     if not interventions:
@@ -171,8 +230,10 @@ def main() -> None:
     except ValueError as error:
         st.error(str(error))
         return
-    show(choice, chosen, result)
+    with outcome if outcome is not None else st.container():
+        show_outcome(result, screen)
+    show_side_by_side(choice, chosen, result, screen)
 
 
 main()
-links.link_box()
+links.link_box(**link_query())

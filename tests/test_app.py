@@ -728,3 +728,91 @@ def test_a_lesson_without_its_model_says_so_and_offers_the_others(checkpoints):
     assert "How an NTM copies" in app.warning[0].value
     app.radio(key="learn_lesson").set_value("ntm").run()
     assert not app.warning and charts(app)
+
+
+
+def test_fit_and_large_text_come_from_the_link_and_shape_the_figures(checkpoints):
+    plain = start_with_link(shared.PAGES["inspect"], model="ntm-copy", length="6")
+    scrub, _ = charts(plain)
+    assert scrub["layout"]["title"]["text"] and "font" not in scrub["layout"]
+    assert plain.title, "an ordinary page has its title"
+
+    app = start_with_link(shared.PAGES["inspect"], model="ntm-copy", length="6", fit="1",
+                          large="1")  # fmt: skip
+    assert app.sidebar.toggle(key=shared.FIT_KEY).value
+    assert app.sidebar.toggle(key=shared.LARGE_TEXT_KEY).value
+    assert not app.title, "fitting the screen, the page has one line instead of a title"
+    assert app.markdown[0].value.startswith("**Inspect** · ntm-copy")
+    fitted, timeline = charts(app)
+    assert fitted["layout"]["height"] == 560
+    assert "text" not in fitted["layout"].get("title", {}), "the title line makes room"
+    assert fitted["layout"]["font"]["size"] == 18
+    assert timeline["layout"]["font"]["size"] == 18
+    sizes = [annotation["font"]["size"] for annotation in fitted["layout"]["annotations"]]
+    assert sizes and set(sizes) == {18}
+    # The same frames, only drawn bigger.
+    np.testing.assert_array_equal(frame_values(fitted, 3, "memory"),
+                                  frame_values(scrub, 3, "memory"))  # fmt: skip
+    link = app.code[-1].value
+    assert "fit=1" in link and "large=1" in link
+
+    app.sidebar.toggle(key=shared.FIT_KEY).set_value(False).run()
+    unfitted = charts(app)[0]["layout"]
+    assert app.title and unfitted["title"]["text"] and unfitted["height"] != 560
+    assert unfitted["font"]["size"] == 18, "large text stays on"
+    assert "fit=1" not in app.code[-1].value and "large=1" in app.code[-1].value
+
+
+def test_a_bad_display_value_in_a_link_is_named(checkpoints):
+    app = start_with_link(shared.PAGES["inspect"], fit="yes")
+    assert any("fit='yes' must be 1 (on) or 0 (off)" in warning.value for warning in app.warning)
+    assert not app.sidebar.toggle(key=shared.FIT_KEY).value
+
+
+def test_compare_and_whatif_fit_their_main_figure(checkpoints):
+    app = start_with_link(shared.PAGES["compare"], models="ntm-copy,dnc-copy", fit="1")
+    (figure,) = charts(app)
+    assert figure["layout"]["height"] == 600
+    assert not app.title
+
+    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", preset="1", fit="1",
+                          large="1")  # fmt: skip
+    assert not app.error, [element.value for element in app.error]
+    whatif_chart, side_by_side = charts(app)
+    assert whatif_chart["layout"]["height"] == 420
+    assert whatif_chart["layout"]["font"]["size"] == 18
+    assert side_by_side["layout"]["font"]["size"] == 18
+
+
+def test_whatif_takes_a_preset_or_interventions_from_the_link(checkpoints):
+    from mann.intervention import Intervention
+    from mann.whatif import presets, whatif
+
+    model = mann.load(checkpoints / "dnc-copy")
+    batch = demo.sample_input(COPY, 20, 0)
+    found = presets(demo.record(model, batch))
+    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", preset="2")
+    assert found[1].name in app.info[0].value
+    expected = whatif(model, batch, found[1].interventions)
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["bit errors, with interventions"] == (
+        f"{expected.intervened.metadata['bit_errors']:g}"
+    )
+    assert "preset=2" in app.code[-1].value
+
+    listed = [Intervention(range(2, 5), "write_gate", 0.0).to_dict()]
+    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy",
+                          interventions=json.dumps(listed))  # fmt: skip
+    assert not app.error, [element.value for element in app.error]
+    assert app.session_state["whatif_list"] == listed
+    expected = whatif(model, batch, [Intervention.from_dict(listed[0])])
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["bit errors, with interventions"] == (
+        f"{expected.intervened.metadata['bit_errors']:g}"
+    )
+    assert "interventions=" in app.code[-1].value and "preset=" not in app.code[-1].value
+
+    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", preset="9")
+    assert any("preset=9 does not apply" in warning.value for warning in app.warning)
+    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", interventions="{oops")
+    assert any("interventions could not be read" in warning.value for warning in app.warning)

@@ -139,6 +139,34 @@ def test_a_link_straight_to_a_page_opens_it_inside_the_app(server, browser):
             context.close()
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        "inspect?model=dnc-copy&length=12&seed=3&step=7",
+        "compare?models=ntm-copy,dnc-copy&length=12&seed=3",
+        "whatif?model=dnc-copy&length=12&seed=3&preset=1",
+    ],
+)
+def test_a_projector_link_fits_the_main_figure_in_1280_by_720(server, browser, link):
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    tab = context.new_page()
+    try:
+        open_page(tab, f"{server}/{link}&fit=1&large=1")
+        charts(tab)
+        tab.wait_for_timeout(500)
+        figure = tab.locator(".js-plotly-plot").first
+        box = figure.bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 720, box
+        # Nothing of it is hidden to the right either, and its text is the large one.
+        assert box["x"] + box["width"] <= 1280, box
+        assert tab.evaluate("() => document.querySelector('.js-plotly-plot')"
+                            "._fullLayout.font.size") == 18  # fmt: skip
+        if link.startswith("inspect"):
+            shoot(tab, "projector")
+    finally:
+        context.close()
+
+
 def test_every_page_in_a_real_browser(server, page):
     timings: dict[str, float] = {}
 

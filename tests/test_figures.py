@@ -375,3 +375,47 @@ def test_sparse_memories_are_explained_and_marked(arch):
     figure = figures.scrub_figure(trace)
     marks = frame_trace(figure, 4, "read positions")
     assert sorted(marks.x) == sorted(trace.read_positions[4, 0].astype(int))
+
+
+def test_for_screen_sets_the_height_scales_every_text_and_keeps_the_data(dnc_trace):
+    plain = figures.scrub_figure(dnc_trace, step=2)
+    fitted = figures.for_screen(figures.scrub_figure(dnc_trace, step=2), height=560,
+                                text_scale=1.5, title=False)  # fmt: skip
+    assert fitted.layout.height == 560
+    assert not fitted.layout.title.text
+    assert fitted.layout.font.size == 18
+    assert {a.font.size for a in fitted.layout.annotations} == {18}
+    assert fitted.layout.sliders[0].currentvalue.font.size == round(13 * 1.5)
+    assert fitted.layout.margin.l > plain.layout.margin.l
+    # Panels below others give up room at their top for the larger text, titles moving along.
+    for name in ("yaxis", "yaxis3", "yaxis4"):
+        low, top = plain.layout[name].domain
+        new_low, new_top = fitted.layout[name].domain
+        assert new_low == low and (new_top < top if top < 0.99 else new_top == top)
+    titles = {a.text: a.y for a in fitted.layout.annotations}
+    assert titles[next(t for t in titles if t.startswith("weightings"))] == (
+        fitted.layout.yaxis3.domain[1]
+    )
+    for before, after in zip(plain.frames, fitted.frames, strict=True):
+        np.testing.assert_array_equal(before.data[0].z, after.data[0].z)
+
+
+def test_for_screen_leaves_an_unscaled_figure_alone_and_refuses_bad_sizes(dnc_trace):
+    figure = figures.timeline_figure(dnc_trace)
+    before = figure.to_plotly_json()
+    assert figures.for_screen(figure).to_plotly_json() == before
+    with pytest.raises(ValueError, match="text_scale must be positive"):
+        figures.for_screen(figure, text_scale=0)
+    with pytest.raises(ValueError, match="height must be at least 100"):
+        figures.for_screen(figure, height=40)
+
+
+def test_training_figure_redrawn_into_itself_shows_the_new_history():
+    history = [dict(step=s, bits=10.0 / (s + 1), bit_errors=float(s % 3)) for s in range(5)]
+    figure = figures.training_figure(history[:2])
+    redrawn = figures.training_figure(history, into=figure)
+    assert redrawn is figure
+    fresh = figures.training_figure(history)
+    for mine, theirs in zip(redrawn.data, fresh.data, strict=True):
+        assert list(mine.x) == list(theirs.x) and list(mine.y) == list(theirs.y)
+    assert redrawn.layout == fresh.layout

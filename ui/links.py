@@ -3,7 +3,9 @@
 The query keys: ``model`` (a checkpoint name such as ``dnc-copy``, or ``untrained:dnc``),
 ``task`` (the task an untrained model is sized for), ``length``, ``seed``, ``rounds``
 (multi-copy), ``step`` (the time step shown), ``head`` (Explain), ``models`` (comma-separated,
-Compare and Patterns). ``restore`` runs once per browser session, before any widget, and sets
+Compare and Patterns), ``preset`` (What if: the preset's number, from 1) or ``interventions``
+(What if: the list as JSON), ``fit`` and ``large`` (1: fit a 1280×720 screen,
+large figure text). ``restore`` runs once per browser session, before any widget, and sets
 the widgets' session keys from the query; a bad or unknown value is reported and skipped (the
 page uses its default). ``link_box`` writes the page's current state back into the query and
 shows the link to copy.
@@ -20,7 +22,9 @@ from ui import shared
 
 RESTORED = "url_restored"  # session key: the query was read
 PROBLEMS = "url_problems"  # session key: what in it could not be used
-STEP, HEAD, MODELS = "url_step", "url_head", "url_models"  # what pages pick up themselves
+# What pages pick up themselves.
+STEP, HEAD, MODELS = "url_step", "url_head", "url_models"
+PRESET, INTERVENTIONS = "url_preset", "url_interventions"
 
 
 def _model_key(value: str) -> str | None:
@@ -88,12 +92,24 @@ def restore() -> None:
                 problems.append(f"rounds={rounds} must be at most {shared.rounds_bound(task)}")
             else:
                 st.session_state[f"rounds:{task.name}"] = rounds
+    for name, key in (("fit", shared.FIT_KEY), ("large", shared.LARGE_TEXT_KEY)):
+        if name in query:
+            if query[name] in ("1", "0"):
+                st.session_state[key] = query[name] == "1"
+            else:
+                problems.append(f"{name}={query[name]!r} must be 1 (on) or 0 (off)")
     if "step" in query:
         step = _integer("step", query["step"], 0, problems)
         if step is not None:
             st.session_state[STEP] = step
     if "head" in query:
         st.session_state[HEAD] = query["head"]
+    if "preset" in query:
+        preset = _integer("preset", query["preset"], 1, problems)
+        if preset is not None:
+            st.session_state[PRESET] = preset
+    if "interventions" in query:
+        st.session_state[INTERVENTIONS] = query["interventions"]  # the page checks them
     if "models" in query:
         wanted = [name.strip() for name in query["models"].split(",") if name.strip()]
         keys = [_model_key(name) for name in wanted]
@@ -149,6 +165,11 @@ def view_query(**page: Any) -> dict[str, str]:
         if hasattr(choice.task, "with_rounds"):
             query["rounds"] = str(st.session_state.get(f"rounds:{choice.task.name}",
                                                        choice.task.max_rounds))  # fmt: skip
+    screen = shared.display()
+    if screen.fit:
+        query["fit"] = "1"
+    if screen.large_text:
+        query["large"] = "1"
     for name, value in page.items():
         if value is None:
             continue

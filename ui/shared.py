@@ -17,6 +17,7 @@ Models are cached with ``st.cache_resource``, traces with a bounded ``st.cache_d
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -164,6 +165,22 @@ def kernel_warm_up() -> subprocess.Popen:
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY, env=environment,
                             stdout=subprocess.DEVNULL)
+
+
+@st.cache_resource(show_spinner=False)
+def freeze_long_lived_objects() -> int:
+    """Exempt what exists after the first page has run (the imported modules: torch, plotly,
+    pandas, streamlit, ...) from the garbage collector's full passes, once per server.
+
+    A full collection must otherwise scan a quarter of a million long-lived objects: 0.17 s.
+    Streamlit runs one after every script run unless told not to (.streamlit/config.toml does,
+    when the app is started from the repository); frozen, a pass scans only what was made
+    since (0.02 s with four models, their traces and figures cached). Returns the number of
+    objects frozen.
+    """
+    gc.collect()  # whatever is garbage now is freed, not frozen for good
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def first_run_note() -> str:
@@ -324,6 +341,58 @@ def sidebar() -> None:
         st.number_input("seed", min_value=0, max_value=2**31 - 1, step=1, key="input_seed")
 
 
+# ---------------------------------------------------------------------------------------
+# Display: fit a projector's screen, large text
+# ---------------------------------------------------------------------------------------
+FIT_KEY, LARGE_TEXT_KEY = "display_fit", "display_large_text"
+SCREEN = (1280, 720)  # what "fit" fits: a common projector
+
+
+@dataclass(frozen=True)
+class Display:
+    """How the pages draw: ``fit`` a 1280×720 screen (the main figure and what it needs above
+    it, without scrolling) and ``large_text`` (figure text 1.5 times its size)."""
+
+    fit: bool = False
+    large_text: bool = False
+
+    @property
+    def text_scale(self) -> float:
+        return 1.5 if self.large_text else 1.0
+
+    def height(self, fitted: int) -> int | None:
+        """The main figure's height: ``fitted`` pixels when fitting the screen, else its own."""
+        return fitted if self.fit else None
+
+
+def display() -> Display:
+    return Display(bool(st.session_state.get(FIT_KEY)), bool(st.session_state.get(LARGE_TEXT_KEY)))
+
+
+def display_controls() -> None:
+    """The sidebar's display toggles, and, when fitting the screen, less empty space above
+    the page (Streamlit leaves 6rem)."""
+    with st.sidebar:
+        st.subheader("Display")
+        st.toggle(f"fit a {SCREEN[0]}×{SCREEN[1]} screen", key=FIT_KEY,
+                  help="For a projector: the page's main figure fits the window without "
+                  "scrolling; explanations and controls move below it.")  # fmt: skip
+        st.toggle("large text", key=LARGE_TEXT_KEY,
+                  help="Figure text at 1.5 times its size, readable from the back of a room.")
+    if display().fit:
+        st.html("<style>[data-testid='stMainBlockContainer']"
+                "{padding-top: 3.2rem; padding-bottom: 1rem}</style>")
+
+
+def heading(title: str, caption: str, summary: str = "") -> None:
+    """A page's title and what it shows; one line (title and ``summary``) when fitting."""
+    if display().fit:
+        st.markdown(f"**{title}**" + (f" · {summary}" if summary else ""))
+    else:
+        st.title(title)
+        st.caption(caption)
+
+
 def _describe(choice: Choice) -> str:
     from mann.demo import describe
 
@@ -467,15 +536,21 @@ def current() -> tuple[Choice, InputChoice, Any] | None:
 
 
 @st.cache_resource(max_entries=12, show_spinner=False)
-def figure(kind: str, key: str, _trace: Any, **options: Any) -> Any:
-    """A figure of ``mann.figures`` (``kind`` is its function name) for the trace named ``key``.
+def figure(
+    kind: str, key: str, _trace: Any, height: int | None = None, text_scale: float = 1.0,
+    **options: Any,
+) -> Any:
+    """A figure of ``mann.figures`` (``kind`` is its function name) for the trace named ``key``,
+    fitted to the screen by ``figures.for_screen(height, text_scale)`` (a figure given a
+    height, to fit a screen, drops its title line).
 
-    Cached as a resource: the same figure object is handed to every rerun (Streamlit copies
-    it when it draws it), so building frames happens once per trace.
+    Cached as a resource: the same figure object is handed to every rerun and every visitor
+    (Streamlit copies it when it draws it), so building frames happens once per trace.
     """
     from mann import figures
 
-    return getattr(figures, kind)(_trace, **options)
+    built = getattr(figures, kind)(_trace, **options)
+    return figures.for_screen(built, height, text_scale, title=height is None)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -596,11 +671,16 @@ def input_choice(task: Any, length: int, seed: int) -> InputChoice:
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
-def compare_figure(key: str, _traces: tuple, names: tuple[str, ...], step: int = 0) -> Any:
-    """``mann.figures.compare_figure``, cached by the traces' keys joined in ``key``."""
+def compare_figure(
+    key: str, _traces: tuple, names: tuple[str, ...], step: int = 0,
+    height: int | None = None, text_scale: float = 1.0,
+) -> Any:
+    """``mann.figures.compare_figure``, cached by the traces' keys joined in ``key``, fitted
+    to the screen."""
     from mann import figures
 
-    return figures.compare_figure(list(_traces), list(names), step)
+    built = figures.compare_figure(list(_traces), list(names), step)
+    return figures.for_screen(built, height, text_scale, title=height is None)
 
 
 def generalisation(
