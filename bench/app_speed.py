@@ -8,7 +8,7 @@ Prints one table:
   its health endpoint answers, Debian's chromium opens the home page; "content" is when the
   page's heading is on screen, "finished" when the whole script (sidebar included) has run;
 - load checkpoint + record trace: ``mann.load`` of each shipped checkpoint plus
-  ``mann.demo.record`` of one sequence (41 steps for copy), in this process, cold file cache
+  ``mann.record`` of one sequence (41 steps for copy), in this process, cold file cache
   aside; the scrub figure's build time beside it;
 - scrub step in the browser: the Inspect page's figure moved by its own slider (mouse events
   on the slider), until the new frame is painted (two animation frames after plotly's
@@ -92,17 +92,19 @@ def scrub_steps(browser, checkpoint: str, moves: int = 20) -> list[float]:
 
 def load_and_record(name: str, repeats: int) -> tuple[int, list[float], list[float]]:
     import mann
-    from mann import demo, figures
+    from mann import figures
+    from mann.catalog import task_of
+    from mann.inputs import record, sample_input, training_lengths
 
     path = REPOSITORY / "checkpoints" / name
-    task = demo.task_of(mann.checkpoint.read_metadata(path))
-    length = demo.training_lengths(task)[1]
-    batch = demo.sample_input(task, length, seed=0)
+    task = task_of(mann.checkpoint.read_metadata(path))
+    length = training_lengths(task)[1]
+    batch = sample_input(task, length, seed=0)
     totals, builds = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         model = mann.load(path)
-        trace = demo.record(model, batch)
+        trace = record(model, batch)
         totals.append(time.perf_counter() - start)
         start = time.perf_counter()
         figures.scrub_figure(trace)
@@ -112,14 +114,16 @@ def load_and_record(name: str, repeats: int) -> tuple[int, list[float], list[flo
 
 def whatif_and_knobs(name: str, repeats: int) -> list[tuple[str, str, str]]:
     import mann
-    from mann import demo, figures
+    from mann import figures
+    from mann.catalog import task_of
+    from mann.inputs import record, sample_input
     from mann.whatif import presets, whatif
     from mann.whatif_figures import whatif_figure
 
     path = REPOSITORY / "checkpoints" / name
     model = mann.load(path)
-    batch = demo.sample_input(demo.task_of(mann.checkpoint.read_metadata(path)), 20, seed=0)
-    trace = demo.record(model, batch)
+    batch = sample_input(task_of(mann.checkpoint.read_metadata(path)), 20, seed=0)
+    trace = record(model, batch)
     rows = []
     for preset in presets(trace):
         runs, builds = [], []
@@ -160,7 +164,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from mann.demo import SHIPPED, list_checkpoints
+    from mann.catalog import SHIPPED, list_checkpoints
 
     rows: list[tuple[str, str, str]] = []
     if not arguments.no_browser:

@@ -2,7 +2,7 @@
 
     python bench/first_run.py              # run alone: compiling is one core's work
 
-Each architecture's untrained copy model (``mann.demo.warm_kernels``: evaluated, recorded,
+Each architecture's untrained copy model (``mann.catalog.warm_kernels``: evaluated, recorded,
 trained on a tiny batch) runs in a process of its own against one numba cache directory that
 starts empty, in the order the app warms them (NTM, DNC, SAM, SDNC), so each row is what that
 architecture adds to the ones before it. Then all four again against the now full cache: what
@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mann.demo import UNTRAINED_SIZES  # noqa: E402
+from mann.catalog import UNTRAINED_SIZES  # noqa: E402
 
 CODE = (
-    "import sys; from mann.demo import untrained_config, warm_kernels; "
+    "import sys; from mann.catalog import untrained_config, warm_kernels; "
     "from mann.tasks import make_task; "
     "warm_kernels([untrained_config(a, make_task('copy')) for a in sys.argv[1:]])"
 )

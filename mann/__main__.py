@@ -290,7 +290,7 @@ def prepare_kernels(config: ModelConfig, modes: tuple[str, ...], announce: bool)
     """Compile the model's fused kernels (or load them from numba's disk cache) before the
     work starts, saying so: on a fresh machine that takes up to about 40 s, which would
     otherwise look like a hang at step 0."""
-    from mann.demo import warm_kernels
+    from mann.catalog import warm_kernels
 
     if announce:
         print(f"preparing the {config.arch} kernels (compiled once per machine, then cached)...",
@@ -413,7 +413,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_patterns(args: argparse.Namespace) -> int:
     from mann.analysis import markdown_table
-    from mann.demo import training_lengths
+    from mann.inputs import training_lengths
     from mann.patterns import patterns_frame
 
     models, first_metadata = {}, None

@@ -10,7 +10,7 @@ them in batches without gradients, and scores the masked steps: bit errors per s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 import torch
@@ -117,3 +117,29 @@ def markdown_table(frame: pd.DataFrame) -> str:
             f"{row.max_bit_errors:.0f} | {100 * row.perfect_fraction:.1f}% | {row.cost_bits:.3f} |"
         )
     return "\n".join(lines)
+
+
+def generalisation_frame(
+    models: Mapping[str, MemoryAugmentedNetwork],
+    task: Task,
+    lengths: list[int],
+    sequences: int = 100,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``generalisation`` for every model, stacked with a ``model`` column; at most
+    ``mann.inputs.MAX_INPUT_STEPS`` steps per sequence."""
+    from mann.inputs import MAX_INPUT_STEPS
+
+    frames = []
+    for name, model in models.items():
+        check_fits(model, task)
+        longest = task.with_lengths(max(lengths), max(lengths)).max_steps
+        if longest > MAX_INPUT_STEPS:
+            raise ValueError(
+                f"length {max(lengths)} makes {longest} steps for task {task.name!r}; "
+                f"at most {MAX_INPUT_STEPS} steps are evaluated here"
+            )
+        frame = generalisation(model, task, lengths, sequences=sequences, seed=seed)
+        frame.insert(0, "model", name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

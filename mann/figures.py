@@ -1057,7 +1057,7 @@ def generalisation_figure(
     """Bit errors per sequence against sequence length, one line per model.
 
     ``frame``: a pandas DataFrame with columns ``x``, ``y`` and ``color`` (the shape of
-    ``mann.demo.generalisation_frame``). ``trained_up_to`` draws a dashed line at the longest
+    ``mann.evaluate.generalisation_frame``). ``trained_up_to`` draws a dashed line at the longest
     training length, so what lies right of it is generalisation.
     """
     missing = [column for column in (x, y, color) if column not in frame.columns]

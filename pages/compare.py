@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from ui import links, shared
+from ui import choosing, links, results, server, sidebar
 
-shared.page_needs_app()
+server.page_needs_app()
 
 
 # The figure's height when the page fits a 1280×720 screen (one line above it).
@@ -13,8 +13,8 @@ FIT_HEIGHT = 600
 
 
 def main() -> None:
-    screen = shared.display()
-    shared.heading(
+    screen = sidebar.display()
+    sidebar.heading(
         "Compare",
         "Every model runs on the sidebar's input; one slider moves all rows together. Only "
         "models that take this task's inputs are offered (untrained ones are sized for it).",
@@ -22,10 +22,10 @@ def main() -> None:
     # Fitting the screen, the figure comes first and the choice of models below it.
     above = st.container()
     try:
-        choice = shared.selected()
-        chosen = shared.current_input(choice)
-        task = shared.input_task(chosen)
-        options = shared.fitting_keys(task)
+        choice = choosing.selected()
+        chosen = choosing.current_input(choice)
+        task = choosing.input_task(chosen)
+        options = choosing.fitting_keys(task)
     except ValueError as error:
         st.error(str(error))
         return
@@ -37,23 +37,23 @@ def main() -> None:
             default.append(key)
     picked = st.multiselect(
         "models (two to four)", options, default=links.models_from_link(options) or default,
-        format_func=shared.model_label, max_selections=4, key=f"compare_models:{task.name}",
+        format_func=choosing.model_label, max_selections=4, key=f"compare_models:{task.name}",
     )
     if len(picked) < 2:
         st.info("Pick at least two models.")
         return
 
     try:
-        choices = [shared.resolve(key, task.name) for key in picked]
-        traces = [shared.trace_for(model, chosen) for model in choices]
+        choices = [choosing.resolve(key, task.name) for key in picked]
+        traces = [results.trace_for(model, chosen) for model in choices]
     except ValueError as error:
         st.error(str(error))
         return
 
     names = tuple(model.label for model in choices)
-    key = "|".join(shared.trace_key(model, chosen) for model in choices)
+    key = "|".join(results.trace_key(model, chosen) for model in choices)
     step = links.step_from_link(traces[0].steps) or 0
-    figure = shared.compare_figure(key, tuple(traces), names, step,
+    figure = results.compare_figure(key, tuple(traces), names, step,
                                    screen.height(FIT_HEIGHT), screen.text_scale)
     (above if screen.fit else st).plotly_chart(figure, key="compare_figure")
 

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from mann import figures
-from ui import links, shared
+from ui import links, results, server
 
-shared.page_needs_app()
+server.page_needs_app()
 
 
 # How each architecture forms its weightings, in the stages the figure shows.
@@ -77,12 +77,12 @@ def try_in_run(choice, trace, step, head, knobs, recorded) -> None:
                  help="Open What if with these knob values as interventions at this step."):
         st.session_state["whatif_list"] = [i.to_dict() for i in interventions]
         st.session_state.pop("whatif_preset", None)
-        st.switch_page(shared.PAGES["whatif"])
+        st.switch_page(server.PAGES["whatif"])
 
 
 def main() -> None:
     st.title("Explain")
-    current = shared.current()
+    current = results.current()
     if current is None:
         return
     choice, chosen, trace = current
@@ -108,7 +108,7 @@ def main() -> None:
 
     links.link_box(step=step, head=head)
     explained = figures.explanation(trace, step, head)
-    prefix = f"knob:{shared.trace_key(choice, chosen)}:{step}:{head}"
+    prefix = f"knob:{results.trace_key(choice, chosen)}:{step}:{head}"
     knobs = knob_sliders(explained.knobs, prefix) if explained.knobs else {}
     changed = knobs != explained.knobs
     if changed:

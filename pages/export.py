@@ -4,19 +4,19 @@ import pandas as pd
 import streamlit as st
 
 from mann import figures
-from ui import links, shared
+from ui import links, results, server
 
-shared.page_needs_app()
+server.page_needs_app()
 
 
 def main() -> None:
     st.title("Export")
     st.caption("What the sidebar's model recorded on the sidebar's input (hand edits included).")
-    current = shared.current()
+    current = results.current()
     if current is None:
         return
     choice, chosen, trace = current
-    key = shared.trace_key(choice, chosen)
+    key = results.trace_key(choice, chosen)
     label = choice.label.replace(" ", "_").replace(":", "")
     stem = f"{label}-{chosen.task_name}-{chosen.length}"
 
@@ -24,13 +24,13 @@ def main() -> None:
         return trace.to_frame().to_csv(index=False)
 
     def scrub_html() -> str:
-        return figures.figure_html(shared.figure("scrub_figure", key, trace))
+        return figures.figure_html(results.figure("scrub_figure", key, trace))
 
     def timeline_html() -> str:
-        return figures.figure_html(shared.figure("timeline_figure", key, trace))
+        return figures.figure_html(results.figure("timeline_figure", key, trace))
 
     def animation(suffix: str):
-        return lambda: shared.animation_bytes(key, trace, suffix)
+        return lambda: results.animation_bytes(key, trace, suffix)
 
     first, second = st.columns(2)
     with first:

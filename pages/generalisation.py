@@ -3,10 +3,10 @@
 import streamlit as st
 
 from mann import figures
-from mann.demo import parse_lengths, training_lengths
-from ui import links, shared
+from mann.inputs import parse_lengths, training_lengths
+from ui import choosing, links, results, server
 
-shared.page_needs_app()
+server.page_needs_app()
 
 # The NTM paper's picture: trained on copies of at most 20, who still copies at 4x and 6x?
 PAPER_MODELS = ("lstm-copy", "ntm-copy", "dnc-copy")
@@ -16,7 +16,7 @@ PAPER_SEQUENCES = 50
 
 def paper_preset() -> None:
     """Button callback: the copy models, lengths up to 120, evaluated on the next run."""
-    names = shared.checkpoint_names()
+    names = choosing.checkpoint_names()
     keys = [f"checkpoint:{name}" for name in PAPER_MODELS if name in names]
     st.session_state["model_key"] = keys[1] if len(keys) > 1 else keys[0]  # a copy model
     st.session_state["generalisation_models:copy"] = keys
@@ -31,7 +31,7 @@ def main() -> None:
         "How each model does on sequences of given lengths, longer than it was trained on "
         "included: the mean bit errors per sequence over fresh random sequences."
     )
-    available = [name for name in PAPER_MODELS if name in shared.checkpoint_names()]
+    available = [name for name in PAPER_MODELS if name in choosing.checkpoint_names()]
     if len(available) >= 2:
         st.button(
             "The NTM paper's picture: " + " vs ".join(n.split("-")[0].upper() for n in available)
@@ -40,9 +40,9 @@ def main() -> None:
             "past its training length; with an external memory the same task generalises.",
         )  # fmt: skip
     try:
-        choice = shared.selected()
-        task = shared.input_task(shared.current_input(choice))
-        options = shared.fitting_keys(task)
+        choice = choosing.selected()
+        task = choosing.input_task(choosing.current_input(choice))
+        options = choosing.fitting_keys(task)
     except ValueError as error:
         st.error(str(error))
         return
@@ -53,9 +53,9 @@ def main() -> None:
         st.session_state[models_key] = [k for k in st.session_state[models_key] if k in options]
     else:
         st.session_state[models_key] = trained[:4] or [choice.key]
-    picked = st.multiselect("models", options, format_func=shared.model_label, key=models_key)
+    picked = st.multiselect("models", options, format_func=choosing.model_label, key=models_key)
     shortest, longest = training_lengths(task)
-    low, high, _ = shared.length_bounds(task.name, shared.task_json(task))
+    low, high, _ = choosing.length_bounds(task.name, choosing.task_json(task))
     suggested = sorted({n for n in (longest // 2, longest, 2 * longest, 3 * longest, 4 * longest)
                         if low <= n <= high})
     first, second, third = st.columns([2, 1, 1])
@@ -78,8 +78,8 @@ def main() -> None:
             if not picked:
                 raise ValueError("pick at least one model")
             running = f"Running {len(picked)} model(s) on {len(lengths)} lengths..."
-            with st.spinner(running + shared.first_run_note()):
-                frame = shared.generalisation(tuple(picked), shared.task_json(task), task.name,
+            with st.spinner(running + server.first_run_note()):
+                frame = results.generalisation(tuple(picked), choosing.task_json(task), task.name,
                                               tuple(lengths), int(sequences), int(seed))
         except ValueError as error:
             st.error(str(error))

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from ui import links, shared
+from ui import choosing, links, results, server
 
-shared.page_needs_app()
+server.page_needs_app()
 
 st.title("Watch memory-augmented networks at work")
 st.markdown(
@@ -26,7 +26,7 @@ DEMO_PAIR = ("ntm", "dnc")
 
 def demo_keys() -> list[str]:
     """The shipped copy checkpoints when they exist, else untrained models of each kind."""
-    names = shared.checkpoint_names()
+    names = choosing.checkpoint_names()
     return [
         f"checkpoint:{arch}-copy" if f"{arch}-copy" in names else f"untrained:{arch}"
         for arch in DEMO_PAIR
@@ -49,25 +49,25 @@ def demo() -> None:
         from mann.tasks import make_task
 
         task = make_task("copy")
-        chosen = shared.input_choice(task, 12, st.session_state["demo_seed"])
+        chosen = choosing.input_choice(task, 12, st.session_state["demo_seed"])
         keys = demo_keys()
         try:
-            choices = [shared.resolve(key, "copy") for key in keys]
-            traces = [shared.trace_for(choice, chosen) for choice in choices]
+            choices = [choosing.resolve(key, "copy") for key in keys]
+            traces = [results.trace_for(choice, chosen) for choice in choices]
         except ValueError as error:
             st.error(str(error))
             return
         if any(not choice.trained for choice in choices):
             st.warning(
                 "The shipped checkpoints ntm-copy and dnc-copy are not in "
-                f"`{shared.checkpoint_dir()}` yet, so the demo runs **untrained models with random "
+                f"`{server.checkpoint_dir()}` yet, so the demo runs **untrained models with random "
                 "weights**: the memory mechanics are real, the behaviour is not learned. Train one "
                 "on the Train page to see the difference.",
                 icon=":material/warning:",
             )
         names = tuple(choice.label for choice in choices)
-        key = "|".join(shared.trace_key(choice, chosen) for choice in choices)
-        st.plotly_chart(shared.compare_figure(key, tuple(traces), names), key="demo_figure")
+        key = "|".join(results.trace_key(choice, chosen) for choice in choices)
+        st.plotly_chart(results.compare_figure(key, tuple(traces), names), key="demo_figure")
         columns = st.columns(len(choices))
         for column, choice, trace in zip(columns, choices, traces, strict=True):
             errors = trace.metadata.get("bit_errors")
@@ -83,10 +83,10 @@ REUSE_MODELS = ("ntm-multi-copy", "dnc-multi-copy")
 def reuse_demo() -> None:
     """NTM against DNC on multi-copy: more items than slots, so memory must be reused."""
     st.subheader("One-click demo: how an NTM and a DNC reuse memory")
-    names = shared.checkpoint_names()
+    names = choosing.checkpoint_names()
     if not all(name in names for name in REUSE_MODELS):
         st.caption(f"Needs the shipped checkpoints {' and '.join(REUSE_MODELS)} in "
-                   f"`{shared.checkpoint_dir()}`.")
+                   f"`{server.checkpoint_dir()}`.")
         return
     st.write(
         "Six copy rounds of five items in one episode, and only ten memory slots: thirty items "
@@ -102,10 +102,10 @@ def reuse_demo() -> None:
     from mann.analysis import memory_metrics
 
     try:
-        choices = [shared.resolve(f"checkpoint:{name}", "multi_copy") for name in REUSE_MODELS]
+        choices = [choosing.resolve(f"checkpoint:{name}", "multi_copy") for name in REUSE_MODELS]
         task = choices[0].task.with_rounds(6, 6)
-        chosen = shared.input_choice(task, 5, st.session_state["reuse_seed"])
-        traces = {choice.label: shared.trace_for(choice, chosen) for choice in choices}
+        chosen = choosing.input_choice(task, 5, st.session_state["reuse_seed"])
+        traces = {choice.label: results.trace_for(choice, chosen) for choice in choices}
     except ValueError as error:
         st.error(str(error))
         return
@@ -121,26 +121,26 @@ def reuse_demo() -> None:
             f"{metrics['writes']:.0f} writes to {metrics['slots_written']:.0f} slots; "
             f"{100 * metrics['write_locality']:.0f}% of consecutive writes one slot apart."
         )
-    st.page_link(shared.PAGES["patterns"], label="Patterns: the same over many episodes",
+    st.page_link(server.PAGES["patterns"], label="Patterns: the same over many episodes",
                  icon=":material/scatter_plot:")
 
 
 reuse_demo()
 
 st.subheader("Where next")
-st.page_link(shared.PAGES["inspect"], label="Inspect: scrub one model through time",
+st.page_link(server.PAGES["inspect"], label="Inspect: scrub one model through time",
              icon=":material/grid_on:")
-st.page_link(shared.PAGES["explain"], label="Explain: how one weighting was formed",
+st.page_link(server.PAGES["explain"], label="Explain: how one weighting was formed",
              icon=":material/functions:")
-st.page_link(shared.PAGES["compare"], label="Compare: two to four models on the same input",
+st.page_link(server.PAGES["compare"], label="Compare: two to four models on the same input",
              icon=":material/compare:")
-st.page_link(shared.PAGES["train"], label="Train: a model of your own, live",
+st.page_link(server.PAGES["train"], label="Train: a model of your own, live",
              icon=":material/model_training:")
-st.page_link(shared.PAGES["generalisation"], label="Generalisation: longer sequences",
+st.page_link(server.PAGES["generalisation"], label="Generalisation: longer sequences",
              icon=":material/show_chart:")
-st.page_link(shared.PAGES["patterns"], label="Patterns: how models allocate and reuse memory",
+st.page_link(server.PAGES["patterns"], label="Patterns: how models allocate and reuse memory",
              icon=":material/scatter_plot:")
-st.page_link(shared.PAGES["export"], label="Export: the trace and an offline figure",
+st.page_link(server.PAGES["export"], label="Export: the trace and an offline figure",
              icon=":material/download:")
 st.caption("Choose the model and the input in the sidebar; every page uses that choice.")
 links.link_box()

@@ -5,17 +5,17 @@ import pandas as pd
 import streamlit as st
 
 from mann import figures
-from ui import links, shared
+from ui import choosing, links, results, server, sidebar
 
-shared.page_needs_app()
+server.page_needs_app()
 
 
-def edit_input(base_input: shared.InputChoice) -> bool:
+def edit_input(base_input: choosing.InputChoice) -> bool:
     """The hand-edit table; stores an edit under the input's key. False if the input fails."""
     edits = st.session_state.setdefault("edits", {})
     with st.expander("Edit the input by hand", icon=":material/edit:"):
         try:
-            random_inputs = shared.random_inputs(base_input)
+            random_inputs = choosing.random_inputs(base_input)
         except ValueError as error:
             st.error(str(error))
             return False
@@ -62,10 +62,10 @@ FIT_HEIGHT = 560
 
 
 def main() -> None:
-    screen = shared.display()
+    screen = sidebar.display()
     try:
-        choice = shared.selected()
-        base_input = shared.current_input(choice)
+        choice = choosing.selected()
+        base_input = choosing.current_input(choice)
     except ValueError as error:
         st.title("Inspect")
         st.error(str(error))
@@ -80,16 +80,16 @@ def main() -> None:
         # The editor comes before the trace, so an edit shows at once.
         if not edit_input(base_input):
             return
-    current = shared.current()
+    current = results.current()
     if current is None:
         return
     choice, chosen, trace = current
-    key = shared.trace_key(choice, chosen)
+    key = results.trace_key(choice, chosen)
 
     errors = trace.metadata.get("bit_errors")
     errors = "not scored" if errors is None else f"{errors:g}"
     if screen.fit:
-        shared.heading("Inspect", "", f"{choice.label} · {trace.steps} steps · bit errors "
+        sidebar.heading("Inspect", "", f"{choice.label} · {trace.steps} steps · bit errors "
                        f"{errors} · memory {trace.memory_size} × {trace.word_size}")
     else:
         st.subheader(choice.label)
@@ -107,7 +107,7 @@ def main() -> None:
     with scrub_tab:
         step = links.step_from_link(trace.steps) or 0
         if figures.fits_in_browser(trace):
-            figure = shared.figure("scrub_figure", key, trace, step=step,
+            figure = results.figure("scrub_figure", key, trace, step=step,
                                    height=screen.height(FIT_HEIGHT),
                                    text_scale=screen.text_scale)  # fmt: skip
             st.plotly_chart(figure, key="scrub_figure")
@@ -123,7 +123,7 @@ def main() -> None:
             "Every head's weighting over all steps, as in the NTM paper's figures: "
             + TIMELINE_NOTES.get(trace.arch, "")
         )
-        st.plotly_chart(shared.figure("timeline_figure", key, trace,
+        st.plotly_chart(results.figure("timeline_figure", key, trace,
                                       text_scale=screen.text_scale), key="timeline_figure")
     links.link_box(steps=trace.steps, step=step)
 
@@ -132,7 +132,7 @@ def main() -> None:
 def one_step(trace, start: int = 0) -> None:
     """Server-side scrubbing for big traces: only this fragment reruns when the slider moves."""
     step = st.slider("step", 0, trace.steps - 1, start, key=f"server_step:{trace.steps}")
-    screen = shared.display()
+    screen = sidebar.display()
     figure = figures.step_figure(trace, step)
     figures.for_screen(figure, screen.height(FIT_HEIGHT - 60), screen.text_scale,
                        title=not screen.fit)

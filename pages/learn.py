@@ -5,22 +5,22 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from mann import figures, pattern_figures
-from ui import links, shared
+from ui import choosing, links, results, server
 from ui.lessons import LESSONS, View
 
-shared.page_needs_app()
+server.page_needs_app()
 
 LESSON_KEY, STEP_KEY = "learn_lesson", "learn_step"
 
 
 def traces_for(view: View, names: tuple[str, ...]):
     """The models ``names``, the view's input (one for all) and their traces on it."""
-    choices = [shared.resolve_sized(f"checkpoint:{name}", view.sized(name)) for name in names]
+    choices = [choosing.resolve_sized(f"checkpoint:{name}", view.sized(name)) for name in names]
     task = choices[0].task
     if view.rounds is not None:
         task = task.with_rounds(view.rounds, view.rounds)
-    chosen = shared.input_choice(task, view.length, view.seed)
-    return choices, chosen, [shared.trace_for(choice, chosen) for choice in choices]
+    chosen = choosing.input_choice(task, view.length, view.seed)
+    return choices, chosen, [results.trace_for(choice, chosen) for choice in choices]
 
 
 def full_page_link(view: View) -> str:
@@ -45,10 +45,10 @@ def draw(view: View) -> None:
     key = f"learn|{view}"
     if view.kind == "scrub":
         step = min(view.step, traces[0].steps - 1)
-        st.plotly_chart(shared.figure("scrub_figure", key, traces[0], step=step),
+        st.plotly_chart(results.figure("scrub_figure", key, traces[0], step=step),
                         key="learn_view")  # fmt: skip
     elif view.kind == "timeline":
-        st.plotly_chart(shared.figure("timeline_figure", key, traces[0]), key="learn_view")
+        st.plotly_chart(results.figure("timeline_figure", key, traces[0]), key="learn_view")
     elif view.kind == "explain":
         explained = figures.explanation(traces[0], min(view.step, traces[0].steps - 1), view.head)
         st.plotly_chart(figures.explain_figure(explained), key="learn_view")
@@ -57,7 +57,7 @@ def draw(view: View) -> None:
                                  for name, value in explained.gates.items()))  # fmt: skip
     elif view.kind == "compare":
         step = min(view.step, traces[0].steps - 1)
-        st.plotly_chart(shared.compare_figure(key, tuple(traces), tuple(labels), step),
+        st.plotly_chart(results.compare_figure(key, tuple(traces), tuple(labels), step),
                         key="learn_view")  # fmt: skip
     elif view.kind == "reuse":
         one = dict(zip(labels, traces, strict=True))
@@ -75,7 +75,7 @@ def draw(view: View) -> None:
             return
         from mann.whatif import whatif
 
-        result = whatif(choices[0].model, shared.input_batch(chosen), found[0].interventions)
+        result = whatif(choices[0].model, choosing.input_batch(chosen), found[0].interventions)
         st.caption(f"{found[0].name}: bit errors {result.original.metadata['bit_errors']:g} as "
                    f"recorded, {result.intervened.metadata['bit_errors']:g} with it.")
         st.plotly_chart(whatif_figure(result), key="learn_view")
@@ -84,8 +84,8 @@ def draw(view: View) -> None:
 
         task = make_task("copy")
         with st.spinner("Evaluating each model on fresh sequences..."):
-            frame = shared.generalisation(tuple(f"checkpoint:{n}" for n in names),
-                                          shared.task_json(task), "copy", view.lengths, 30, 0)
+            frame = results.generalisation(tuple(f"checkpoint:{n}" for n in names),
+                                          choosing.task_json(task), "copy", view.lengths, 30, 0)
         st.plotly_chart(figures.generalisation_figure(frame, trained_up_to=20), key="learn_view")
 
 
@@ -99,13 +99,13 @@ def main() -> None:
                           on_change=lambda: st.session_state.update({STEP_KEY: 0}))
     lesson = next(lesson for lesson in LESSONS if lesson.key == lesson_key)
     st.markdown(f"*{lesson.summary}*")
-    available = set(shared.checkpoint_names())
+    available = set(choosing.checkpoint_names())
     missing = sorted({name for step in lesson.steps for name in step.view.needed} - available)
     if missing:
         others = [item.title for item in LESSONS
                   if {n for s in item.steps for n in s.view.needed} <= available]
         st.warning(f"This lesson needs the shipped checkpoint(s) {', '.join(missing)}, which "
-                   f"are not in `{shared.checkpoint_dir()}`. "
+                   f"are not in `{server.checkpoint_dir()}`. "
                    + (f"Lessons you can take here: {'; '.join(others)}." if others else ""),
                    icon=":material/warning:")
         return

@@ -4,10 +4,10 @@ import streamlit as st
 
 from mann import pattern_figures
 from mann.analysis import METRICS, summary_table
-from mann.demo import MAX_INPUT_STEPS, training_lengths
-from ui import links, shared
+from mann.inputs import MAX_INPUT_STEPS, training_lengths
+from ui import choosing, links, results, server
 
-shared.page_needs_app()
+server.page_needs_app()
 
 # Episodes of the shipped multi-copy models' bar: 6 rounds (30 items for 10 slots).
 BAR_ROUNDS = 6
@@ -38,24 +38,24 @@ def preferred_models(task_name: str, options: list[str]) -> list[str]:
 
 def controls():
     """The task, models and episodes to measure; None when the choice cannot run."""
-    tasks = [name for name in shared.TASK_NAMES if shared.shipped_for(name)] or ["copy"]
+    tasks = [name for name in choosing.TASK_NAMES if choosing.shipped_for(name)] or ["copy"]
     default_task = "multi_copy" if "multi_copy" in tasks else tasks[0]
     first, second = st.columns([1, 3])
     task_name = first.selectbox(
-        "task", shared.TASK_NAMES, index=shared.TASK_NAMES.index(default_task),
+        "task", choosing.TASK_NAMES, index=choosing.TASK_NAMES.index(default_task),
         key="patterns_task", format_func=lambda name: name.replace("_", " "),
     )
-    task = shared.task_for(task_name)
-    options = shared.fitting_keys(task)
+    task = choosing.task_for(task_name)
+    options = choosing.fitting_keys(task)
     picked = second.multiselect(
         "models (two to four)", options,
         default=links.models_from_link(options) or preferred_models(task_name, options),
-        format_func=shared.model_label, max_selections=4, key=f"patterns_models:{task_name}",
+        format_func=choosing.model_label, max_selections=4, key=f"patterns_models:{task_name}",
     )
     shortest, longest = training_lengths(task)
-    low, high, _ = shared.length_bounds(task.name, shared.task_json(task))
+    low, high, _ = choosing.length_bounds(task.name, choosing.task_json(task))
     columns = st.columns(4)
-    from mann.demo import length_label
+    from mann.inputs import length_label
 
     length = columns[0].number_input(length_label(task), low, high, longest,
                                      key=f"patterns_length:{task_name}")
@@ -88,11 +88,11 @@ def measure(task, picked, length, rounds, episodes, seed) -> dict | None:
                 f"length {length} and {rounds} rounds make {fixed.max_steps} steps; the app "
                 f"records at most {MAX_INPUT_STEPS} (fewer rounds or a shorter length)"
             )
-        choices = [shared.resolve(key, task.name) for key in picked]
+        choices = [choosing.resolve(key, task.name) for key in picked]
     except ValueError as error:
         st.error(str(error))
         return None
-    key = (tuple(f"{c.key}|{c.version}" for c in choices), shared.task_json(fixed), episodes,
+    key = (tuple(f"{c.key}|{c.version}" for c in choices), choosing.task_json(fixed), episodes,
            seed)
     stored = st.session_state.get("patterns_result")
     if st.button("Measure", type="primary", icon=":material/play_arrow:"):
@@ -102,7 +102,7 @@ def measure(task, picked, length, rounds, episodes, seed) -> dict | None:
             bar.progress(done / total, text=f"recorded {done} of {total} episodes (all models)")
 
         try:
-            traces, frame = shared.measure_patterns(
+            traces, frame = results.measure_patterns(
                 {choice.label: choice.model for choice in choices}, fixed, episodes, seed,
                 progress,
             )

@@ -3,18 +3,14 @@
 import streamlit as st
 
 from mann import figures
-from mann.demo import (
-    UNTRAINED_SIZES,
-    BackgroundTraining,
-    available_architectures,
-    checkpoint_name_error,
-)
+from mann.background import BackgroundTraining
+from mann.catalog import UNTRAINED_SIZES, available_architectures, checkpoint_name_error
 from mann.model import ModelConfig
 from mann.tasks import TASKS, make_task
 from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
-from ui import links, shared
+from ui import choosing, links, server
 
-shared.page_needs_app()
+server.page_needs_app()
 
 st.title("Train")
 st.caption(
@@ -147,7 +143,7 @@ def use_trained(run: BackgroundTraining, name: str, save: bool) -> None:
     """Button callback: keep (and perhaps save) the trained model and choose it in the sidebar."""
     if save:
         try:
-            run.save(shared.checkpoint_dir() / name)  # never over an existing checkpoint
+            run.save(server.checkpoint_dir() / name)  # never over an existing checkpoint
         except (OSError, ValueError) as error:
             st.session_state["train_save_error"] = f"Could not save {name!r}: {error}"
             return
@@ -155,7 +151,7 @@ def use_trained(run: BackgroundTraining, name: str, save: bool) -> None:
     else:
         metadata = {"task": run.train_config.task, "task_options": {},
                     "metrics": run.result.metrics if run.result else {}}
-        st.session_state["model_key"] = shared.register_session_model(
+        st.session_state["model_key"] = choosing.register_session_model(
             f"trained in app: {name}", run.model, metadata
         )
     st.session_state["open_inspect"] = True
@@ -165,7 +161,7 @@ if training is not None and training.finished and training.result is not None:
     st.subheader("Keep the model")
     name = st.text_input("checkpoint name", f"my-{training.model_config.arch}-"
                          f"{training.train_config.task.replace('_', '-')}", key="train_name")
-    problem = checkpoint_name_error(name, shared.checkpoint_dir())
+    problem = checkpoint_name_error(name, server.checkpoint_dir())
     bad_name = checkpoint_name_error(name)  # the label of a model kept unsaved
     if problem:
         st.error(problem)
@@ -173,7 +169,7 @@ if training is not None and training.finished and training.result is not None:
     first.button(
         "Save as checkpoint and open in Inspect", type="primary", disabled=bool(problem),
         on_click=use_trained, args=(training, name, True), icon=":material/save:",
-        help=f"Writes {name}.safetensors and {name}.json to {shared.checkpoint_dir()}.",
+        help=f"Writes {name}.safetensors and {name}.json to {server.checkpoint_dir()}.",
     )
     second.button(
         "Open in Inspect without saving", disabled=bool(bad_name),
@@ -182,5 +178,5 @@ if training is not None and training.finished and training.result is not None:
     if "train_save_error" in st.session_state:
         st.error(st.session_state.pop("train_save_error"))
     if st.session_state.pop("open_inspect", False):
-        st.switch_page(shared.PAGES["inspect"])
+        st.switch_page(server.PAGES["inspect"])
 links.link_box()

@@ -9,9 +9,9 @@ from mann import figures
 from mann.intervention import DESCRIPTIONS, Intervention, describe, intervention_fields
 from mann.whatif import presets
 from mann.whatif_figures import whatif_figure
-from ui import links, shared
+from ui import links, results, server, sidebar
 
-shared.page_needs_app()
+server.page_needs_app()
 
 # The session's list of interventions (Intervention.to_dict() each) and the preset it came from.
 LIST_KEY = "whatif_list"
@@ -163,7 +163,7 @@ def listing() -> list[Intervention]:
 FIT_HEIGHT = 420
 
 
-def show_outcome(result, screen: shared.Display) -> None:
+def show_outcome(result, screen: sidebar.Display) -> None:
     """The prediction of the preset in use, the outcome in numbers and the what-if figure."""
     preset = st.session_state.get(PRESET_KEY)
     if preset is not None:
@@ -191,11 +191,11 @@ def show_outcome(result, screen: shared.Display) -> None:
     st.plotly_chart(figure, key="whatif_figure")
 
 
-def show_side_by_side(choice, chosen, result, screen: shared.Display) -> None:
+def show_side_by_side(choice, chosen, result, screen: sidebar.Display) -> None:
     st.caption("Both runs side by side, one slider (the intervened run is the second row):")
-    key = f"whatif|{shared.trace_key(choice, chosen)}|{shared.interventions_key()}"
+    key = f"whatif|{results.trace_key(choice, chosen)}|{results.interventions_key()}"
     st.plotly_chart(
-        shared.compare_figure(key, (result.original, result.intervened),
+        results.compare_figure(key, (result.original, result.intervened),
                               ("as recorded", "with interventions"),
                               text_scale=screen.text_scale),
         key="whatif_compare",
@@ -203,14 +203,14 @@ def show_side_by_side(choice, chosen, result, screen: shared.Display) -> None:
 
 
 def main() -> None:
-    screen = shared.display()
-    shared.heading(
+    screen = sidebar.display()
+    sidebar.heading(
         "What if",
         "Replace a quantity of the running memory at chosen steps — a gate, a weighting, a "
         "slot of memory, a row of the link matrix — and run the same input again. The model's "
         "weights are never changed. Model and input come from the sidebar.",
     )
-    current = shared.current()
+    current = results.current()
     if current is None:
         return
     choice, chosen, trace = current
@@ -226,7 +226,7 @@ def main() -> None:
     if not interventions:
         return
     try:
-        result = shared.whatif_result(choice, chosen)
+        result = results.whatif_result(choice, chosen)
     except ValueError as error:
         st.error(str(error))
         return

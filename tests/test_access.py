@@ -18,6 +18,8 @@ import torch
 
 from mann.access.dnc import DNCAccess
 from mann.access.ntm import INITIAL_MEMORY_VALUE, NTMAccess
+from mann.access.sam import SAMAccess
+from mann.access.sdnc import SDNCAccess
 
 EPS = 1e-6  # the ε of cosine similarity and of the allocation's usage map
 BIG = 30.0  # a logit that saturates a sigmoid or softmax to within ~1e-13
@@ -186,6 +188,39 @@ def test_ntm_interface_size_is_the_documented_layout(word_size, read_heads, writ
     per_head = word_size + 1 + 1 + shift_range + 1  # k, β, g, s, γ
     expected = (read_heads + write_heads) * per_head + write_heads * 2 * word_size  # e, a
     assert access.interface_size == expected
+
+
+@pytest.mark.parametrize(
+    ("word_size", "read_heads", "write_heads", "shift_range"), [(4, 1, 1, 3), (5, 2, 3, 5)]
+)
+def test_ntm_layout_is_where_the_fused_kernel_reads(word_size, read_heads, write_heads,
+                                                    shift_range):
+    W, S, heads = word_size, shift_range, read_heads + write_heads
+    access = NTMAccess(9, W, read_heads, write_heads, S)
+    head, writing = access.head_layout, access.write_layout
+    # mann/fused/ntm.py: _address reads k at start, β at start + W, g at start + W + 1,
+    # s at start + W + 2, γ at start + W + 2 + S; _write_parts e at start + 2wW, a one W on.
+    assert [head.offset(name) for name in head.names] == [0, W, W + 1, W + 2, W + 2 + S]
+    assert head.total == W + 3 + S
+    assert access.layout.offset("writing") == heads * head.total
+    assert (writing.offset("erase"), writing.offset("add"), writing.total) == (0, W, 2 * W)
+    assert access.interface_size == access.layout.total
+
+
+@pytest.mark.parametrize(("word_size", "read_heads"), [(4, 1), (5, 3)])
+def test_sparse_layouts_are_where_the_fused_kernels_read(word_size, read_heads):
+    W, R = word_size, read_heads
+    sam = SAMAccess(16, W, R, sparse_reads=2).layout
+    sdnc = SDNCAccess(16, W, R, sparse_reads=2, temporal_reads=2).layout
+    # mann/fused/sparse_step.py: keys at h·W, strengths at R·W + h, the write vector at
+    # offset = R·W + R, the write gate at offset + W, α at offset + W + 1, SDNC's read modes
+    # at mode_offset = R·W + R + W + 2.
+    for layout in (sam, sdnc):
+        assert layout.offset("read_keys") == 0 and layout.offset("read_strengths") == R * W
+        assert layout.offset("write_vector") == R * W + R
+        assert layout.offset("write_gate") == R * W + R + W
+        assert layout.offset("interpolation_gate") == R * W + R + W + 1
+    assert sdnc.offset("read_modes") == R * W + R + W + 2 and sdnc.total == sam.total + 3 * R
 
 
 @pytest.mark.parametrize(("word_size", "read_heads"), [(4, 1), (5, 3), (2, 4)])

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import mann
-from mann.demo import record, sample_input
 from mann.figures import save_animation
+from mann.inputs import record, sample_input
 from mann.tasks import make_task
 
 torch.set_num_threads(1)

@@ -19,15 +19,18 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 import mann
-from mann import demo
+from mann import catalog
+from mann.catalog import untrained_model
+from mann.evaluate import generalisation_frame
+from mann.inputs import edited_input, record, sample_input
 from mann.tasks import TASKS, make_task
-from ui import shared
+from ui import choosing, server, sidebar
 
 torch.set_num_threads(1)
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 COPY = make_task("copy")
-PAGES = [path for name, path in shared.PAGES.items() if name != "home"]
+PAGES = [path for name, path in server.PAGES.items() if name != "home"]
 
 
 def save_copy_model(directory: Path, name: str, arch: str, **sizes) -> Path:
@@ -122,7 +125,7 @@ def frame_values(spec: dict, step: int, name: str, nth: int = 0) -> np.ndarray:
 
 def expected_trace(directory: Path, name: str, length: int = 20, seed: int = 0):
     model = mann.load(directory / name)
-    return demo.record(model, demo.sample_input(COPY, length, seed))
+    return record(model, sample_input(COPY, length, seed))
 
 
 def test_every_page_is_served_through_app_py_even_when_streamlit_routes_by_file():
@@ -141,22 +144,22 @@ def test_every_page_is_served_through_app_py_even_when_streamlit_routes_by_file(
         for keyword in call.keywords
         if keyword.arg == "url_path"
     }
-    assert set(url_paths) == set(shared.PAGES) - {"home"}
+    assert set(url_paths) == set(server.PAGES) - {"home"}
     for url_path, page in url_paths.items():
-        assert page == f"shared.PAGES[{url_path!r}]"
-        assert Path(shared.PAGES[url_path]).stem == url_path
-    for path in shared.PAGES.values():
+        assert page == f"server.PAGES[{url_path!r}]"
+        assert Path(server.PAGES[url_path]).stem == url_path
+    for path in server.PAGES.values():
         body = [
             statement
             for statement in ast.parse((root / path).read_text()).body
             if not isinstance(statement, (ast.Import, ast.ImportFrom))
             and not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))
         ]
-        assert ast.unparse(body[0]) == "shared.page_needs_app()", path
+        assert ast.unparse(body[0]) == "server.page_needs_app()", path
 
 
 def test_the_sidebar_knows_every_task():
-    assert set(shared.TASK_NAMES) == set(TASKS)
+    assert set(choosing.TASK_NAMES) == set(TASKS)
 
 
 @pytest.mark.parametrize("page", [None, *PAGES])
@@ -179,9 +182,9 @@ def test_every_page_takes_the_memoryless_lstm_baseline(checkpoints, page):
     app.sidebar.selectbox[0].set_value("untrained:lstm").run()
     assert not app.exception, [element.value for element in app.exception]
     assert not app.error, [element.value for element in app.error]
-    if page == shared.PAGES["inspect"]:
+    if page == server.PAGES["inspect"]:
         (scrub, timeline) = charts(app)
-        trace = demo.record(demo.untrained_model("lstm", COPY), demo.sample_input(COPY, 20, 0))
+        trace = record(untrained_model("lstm", COPY), sample_input(COPY, 20, 0))
         np.testing.assert_array_equal(frame_values(scrub, 5, "memory"), trace.memory[5].T)
         assert trace.memory.shape == (41, 100, 2)  # the controller's h and c per unit
 
@@ -209,7 +212,7 @@ def test_home_demo_says_when_it_runs_untrained_models(no_checkpoints):
 
 
 def test_inspect_chart_is_the_trace_and_follows_seed_and_length(checkpoints):
-    app = start(shared.PAGES["inspect"])
+    app = start(server.PAGES["inspect"])
     scrub, timeline = charts(app)
     trace = expected_trace(checkpoints, "ntm-copy")
     assert len(scrub["frames"]) == trace.steps
@@ -236,7 +239,7 @@ def test_inspect_chart_is_the_trace_and_follows_seed_and_length(checkpoints):
 
 
 def test_inspect_shows_the_dnc_link_matrix(checkpoints):
-    app = start(shared.PAGES["inspect"])
+    app = start(server.PAGES["inspect"])
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
     scrub, _ = charts(app)
     trace = expected_trace(checkpoints, "dnc-copy")
@@ -252,7 +255,7 @@ def test_a_trace_too_big_for_frames_is_scrubbed_on_the_server(checkpoints, monke
     from mann import figures
 
     monkeypatch.setattr(figures, "MAX_ANIMATION_VALUES", 1000)
-    app = start(shared.PAGES["inspect"])
+    app = start(server.PAGES["inspect"])
     assert any("too big to send every step" in caption.value for caption in app.caption)
     scrub, _ = charts(app)
     assert not scrub.get("frames")
@@ -264,10 +267,10 @@ def test_a_trace_too_big_for_frames_is_scrubbed_on_the_server(checkpoints, monke
 
 
 def test_inspect_runs_a_hand_edited_input(checkpoints):
-    app = start(shared.PAGES["inspect"])
-    inputs = demo.sample_input(COPY, 20, 0).inputs[0].numpy().copy()
+    app = start(server.PAGES["inspect"])
+    inputs = sample_input(COPY, 20, 0).inputs[0].numpy().copy()
     inputs[:20, :8] = 1.0  # all ones: the answer must be all ones too
-    base_key = f"copy|{shared.task_json(COPY)}|20|0"
+    base_key = f"copy|{choosing.task_json(COPY)}|20|0"
     app.session_state["edits"] = {base_key: inputs}
     app.run()
     assert not app.exception
@@ -275,13 +278,13 @@ def test_inspect_runs_a_hand_edited_input(checkpoints):
     strip = decode(next(t for t in scrub["data"] if t["name"] == "strip")["z"])
     np.testing.assert_array_equal(strip[:9], inputs.T)
     model = mann.load(checkpoints / "ntm-copy")
-    edited = demo.record(model, demo.edited_input(COPY, inputs))
+    edited = record(model, edited_input(COPY, inputs))
     assert app.metric[1].value == f"{edited.metadata['bit_errors']:g}"
     assert any("hand-edited" in info.value for info in app.info)
 
 
 def test_explain_follows_step_and_head(checkpoints):
-    app = start(shared.PAGES["explain"])
+    app = start(server.PAGES["explain"])
     trace = expected_trace(checkpoints, "ntm-copy")
     app.slider[0].set_value(9).run()
     app.selectbox[0].set_value("write 0").run()
@@ -308,7 +311,7 @@ def test_explain_follows_step_and_head(checkpoints):
 
 
 def test_compare_rows_and_bit_errors_are_each_models(checkpoints):
-    app = start(shared.PAGES["compare"])
+    app = start(server.PAGES["compare"])
     assert app.multiselect[0].value == ["checkpoint:ntm-copy", "checkpoint:dnc-copy"]
     (spec,) = charts(app)
     ntm = expected_trace(checkpoints, "ntm-copy")
@@ -328,7 +331,7 @@ def test_compare_rows_and_bit_errors_are_each_models(checkpoints):
 
 @pytest.mark.slow
 def test_train_page_trains_saves_and_selects_the_model(checkpoints):
-    app = start(shared.PAGES["train"])
+    app = start(server.PAGES["train"])
     for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_word", 4),
                        ("train_steps", 4), ("train_batch", 2)):
         app.number_input(key=key).set_value(value)
@@ -351,7 +354,7 @@ def test_train_page_trains_saves_and_selects_the_model(checkpoints):
 @pytest.mark.slow
 def test_train_page_never_saves_over_an_existing_checkpoint(checkpoints):
     shipped = (checkpoints / "ntm-copy.safetensors").read_bytes()
-    app = start(shared.PAGES["train"])
+    app = start(server.PAGES["train"])
     for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_word", 4),
                        ("train_steps", 2), ("train_batch", 2)):
         app.number_input(key=key).set_value(value)
@@ -371,7 +374,7 @@ def test_train_page_never_saves_over_an_existing_checkpoint(checkpoints):
 
 
 def test_train_page_reports_impossible_parameters(checkpoints):
-    app = start(shared.PAGES["train"])
+    app = start(server.PAGES["train"])
     app.number_input(key="train_memory").set_value(1)  # an NTM needs room for its shifts
     app.button[0].click().run()
     assert "shift_range must be at most memory_size=1" in app.error[0].value
@@ -384,7 +387,7 @@ def test_train_page_reports_impossible_parameters(checkpoints):
 
 
 def test_generalisation_plots_each_model(checkpoints):
-    app = start(shared.PAGES["generalisation"])
+    app = start(server.PAGES["generalisation"])
     assert app.multiselect[0].value == ["checkpoint:ntm-copy", "checkpoint:dnc-copy"]
     app.text_input[0].set_value("2, 4").run()
     app.number_input(key="generalisation_sequences").set_value(10).run()
@@ -392,7 +395,7 @@ def test_generalisation_plots_each_model(checkpoints):
     (spec,) = charts(app)
     lines = {trace["name"]: trace for trace in spec["data"]}
     assert set(lines) == {"ntm-copy", "dnc-copy"}
-    expected = demo.generalisation_frame(
+    expected = generalisation_frame(
         {"ntm-copy": mann.load(checkpoints / "ntm-copy")}, COPY, [2, 4], sequences=10, seed=0
     )
     np.testing.assert_allclose(decode(lines["ntm-copy"]["y"]), expected["mean_bit_errors"])
@@ -408,8 +411,8 @@ def test_home_reuse_demo_runs_the_multi_copy_models(multi_copy_checkpoints):
     reuse.click().run()
     path, usage = charts(app)
     task = MULTI_COPY.with_rounds(6, 6)
-    expected = demo.record(mann.load(multi_copy_checkpoints / "ntm-multi-copy"),
-                           demo.sample_input(task, 5, 0))
+    expected = record(mann.load(multi_copy_checkpoints / "ntm-multi-copy"),
+                           sample_input(task, 5, 0))
     line = next(t for t in path["data"] if t["name"] == "ntm-multi-copy")
     np.testing.assert_array_equal(decode(line["y"]), expected.write_weights[:, 0].argmax(1))
     assert [t["name"] for t in usage["data"]] == ["dnc-multi-copy"]  # the NTM keeps no usage
@@ -425,7 +428,7 @@ def test_patterns_measures_the_multi_copy_models(multi_copy_checkpoints):
     from mann.analysis import metrics_frame, summary_table
     from mann.patterns import collect_traces
 
-    app = start(shared.PAGES["patterns"])
+    app = start(server.PAGES["patterns"])
     assert app.selectbox(key="patterns_task").value == "multi_copy"
     assert app.multiselect[0].value == ["checkpoint:ntm-multi-copy", "checkpoint:dnc-multi-copy"]
     assert not charts(app) and "press Measure" in app.info[0].value
@@ -458,7 +461,7 @@ def test_patterns_measures_the_multi_copy_models(multi_copy_checkpoints):
 
 
 def test_patterns_reports_an_episode_too_long_and_needs_two_models(multi_copy_checkpoints):
-    app = start(shared.PAGES["patterns"])
+    app = start(server.PAGES["patterns"])
     app.number_input(key="patterns_length:multi_copy").set_value(20)
     app.number_input(key="patterns_rounds").set_value(20).run()
     assert "make 820 steps; the app records at most 400" in app.error[0].value
@@ -473,12 +476,12 @@ def test_patterns_reports_an_episode_too_long_and_needs_two_models(multi_copy_ch
 def test_whatif_preset_runs_end_to_end(checkpoints):
     from mann.whatif import presets, whatif
 
-    app = start(shared.PAGES["whatif"])
+    app = start(server.PAGES["whatif"])
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
     assert "No interventions yet" in app.info[0].value
     model = mann.load(checkpoints / "dnc-copy")
-    batch = demo.sample_input(COPY, 20, 0)
-    (preset,) = [p for p in presets(demo.record(model, batch)) if "write gate" in p.name]
+    batch = sample_input(COPY, 20, 0)
+    (preset,) = [p for p in presets(record(model, batch)) if "write gate" in p.name]
     next(button for button in app.button if button.label == preset.name).click().run()
     assert not app.error, [element.value for element in app.error]
     expected = whatif(model, batch, preset.interventions)
@@ -496,7 +499,7 @@ def test_whatif_preset_runs_end_to_end(checkpoints):
 
 
 def test_whatif_builder_adds_runs_and_removes_an_intervention(checkpoints):
-    app = start(shared.PAGES["whatif"])
+    app = start(server.PAGES["whatif"])
     app.sidebar.selectbox[0].set_value("checkpoint:ntm-copy").run()
     app.selectbox(key="whatif_field").set_value("sharpening").run()
     app.number_input(key="whatif_start").set_value(3)
@@ -514,7 +517,7 @@ def test_whatif_builder_adds_runs_and_removes_an_intervention(checkpoints):
 
 
 def test_explain_knobs_recompute_the_stages_and_send_them_to_whatif(checkpoints):
-    app = start(shared.PAGES["explain"])
+    app = start(server.PAGES["explain"])
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
     app.selectbox[0].set_value("write 0").run()
     assert not any(button.label == "Try it in the run" for button in app.button)
@@ -537,7 +540,7 @@ def test_generalisation_preset_draws_the_papers_picture(checkpoints):
                                              output_size=COPY.output_size, hidden_size=8))
     mann.save(lstm, checkpoints / "lstm-copy", task="copy",
               task_options=dataclasses.asdict(COPY))  # fmt: skip
-    app = start(shared.PAGES["generalisation"])
+    app = start(server.PAGES["generalisation"])
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
     preset = next(b for b in app.button if b.label.startswith("The NTM paper's picture"))
     assert "LSTM vs NTM vs DNC" in preset.label
@@ -547,7 +550,7 @@ def test_generalisation_preset_draws_the_papers_picture(checkpoints):
     lines = {trace["name"]: trace for trace in spec["data"] if trace.get("mode")}
     assert set(lines) == {"lstm-copy", "ntm-copy", "dnc-copy"}
     assert decode(lines["lstm-copy"]["x"]).tolist() == [10, 20, 30, 40, 60, 80, 120]
-    expected = demo.generalisation_frame({"lstm-copy": mann.load(checkpoints / "lstm-copy")},
+    expected = generalisation_frame({"lstm-copy": mann.load(checkpoints / "lstm-copy")},
                                          COPY, [10, 20], sequences=50, seed=0)  # fmt: skip
     np.testing.assert_allclose(decode(lines["lstm-copy"]["y"])[:2], expected["mean_bit_errors"])
 
@@ -576,7 +579,7 @@ def test_every_page_takes_its_view_from_the_link_and_writes_it_back(checkpoints,
 
 
 def test_inspect_and_explain_open_at_the_linked_step_and_head(checkpoints):
-    app = start_with_link(shared.PAGES["inspect"], model="ntm-copy", length="6", seed="3",
+    app = start_with_link(server.PAGES["inspect"], model="ntm-copy", length="6", seed="3",
                           step="4")  # fmt: skip
     scrub, _ = charts(app)
     assert scrub["layout"]["sliders"][0]["active"] == 4
@@ -586,14 +589,14 @@ def test_inspect_and_explain_open_at_the_linked_step_and_head(checkpoints):
     assert "model=ntm-copy" in link and "length=6" in link and "seed=3" in link
     assert "step=4" in link
 
-    app = start_with_link(shared.PAGES["explain"], model="ntm-copy", step="9", head="write 0")
+    app = start_with_link(server.PAGES["explain"], model="ntm-copy", step="9", head="write 0")
     assert app.slider(key="explain_step:41").value == 9
     assert app.selectbox(key="explain_head:read 0/write 0").value == "write 0"
     assert "head=write+0" in app.code[-1].value and "step=9" in app.code[-1].value
 
 
 def test_compare_takes_its_models_from_the_link(checkpoints):
-    app = start_with_link(shared.PAGES["compare"], model="ntm-copy",
+    app = start_with_link(server.PAGES["compare"], model="ntm-copy",
                           models="dnc-copy,untrained:ntm")  # fmt: skip
     assert app.multiselect[0].value == ["checkpoint:dnc-copy", "untrained:ntm"]
     assert "models=dnc-copy%2Cuntrained%3Antm" in app.code[-1].value
@@ -611,7 +614,7 @@ def test_compare_takes_its_models_from_the_link(checkpoints):
     ],
 )
 def test_a_bad_link_says_what_it_could_not_use_and_the_page_works(checkpoints, query, problem):
-    app = start_with_link(shared.PAGES["inspect"], **query)
+    app = start_with_link(server.PAGES["inspect"], **query)
     assert any(problem in warning.value for warning in app.warning), [w.value for w in app.warning]
     assert charts(app), "the page still draws its figures"
     app.run()  # said once, not on every rerun
@@ -619,7 +622,7 @@ def test_a_bad_link_says_what_it_could_not_use_and_the_page_works(checkpoints, q
 
 
 def test_export_offers_the_trace_and_the_figures(checkpoints):
-    app = start(shared.PAGES["export"])
+    app = start(server.PAGES["export"])
     labels = [button.label for button in app.get("download_button")]
     assert labels == [
         "Trace (.npz)", "Trace (CSV, one row per number)",
@@ -632,7 +635,7 @@ def test_export_offers_the_trace_and_the_figures(checkpoints):
 
 
 def test_a_bad_upload_is_an_error_and_the_app_keeps_working(checkpoints, monkeypatch):
-    app = start(shared.PAGES["inspect"])
+    app = start(server.PAGES["inspect"])
     before = charts(app)
     app.session_state["pending_upload"] = ("junk.safetensors", b"\x00" * 64)
     app.run()
@@ -644,7 +647,7 @@ def test_a_bad_upload_is_an_error_and_the_app_keeps_working(checkpoints, monkeyp
     app.run()
     assert "is not a checkpoint" in app.sidebar.error[0].value
 
-    monkeypatch.setattr(demo, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(catalog, "MAX_UPLOAD_BYTES", 1000)
     data = (checkpoints / "dnc-copy.safetensors").read_bytes()
     app.session_state["pending_upload"] = ("big.safetensors", data)
     app.run()
@@ -654,7 +657,7 @@ def test_a_bad_upload_is_an_error_and_the_app_keeps_working(checkpoints, monkeyp
 def test_an_uploaded_checkpoint_becomes_the_chosen_model(checkpoints, tmp_path):
     upload_dir = tmp_path / "elsewhere"
     path = save_copy_model(upload_dir, "mine", "dnc", memory_size=10)
-    app = start(shared.PAGES["inspect"])
+    app = start(server.PAGES["inspect"])
     app.session_state["pending_upload"] = ("mine.safetensors", path.read_bytes())
     app.run()
     assert not app.sidebar.error
@@ -662,20 +665,20 @@ def test_an_uploaded_checkpoint_becomes_the_chosen_model(checkpoints, tmp_path):
     assert app.subheader[0].value == "uploaded: mine.safetensors"
     scrub, _ = charts(app)
     model = mann.load(path)
-    trace = demo.record(model, demo.sample_input(COPY, 20, 0))
+    trace = record(model, sample_input(COPY, 20, 0))
     np.testing.assert_array_equal(frame_values(scrub, 5, "link"), trace.link[5])
 
 
 @pytest.mark.parametrize("arch", ["sam", "sdnc"])
 def test_inspect_marks_the_sparse_reads_of_untrained_sparse_memories(checkpoints, arch):
-    if f"untrained:{arch}" not in [f"untrained:{a}" for a in shared.untrained_architectures()]:
+    if f"untrained:{arch}" not in [f"untrained:{a}" for a in choosing.untrained_architectures()]:
         pytest.skip(f"mann.access.{arch} is not in this checkout")
     app = start()
     app.session_state["model_key"] = f"untrained:{arch}"
-    app.switch_page(shared.PAGES["inspect"]).run()
+    app.switch_page(server.PAGES["inspect"]).run()
     assert not app.exception and not app.error
     scrub, _ = charts(app)
-    trace = demo.record(demo.untrained_model(arch, COPY), demo.sample_input(COPY, 20, 0))
+    trace = record(untrained_model(arch, COPY), sample_input(COPY, 20, 0))
     index = [i for i, t in enumerate(scrub["data"]) if t.get("name") == "read positions"][0]
     frame = scrub["frames"][9]
     marks = frame["data"][list(frame["traces"]).index(index)]
@@ -702,7 +705,7 @@ def test_each_lesson_steps_through_with_a_live_view_each_step(shipped_checkpoint
 
     lesson = next(item for item in LESSONS if item.key == lesson_key)
     assert 3 <= len(lesson.steps) <= 8
-    app = start(shared.PAGES["learn"])
+    app = start(server.PAGES["learn"])
     app.radio(key="learn_lesson").set_value(lesson_key).run()
     for index, step in enumerate(lesson.steps):
         assert not app.exception and not app.error, (index, [e.value for e in app.error])
@@ -722,7 +725,7 @@ def test_each_lesson_steps_through_with_a_live_view_each_step(shipped_checkpoint
 
 
 def test_a_lesson_without_its_model_says_so_and_offers_the_others(checkpoints):
-    app = start(shared.PAGES["learn"])  # only small ntm-copy and dnc-copy stand-ins here
+    app = start(server.PAGES["learn"])  # only small ntm-copy and dnc-copy stand-ins here
     app.radio(key="learn_lesson").set_value("dnc").run()
     assert "needs the shipped checkpoint(s) dnc-multi-copy, ntm-multi-copy" in app.warning[0].value
     assert "How an NTM copies" in app.warning[0].value
@@ -732,15 +735,15 @@ def test_a_lesson_without_its_model_says_so_and_offers_the_others(checkpoints):
 
 
 def test_fit_and_large_text_come_from_the_link_and_shape_the_figures(checkpoints):
-    plain = start_with_link(shared.PAGES["inspect"], model="ntm-copy", length="6")
+    plain = start_with_link(server.PAGES["inspect"], model="ntm-copy", length="6")
     scrub, _ = charts(plain)
     assert scrub["layout"]["title"]["text"] and "font" not in scrub["layout"]
     assert plain.title, "an ordinary page has its title"
 
-    app = start_with_link(shared.PAGES["inspect"], model="ntm-copy", length="6", fit="1",
+    app = start_with_link(server.PAGES["inspect"], model="ntm-copy", length="6", fit="1",
                           large="1")  # fmt: skip
-    assert app.sidebar.toggle(key=shared.FIT_KEY).value
-    assert app.sidebar.toggle(key=shared.LARGE_TEXT_KEY).value
+    assert app.sidebar.toggle(key=sidebar.FIT_KEY).value
+    assert app.sidebar.toggle(key=sidebar.LARGE_TEXT_KEY).value
     assert not app.title, "fitting the screen, the page has one line instead of a title"
     assert app.markdown[0].value.startswith("**Inspect** · ntm-copy")
     fitted, timeline = charts(app)
@@ -756,7 +759,7 @@ def test_fit_and_large_text_come_from_the_link_and_shape_the_figures(checkpoints
     link = app.code[-1].value
     assert "fit=1" in link and "large=1" in link
 
-    app.sidebar.toggle(key=shared.FIT_KEY).set_value(False).run()
+    app.sidebar.toggle(key=sidebar.FIT_KEY).set_value(False).run()
     unfitted = charts(app)[0]["layout"]
     assert app.title and unfitted["title"]["text"] and unfitted["height"] != 560
     assert unfitted["font"]["size"] == 18, "large text stays on"
@@ -764,18 +767,18 @@ def test_fit_and_large_text_come_from_the_link_and_shape_the_figures(checkpoints
 
 
 def test_a_bad_display_value_in_a_link_is_named(checkpoints):
-    app = start_with_link(shared.PAGES["inspect"], fit="yes")
+    app = start_with_link(server.PAGES["inspect"], fit="yes")
     assert any("fit='yes' must be 1 (on) or 0 (off)" in warning.value for warning in app.warning)
-    assert not app.sidebar.toggle(key=shared.FIT_KEY).value
+    assert not app.sidebar.toggle(key=sidebar.FIT_KEY).value
 
 
 def test_compare_and_whatif_fit_their_main_figure(checkpoints):
-    app = start_with_link(shared.PAGES["compare"], models="ntm-copy,dnc-copy", fit="1")
+    app = start_with_link(server.PAGES["compare"], models="ntm-copy,dnc-copy", fit="1")
     (figure,) = charts(app)
     assert figure["layout"]["height"] == 600
     assert not app.title
 
-    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", preset="1", fit="1",
+    app = start_with_link(server.PAGES["whatif"], model="dnc-copy", preset="1", fit="1",
                           large="1")  # fmt: skip
     assert not app.error, [element.value for element in app.error]
     whatif_chart, side_by_side = charts(app)
@@ -789,9 +792,9 @@ def test_whatif_takes_a_preset_or_interventions_from_the_link(checkpoints):
     from mann.whatif import presets, whatif
 
     model = mann.load(checkpoints / "dnc-copy")
-    batch = demo.sample_input(COPY, 20, 0)
-    found = presets(demo.record(model, batch))
-    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", preset="2")
+    batch = sample_input(COPY, 20, 0)
+    found = presets(record(model, batch))
+    app = start_with_link(server.PAGES["whatif"], model="dnc-copy", preset="2")
     assert found[1].name in app.info[0].value
     expected = whatif(model, batch, found[1].interventions)
     metrics = {metric.label: metric.value for metric in app.metric}
@@ -801,7 +804,7 @@ def test_whatif_takes_a_preset_or_interventions_from_the_link(checkpoints):
     assert "preset=2" in app.code[-1].value
 
     listed = [Intervention(range(2, 5), "write_gate", 0.0).to_dict()]
-    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy",
+    app = start_with_link(server.PAGES["whatif"], model="dnc-copy",
                           interventions=json.dumps(listed))  # fmt: skip
     assert not app.error, [element.value for element in app.error]
     assert app.session_state["whatif_list"] == listed
@@ -812,7 +815,7 @@ def test_whatif_takes_a_preset_or_interventions_from_the_link(checkpoints):
     )
     assert "interventions=" in app.code[-1].value and "preset=" not in app.code[-1].value
 
-    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", preset="9")
+    app = start_with_link(server.PAGES["whatif"], model="dnc-copy", preset="9")
     assert any("preset=9 does not apply" in warning.value for warning in app.warning)
-    app = start_with_link(shared.PAGES["whatif"], model="dnc-copy", interventions="{oops")
+    app = start_with_link(server.PAGES["whatif"], model="dnc-copy", interventions="{oops")
     assert any("interventions could not be read" in warning.value for warning in app.warning)

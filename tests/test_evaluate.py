@@ -13,20 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import mann
-from mann.evaluate import COLUMNS, generalisation, markdown_table
+from mann.evaluate import COLUMNS, generalisation, generalisation_frame, markdown_table
 from mann.tasks import make_task
+from tests.helpers import tiny_config, tiny_model
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_model(arch: str = "ntm", input_size: int = 5, output_size: int = 4):
-    return mann.build_model(
-        mann.ModelConfig(
-            arch=arch, input_size=input_size, output_size=output_size, hidden_size=10,
-            memory_size=12, word_size=4,
-        )
-    )
 
 
 def always_one(model, logit: float = 3.0):
@@ -94,7 +86,7 @@ def test_model_mode_and_gradients_are_left_alone():
 def test_lengths_are_what_the_task_calls_length():
     # For associative recall the "length" is the number of items.
     task = make_task("associative_recall", bits=3, item_length=2)
-    model = tiny_model(input_size=task.input_size, output_size=task.output_size)
+    model = tiny_model(task=task)
     frame = generalisation(model, task, [2, 5], sequences=5)
     assert list(frame.columns) == list(COLUMNS)
     assert list(frame["length"]) == [2, 5]
@@ -174,3 +166,15 @@ def test_cli_evaluate_reports_a_bad_checkpoint(tmp_path):
     assert "broken.safetensors" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("evaluate", str(tmp_path / "broken"), "--lengths", "2,x")
     assert result.returncode == 2 and "comma-separated integers" in result.stderr
+
+
+def test_generalisation_frame_stacks_models():
+    torch.manual_seed(0)
+    models = {"a": mann.build_model(tiny_config("ntm")), "b": mann.build_model(tiny_config("dnc"))}
+    copy = make_task("copy", bits=4, max_length=5)
+    frame = generalisation_frame(models, copy, [2, 4], sequences=10, seed=0)
+    assert list(frame["model"]) == ["a", "a", "b", "b"]
+    assert list(frame["length"]) == [2, 4, 2, 4]
+    assert (frame["mean_bit_errors"] >= 0).all()
+    with pytest.raises(ValueError, match="does not fit task"):
+        generalisation_frame(models, make_task("associative_recall"), [2])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mann import ModelConfig, addressing, build_model, figures
-from mann.demo import record, sample_input
+from mann.inputs import record, sample_input
 from mann.tasks import make_task
 from mann.trace import Trace
 

@@ -202,9 +202,9 @@ def test_saturated_sharpening_matches():
     memory = torch.randn(2, SLOTS, WIDTH, generator=generator).double()
     state = NTMState(*weights_state(2, 1, 1, memory, generator))
     interface = torch.randn(2, access.interface_size, generator=generator).double()
-    block = access.address_size
-    for head in range(2):
-        interface[:, head * block + block - 1] = 60.0  # γ = 61: w̃^61, nearly one-hot
+    head = access.head_layout
+    for start in (0, head.total):
+        interface[:, start + head.offset("sharpening")] = 60.0  # γ = 61: w̃^61, nearly one-hot
     interface.requires_grad_()
     (expected, expected_grads), (actual, actual_grads) = one_step_both_paths(
         access, interface, state
@@ -221,8 +221,9 @@ def test_strength_and_sharpening_above_softplus_threshold():
     memory = torch.randn(2, SLOTS, WIDTH, generator=generator).double()
     state = NTMState(*weights_state(2, 1, 1, memory, generator))
     interface = 0.5 * torch.randn(2, access.interface_size, generator=generator).double()
-    block = access.address_size
-    columns = [h * block + c for h in range(2) for c in (WIDTH, block - 1)]  # β and γ logits
+    head = access.head_layout
+    columns = [h * head.total + head.offset(name) for h in range(2)
+               for name in ("key_strength", "sharpening")]  # β and γ logits  # fmt: skip
     interface[:, columns] = 20.5
     interface.requires_grad_()
     (expected, expected_grads), (actual, actual_grads) = one_step_both_paths(
@@ -251,11 +252,11 @@ def test_exact_zero_weights_take_the_clamps_zero_gradient():
             weights /= weights.sum(-1, keepdim=True)
     state = NTMState(memory, read_weights, write_weights)
     interface = torch.randn(2, access.interface_size, generator=generator).double()
-    block, width = access.address_size, WIDTH
-    for head in range(2):
-        start = head * block
-        interface[:, start + width + 1] = -BIG  # g = 0
-        interface[:, start + width + 2 : start + width + 5] = torch.tensor([-BIG, BIG, -BIG])
+    head = access.head_layout
+    for start in (0, head.total):
+        interface[:, start + head.offset("interpolation_gate")] = -BIG  # g = 0
+        shift = head.slice("shift")
+        interface[:, start + shift.start : start + shift.stop] = torch.tensor([-BIG, BIG, -BIG])
     interface.requires_grad_()
     (expected, expected_grads), (actual, actual_grads) = one_step_both_paths(
         access, interface, state

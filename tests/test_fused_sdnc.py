@@ -69,7 +69,9 @@ def interfaces(access, steps: int, batch: int, seed: int, style: str, dtype=torc
         interface = scale * torch.randn(
             batch, access.interface_size, generator=generator, dtype=dtype
         )
-        keys, _, write_vector, write_gate, _, _ = interface.split(access.interface_sizes, -1)
+        field = access.layout.split(interface)
+        keys, write_vector, write_gate = (field["read_keys"], field["write_vector"],
+                                          field["write_gate"])
         if style != "random":
             write_gate.fill_(12.0)
         if style == "ties" and step % 3 != 2:

@@ -12,7 +12,7 @@ import torch
 
 import mann
 from mann import figures
-from mann.demo import record, sample_input
+from mann.inputs import record, sample_input
 from mann.intervention import FIELDS, Intervention, intervention_fields
 from mann.tasks import make_task
 from mann.trace import Trace

@@ -560,7 +560,7 @@ def test_sdnc_gradients_pass_gradcheck_where_the_links_are_held_still():
     differs by design. Checked: (1) several steps reading by content only (π saturated), and
     (2) the forward/backward path into w^r_{t-1} on a step that writes nothing (α ≈ 0)."""
     access = SDNCAccess(7, 3, 2, 3, 3, index="exact")
-    modes = slice(access.interface_size - 6, access.interface_size)
+    modes = access.layout.slice("read_modes")
     content_only = torch.tensor([-30.0, 30.0, -30.0] * 2, dtype=torch.float64)
     inputs = interfaces(access, 4, 2, seed=6, dtype=torch.float64)
     inputs = [x[:, : modes.start].clone().requires_grad_() for x in inputs]
@@ -576,7 +576,7 @@ def test_sdnc_gradients_pass_gradcheck_where_the_links_are_held_still():
     assert (dense_link(state.link_predecessors, state.link_predecessor_weights, 7) > 0).any()
     previous = state.read_weights.detach().clone().requires_grad_()
     interface = interfaces(access, 1, 2, seed=8, dtype=torch.float64)[0]
-    interface[:, access.interface_size - 8] = -30.0  # α = σ(-30): no write, links still
+    interface[:, access.layout.offset("write_gate")] = -30.0  # α = σ(-30): no write
     interface.requires_grad_()
 
     def step(x, weights):

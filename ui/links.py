@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import streamlit as st
 
-from ui import shared
+from ui import choosing, sidebar
 
 RESTORED = "url_restored"  # session key: the query was read
 PROBLEMS = "url_problems"  # session key: what in it could not be used
@@ -28,7 +28,7 @@ PRESET, INTERVENTIONS = "url_preset", "url_interventions"
 
 
 def _model_key(value: str) -> str | None:
-    keys = shared.model_keys()
+    keys = choosing.model_keys()
     for key in (value, f"checkpoint:{value}"):
         if key in keys:
             return key
@@ -63,12 +63,12 @@ def restore() -> None:
             st.session_state["model_key"] = key
     task_name = query.get("task")
     if task_name is not None:
-        if task_name in shared.TASK_NAMES:
+        if task_name in choosing.TASK_NAMES:
             st.session_state["untrained_task"] = task_name
         else:
-            problems.append(f"task={task_name!r} is not one of {', '.join(shared.TASK_NAMES)}")
+            problems.append(f"task={task_name!r} is not one of {', '.join(choosing.TASK_NAMES)}")
     try:
-        task = shared.selected().task
+        task = choosing.selected().task
     except ValueError as error:
         problems.append(str(error))
         task = None
@@ -78,7 +78,7 @@ def restore() -> None:
             st.session_state["input_seed"] = seed
     if "length" in query and task is not None:
         length = _integer("length", query["length"], 1, problems)
-        low, high, _ = shared.length_bounds(task.name, shared.task_json(task))
+        low, high, _ = choosing.length_bounds(task.name, choosing.task_json(task))
         if length is not None and not low <= length <= high:
             problems.append(f"length={length} must lie in {low}..{high} for {task.name}")
         elif length is not None:
@@ -88,11 +88,11 @@ def restore() -> None:
         if rounds is not None and not hasattr(task, "with_rounds"):
             problems.append(f"rounds: task {task.name!r} has no rounds")
         elif rounds is not None:
-            if rounds > shared.rounds_bound(task):
-                problems.append(f"rounds={rounds} must be at most {shared.rounds_bound(task)}")
+            if rounds > choosing.rounds_bound(task):
+                problems.append(f"rounds={rounds} must be at most {choosing.rounds_bound(task)}")
             else:
                 st.session_state[f"rounds:{task.name}"] = rounds
-    for name, key in (("fit", shared.FIT_KEY), ("large", shared.LARGE_TEXT_KEY)):
+    for name, key in (("fit", sidebar.FIT_KEY), ("large", sidebar.LARGE_TEXT_KEY)):
         if name in query:
             if query[name] in ("1", "0"):
                 st.session_state[key] = query[name] == "1"
@@ -155,8 +155,8 @@ def view_query(**page: Any) -> dict[str, str]:
         if key.startswith("untrained:"):
             query["task"] = st.session_state.get("untrained_task", "copy")
     try:
-        choice = shared.selected()
-        chosen = shared.current_input(choice)
+        choice = choosing.selected()
+        chosen = choosing.current_input(choice)
     except ValueError:
         chosen = None
     if chosen is not None:
@@ -165,7 +165,7 @@ def view_query(**page: Any) -> dict[str, str]:
         if hasattr(choice.task, "with_rounds"):
             query["rounds"] = str(st.session_state.get(f"rounds:{choice.task.name}",
                                                        choice.task.max_rounds))  # fmt: skip
-    screen = shared.display()
+    screen = sidebar.display()
     if screen.fit:
         query["fit"] = "1"
     if screen.large_text:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mann import addressing
-from mann.access.base import require_positive
+from mann.access.base import InterfaceLayout, require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
 # Collier & Beel 2018: a small constant initial memory learns fastest.
@@ -44,6 +44,24 @@ class NTMRecord(NamedTuple):
     shift: torch.Tensor  # s (B,H,S)
     sharpening: torch.Tensor  # γ (B,H)
     key_strength: torch.Tensor  # β (B,H)
+
+
+def ntm_layouts(
+    word_size: int, shift_range: int, read_heads: int, write_heads: int
+) -> tuple[InterfaceLayout, InterfaceLayout, InterfaceLayout]:
+    """The NTM's interface: every head's addressing block (read heads first), then every write
+    head's erase and add vectors. Returns the whole, one head's addressing block (key k,
+    strength β, gate g, shift logits s, sharpening γ) and one write head's block."""
+    head = InterfaceLayout([
+        ("key", word_size), ("key_strength", 1), ("interpolation_gate", 1),
+        ("shift", shift_range), ("sharpening", 1),
+    ])  # fmt: skip
+    writing = InterfaceLayout([("erase", word_size), ("add", word_size)])
+    whole = InterfaceLayout([
+        ("addressing", (read_heads + write_heads) * head.total),
+        ("writing", write_heads * writing.total),
+    ])  # fmt: skip
+    return whole, head, writing
 
 
 class NTMAccess(nn.Module):
@@ -78,16 +96,14 @@ class NTMAccess(nn.Module):
         self.read_heads = read_heads
         self.write_heads = write_heads
         self.shift_range = shift_range
-        heads = read_heads + write_heads
-        # Named sizes of each head's addressing block: k, β, g, s, γ.
-        self.address_sizes = (word_size, 1, 1, shift_range, 1)
-        self.address_size = sum(self.address_sizes)
-        # Then each write head's erase e and add a.
-        self.interface_size = heads * self.address_size + write_heads * 2 * word_size
+        self.layout, self.head_layout, self.write_layout = ntm_layouts(
+            word_size, shift_range, read_heads, write_heads
+        )
+        self.interface_size = self.layout.total
 
         # Learned initial weightings (as logits, so they stay normalised), focused on slot 0
         # so location-based iteration has a definite start.
-        initial_logits = torch.zeros(heads, memory_size)
+        initial_logits = torch.zeros(read_heads + write_heads, memory_size)
         initial_logits[:, 0] = 5.0
         self.initial_weight_logits = nn.Parameter(initial_logits)
         self.initial_read = nn.Parameter(torch.randn(read_heads, word_size) * 0.01)
@@ -128,19 +144,17 @@ class NTMAccess(nn.Module):
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
         batch = interface.shape[0]
         heads = self.read_heads + self.write_heads
-        address, write = interface.split(
-            [heads * self.address_size, self.write_heads * 2 * self.word_size], dim=-1
-        )
-        key, strength, gate, shift, gamma = address.view(batch, heads, -1).split(
-            self.address_sizes, dim=-1
-        )
+        blocks = self.layout.split(interface)
+        head = self.head_layout.split(blocks["addressing"].view(batch, heads, -1))
+        key, strength, gate = head["key"], head["key_strength"], head["interpolation_gate"]
+        shift, gamma = head["shift"], head["sharpening"]
+        writes = self.write_layout.split(blocks["writing"].view(batch, self.write_heads, -1))
         edit = edit or NO_EDITS
         key_strength = edit("key_strength", nn.functional.softplus(strength.squeeze(-1)))  # β
         interpolation_gate = edit("interpolation_gate", torch.sigmoid(gate.squeeze(-1)))  # g
         shift = edit("shift", torch.softmax(shift, dim=-1))  # s over offsets -S//2..S//2
         sharpening = edit("sharpening", addressing.oneplus(gamma.squeeze(-1)))  # γ >= 1
-        erase, add = write.view(batch, self.write_heads, 2 * self.word_size).chunk(2, dim=-1)
-        erase = torch.sigmoid(erase)
+        erase, add = torch.sigmoid(writes["erase"]), writes["add"]
 
         content = addressing.content_weights(state.memory, key, key_strength)
         gated = addressing.interpolate(content, previous, interpolation_gate)

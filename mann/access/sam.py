@@ -100,7 +100,7 @@ import torch
 from torch import nn
 
 from mann import addressing
-from mann.access.base import require_positive
+from mann.access.base import InterfaceLayout, require_positive
 from mann.access.index import build_index, resolve_index_kind
 from mann.intervention import NO_EDITS, StepEdits
 
@@ -636,6 +636,15 @@ class SAMRecord(SparseRecord):
 # ---------------------------------------------------------------------------------------
 # The memory
 # ---------------------------------------------------------------------------------------
+def sam_layout(word_size: int, read_heads: int) -> InterfaceLayout:
+    """SAM's interface, in SAMInterface's order (the fused sparse kernels read these offsets,
+    which tests hold them to)."""
+    return InterfaceLayout([
+        ("read_keys", read_heads * word_size), ("read_strengths", read_heads),
+        ("write_vector", word_size), ("write_gate", 1), ("interpolation_gate", 1),
+    ])  # fmt: skip
+
+
 class SAMAccess(nn.Module):
     """Sparse Access Memory: K-sparse reads through a k-NN index, K+1-sparse writes."""
 
@@ -665,22 +674,18 @@ class SAMAccess(nn.Module):
         self.read_heads = read_heads
         self.sparse_reads = sparse_reads
         self.index = index
-        W, R = word_size, read_heads
-        # Sizes in the order of SAMInterface's fields.
-        self.interface_sizes = (R * W, R, W, 1, 1)
-        self.interface_size = sum(self.interface_sizes)
+        self.layout = sam_layout(word_size, read_heads)
+        self.interface_size = self.layout.total
 
     def parse_interface(self, interface: torch.Tensor) -> SAMInterface:
         batch = interface.shape[0]
-        read_keys, read_strengths, write_vector, write_gate, interpolation_gate = interface.split(
-            self.interface_sizes, dim=-1
-        )
+        field = self.layout.split(interface)
         return SAMInterface(
-            read_keys=read_keys.view(batch, self.read_heads, self.word_size),
-            read_strengths=addressing.oneplus(read_strengths),
-            write_vector=write_vector,
-            write_gate=torch.sigmoid(write_gate).squeeze(-1),
-            interpolation_gate=torch.sigmoid(interpolation_gate).squeeze(-1),
+            read_keys=field["read_keys"].view(batch, self.read_heads, self.word_size),
+            read_strengths=addressing.oneplus(field["read_strengths"]),
+            write_vector=field["write_vector"],
+            write_gate=torch.sigmoid(field["write_gate"]).squeeze(-1),
+            interpolation_gate=torch.sigmoid(field["interpolation_gate"]).squeeze(-1),
         )
 
     # ---- state -------------------------------------------------------------------------

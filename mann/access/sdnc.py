@@ -57,7 +57,7 @@ from typing import NamedTuple
 import torch
 
 from mann import addressing
-from mann.access.base import require_positive
+from mann.access.base import InterfaceLayout, require_positive
 from mann.access.sam import (
     SAMAccess,
     SparseRecord,
@@ -66,6 +66,7 @@ from mann.access.sam import (
     memory_gradient_placeholder,
     read_rows,
     rows_at,
+    sam_layout,
 )
 from mann.intervention import NO_EDITS, StepEdits
 
@@ -188,6 +189,13 @@ class SDNCRecord(SparseRecord):
         return self._parts["read_modes"]
 
 
+def sdnc_layout(word_size: int, read_heads: int) -> InterfaceLayout:
+    """SDNC's interface: SAM's, then each read head's three read-mode logits (backward,
+    content, forward)."""
+    sam = sam_layout(word_size, read_heads)
+    return InterfaceLayout([*sam.fields, ("read_modes", 3 * read_heads)])
+
+
 class SDNCAccess(SAMAccess):
     """Sparse DNC: SAM's sparse reads and writes plus K_L-sparse temporal links."""
 
@@ -212,23 +220,20 @@ class SDNCAccess(SAMAccess):
         super().__init__(memory_size, word_size, read_heads, sparse_reads, index)
         require_positive("temporal_reads", temporal_reads)
         self.temporal_reads = temporal_reads
-        W, R = word_size, read_heads
-        # Sizes in the order of SDNCInterface's fields.
-        self.interface_sizes = (R * W, R, W, 1, 1, 3 * R)
-        self.interface_size = sum(self.interface_sizes)
+        self.layout = sdnc_layout(word_size, read_heads)
+        self.interface_size = self.layout.total
 
     def parse_interface(self, interface: torch.Tensor) -> SDNCInterface:
         batch = interface.shape[0]
-        keys, strengths, write_vector, write_gate, interpolation_gate, modes = interface.split(
-            self.interface_sizes, dim=-1
-        )
+        field = self.layout.split(interface)
+        modes = field["read_modes"].view(batch, self.read_heads, 3)
         return SDNCInterface(
-            read_keys=keys.view(batch, self.read_heads, self.word_size),
-            read_strengths=addressing.oneplus(strengths),
-            write_vector=write_vector,
-            write_gate=torch.sigmoid(write_gate).squeeze(-1),
-            interpolation_gate=torch.sigmoid(interpolation_gate).squeeze(-1),
-            read_modes=torch.softmax(modes.view(batch, self.read_heads, 3), dim=-1),
+            read_keys=field["read_keys"].view(batch, self.read_heads, self.word_size),
+            read_strengths=addressing.oneplus(field["read_strengths"]),
+            write_vector=field["write_vector"],
+            write_gate=torch.sigmoid(field["write_gate"]).squeeze(-1),
+            interpolation_gate=torch.sigmoid(field["interpolation_gate"]).squeeze(-1),
+            read_modes=torch.softmax(modes, dim=-1),
         )
 
     # ---- state -------------------------------------------------------------------------
