@@ -1,7 +1,8 @@
 """Streamlit entry point: ``streamlit run app.py``.
 
 Navigation over the pages in pages/, and the sidebar they share (model and input). Each page
-composes: it picks through ui.choosing and ui.results, calls mann, and hands the Trace to mann.figures.
+composes: it picks through ui.choosing and ui.results, calls mann, and hands the Trace to
+mann.figures.
 """
 
 import streamlit as st

@@ -4,7 +4,8 @@ For each length L, ``generalisation`` draws ``sequences`` problems of exactly th
 (``task.with_lengths(L, L)``) from a generator seeded with ``seed`` (afresh for every length,
 so a length's numbers do not depend on which other lengths are asked for), runs the model on
 them in batches without gradients, and scores the masked steps: bit errors per sequence
-(outputs thresholded at probability 0.5) and the cost in bits per sequence.
+(outputs thresholded at probability 0.5) and the cost in bits per sequence, beside the
+Bayes-optimal predictor's cost on the same sequences for a task that has one (``ngrams``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from mann.tasks.base import Task
 
 COLUMNS = (
     "length", "sequences", "mean_bit_errors", "max_bit_errors", "perfect_fraction", "cost_bits",
-)
+    "optimal_cost_bits",
+)  # fmt: skip
 
 
 def generalisation(
@@ -47,7 +49,9 @@ def generalisation(
     Returns:
         One row per length, in the order given, with columns ``length``, ``sequences``,
         ``mean_bit_errors``, ``max_bit_errors``, ``perfect_fraction`` (share of sequences with
-        no wrong bit) and ``cost_bits`` (mean BCE per sequence, in bits).
+        no wrong bit), ``cost_bits`` (mean BCE per sequence, in bits) and
+        ``optimal_cost_bits`` (the task's ``optimal_cost_bits(batch)`` on the same sequences,
+        NaN for a task without an optimal predictor).
 
     Raises:
         ValueError: naming the bad argument (sizes that do not match, an empty or bad list of
@@ -86,7 +90,8 @@ def _score_length(
 ) -> dict:
     fixed = task.with_lengths(length, length)
     generator = torch.Generator().manual_seed(seed)
-    errors, cost_nats = [], 0.0
+    optimal = getattr(fixed, "optimal_cost_bits", None)
+    errors, cost_nats, optimal_bits = [], 0.0, 0.0
     remaining = sequences
     while remaining:
         count = min(batch_size, remaining)
@@ -94,6 +99,8 @@ def _score_length(
         logits, _ = model(batch.inputs)
         errors.append(bit_errors(logits, batch.targets, batch.mask))
         cost_nats += float(masked_bce(logits, batch.targets, batch.mask)) * count
+        if optimal is not None:
+            optimal_bits += float(optimal(batch).sum())
         remaining -= count
     errors = torch.cat(errors)
     return {
@@ -103,19 +110,28 @@ def _score_length(
         "max_bit_errors": float(errors.max()),
         "perfect_fraction": float((errors == 0).float().mean()),
         "cost_bits": cost_nats / sequences / math.log(2.0),
+        "optimal_cost_bits": optimal_bits / sequences if optimal is not None else math.nan,
     }
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A generalisation table as GitHub markdown, for the terminal and the README."""
+    with_optimal = "optimal_cost_bits" in frame and frame["optimal_cost_bits"].notna().any()
     header = "| length | sequences | bit errors / sequence | max | perfect | cost (bits) |"
     rule = "|---:|---:|---:|---:|---:|---:|"
+    if with_optimal:
+        header += " optimal cost (bits) | above optimal |"
+        rule += "---:|---:|"
     lines = [header, rule]
     for row in frame.itertuples(index=False):
-        lines.append(
+        line = (
             f"| {row.length} | {row.sequences} | {row.mean_bit_errors:.3f} | "
             f"{row.max_bit_errors:.0f} | {100 * row.perfect_fraction:.1f}% | {row.cost_bits:.3f} |"
         )
+        if with_optimal:
+            above = row.cost_bits / row.optimal_cost_bits - 1.0
+            line += f" {row.optimal_cost_bits:.3f} | {100 * above:.1f}% |"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -178,3 +178,19 @@ def test_generalisation_frame_stacks_models():
     assert (frame["mean_bit_errors"] >= 0).all()
     with pytest.raises(ValueError, match="does not fit task"):
         generalisation_frame(models, make_task("associative_recall"), [2])
+
+
+def test_the_optimal_cost_is_the_tasks_predictor_on_the_same_sequences():
+    from mann.tasks.ngrams import optimal_cost_bits
+
+    ngrams = make_task("ngrams", min_length=30, max_length=30)
+    model = tiny_model("lstm", task=ngrams)
+    frame = generalisation(model, ngrams, [30], sequences=7, seed=4, batch_size=3)
+    generator = torch.Generator().manual_seed(4)
+    fixed = ngrams.with_lengths(30, 30)
+    expected = torch.cat([optimal_cost_bits(fixed.sample(count, generator)) for count in (3, 3, 1)])
+    assert frame["optimal_cost_bits"].iloc[0] == pytest.approx(float(expected.mean()))
+    assert "optimal cost (bits)" in markdown_table(frame)
+    copy = generalisation(tiny_model(), make_task("copy", bits=4), [2], sequences=3)
+    assert math.isnan(copy["optimal_cost_bits"].iloc[0])
+    assert "optimal" not in markdown_table(copy)

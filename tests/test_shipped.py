@@ -67,3 +67,16 @@ def test_the_ntm_papers_picture_memory_copies_at_four_times_the_training_length(
     assert errors["ntm-copy"][20] <= 0.1 and errors["dnc-copy"][20] <= 0.1
     assert errors["lstm-copy"][80] > 100  # without memory it falls apart past 20
     assert shipped("lstm-copy")[0].config.arch == "lstm"
+
+
+@pytest.mark.slow
+def test_dynamic_ngrams_the_dnc_predicts_near_the_optimum_and_the_lstm_does_not():
+    costs = {}
+    for name in ("dnc-ngrams", "lstm-ngrams"):
+        model, task, _ = shipped(name)
+        assert task.name == "ngrams"
+        frame = generalisation(model, task, [200], sequences=200, seed=5)
+        row = frame.iloc[0]
+        costs[name] = row["cost_bits"] / row["optimal_cost_bits"] - 1.0
+    assert costs["dnc-ngrams"] <= 0.05  # within 5% of the Bayes-optimal predictor
+    assert costs["lstm-ngrams"] > 2 * costs["dnc-ngrams"]

@@ -91,6 +91,10 @@ class NGramsTask(TaskBase):
         keep = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
         return bits * keep, lengths
 
+    def optimal_cost_bits(self, batch: Batch) -> torch.Tensor:
+        """The Bayes-optimal predictor's cost in bits per sequence on ``batch``: (B,)."""
+        return optimal_cost_bits(batch)
+
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Inputs (B,T,1) the bits, targets (B,T,1) the next bits, T = longest length - 1."""
         bits, lengths = self._draw(batch_size, generator)
