@@ -80,3 +80,15 @@ def test_dynamic_ngrams_the_dnc_predicts_near_the_optimum_and_the_lstm_does_not(
         costs[name] = row["cost_bits"] / row["optimal_cost_bits"] - 1.0
     assert costs["dnc-ngrams"] <= 0.05  # within 5% of the Bayes-optimal predictor
     assert costs["lstm-ngrams"] > 2 * costs["dnc-ngrams"]
+
+
+@pytest.mark.slow
+def test_priority_sort_the_dnc_makes_under_a_quarter_of_the_lstms_errors():
+    errors = {}
+    for name in ("dnc-priority-sort", "lstm-priority-sort"):
+        model, task, _ = shipped(name)
+        assert (task.num_inputs, task.num_outputs) == (20, 16)
+        frame = generalisation(model, task, [20], sequences=200, seed=5)
+        errors[name] = float(frame["mean_bit_errors"].iloc[0])
+    assert errors["dnc-priority-sort"] <= errors["lstm-priority-sort"] / 4
+    assert errors["lstm-priority-sort"] > 20  # without memory it does not sort
