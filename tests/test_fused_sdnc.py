@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import mann
-from mann.access import sam as sam_module
+from mann.access import slots as slots_module
 from mann.access.sdnc import SDNCAccess
 from mann.fused import runtime
 from mann.fused import sdnc as fused_sdnc
@@ -93,7 +93,7 @@ def run(access, inputs, fused: bool, monkeypatch):
     reads = torch.stack(reads, 1)
     weights = torch.randn(reads.shape, generator=torch.Generator().manual_seed(5))
     gradients = torch.autograd.grad((reads * weights.to(reads.dtype)).sum(), inputs)
-    journal = sam_module.store_of(state.memory).journal
+    journal = slots_module.store_of(state.memory).journal
     return reads.detach(), state, gradients, journal
 
 

@@ -14,8 +14,9 @@ import torch
 
 from mann import addressing
 from mann.access import index as index_module
-from mann.access import sam as sam_module
-from mann.access.sam import SAMAccess, SlotStore
+from mann.access import slots as slots_module
+from mann.access.sam import SAMAccess
+from mann.access.slots import SlotStore
 from mann.fused import knn as fused_knn
 from mann.fused import runtime
 from mann.fused import slots as fused_slots
@@ -106,7 +107,7 @@ def run(access, steps: int, batch: int, seed: int):
         least_used.append(record.least_used)
     reads = torch.stack(reads, 1)
     gradients = torch.autograd.grad(reads.square().sum(), inputs)
-    journal = sam_module.store_of(state.memory).journal
+    journal = slots_module.store_of(state.memory).journal
     return reads.detach(), torch.stack(least_used), state, gradients, journal
 
 
@@ -147,21 +148,21 @@ def test_sparse_reads_are_the_same_with_the_ranking_kernel(kind, monkeypatch):
     if index_module.faiss is None:
         pytest.skip("faiss-cpu is not installed")
     results = {}
-    build = sam_module.build_index
+    build = slots_module.build_index
     for fused in (True, False):
         kernels = fused_knn if fused else None
 
         def with_kernels(kind, memory, empty=False, kernels=kernels, **_):
             return build(kind, memory, empty, kernels=kernels)
 
-        monkeypatch.setattr(sam_module, "build_index", with_kernels)
+        monkeypatch.setattr(slots_module, "build_index", with_kernels)
         access = SAMAccess(64, 4, 2, 3, index=kind)
         results[fused] = run(access, 40, 3, 2)
     reads, least_used, state, _, _ = results[True]
     assert torch.equal(reads, results[False][0]) and torch.equal(least_used, results[False][1])
     assert torch.equal(state.read_positions, results[False][2].read_positions)
     if kind == "faiss-ivf":  # the index's books: which rows it holds, how many per item
-        index, reference = (sam_module.store_of(r[2].memory).index for r in results.values())
+        index, reference = (slots_module.store_of(r[2].memory).index for r in results.values())
         np.testing.assert_array_equal(index.present, reference.present)
         np.testing.assert_array_equal(index.rows, reference.rows)
         assert index.index.ntotal == reference.index.ntotal == index.rows.sum() > 0

@@ -14,8 +14,10 @@ import torch
 from mann import addressing
 from mann.access import sam as sam_module
 from mann.access import sdnc as sdnc_module
-from mann.access.sam import SAMAccess, memory_gradient_placeholder
+from mann.access import sparse_autograd
+from mann.access.sam import SAMAccess
 from mann.access.sdnc import SDNCAccess
+from mann.access.slots import memory_gradient_placeholder
 from mann.fused import runtime
 from mann.fused import sparse as fused_sparse
 
@@ -44,7 +46,7 @@ def read_and_gradients(fused: bool, memory, positions, keys, strengths, monkeypa
     (keys, strengths, weights, memory) of a random function of them."""
     content_read, read_rows = (
         (fused_sparse.content_read, fused_sparse.read_rows) if fused
-        else (sam_module.content_read, sam_module.read_rows)
+        else (sparse_autograd.content_read, sparse_autograd.read_rows)
     )  # fmt: skip
     keys, strengths = keys.clone().requires_grad_(), strengths.clone().requires_grad_()
     tables = {"memory": memory.clone()}
@@ -93,7 +95,6 @@ def test_the_kernel_read_is_the_dense_content_read_over_every_slot():
 def use_kernels(monkeypatch) -> None:
     """The reference step with its reads (and SDNC's read weighting) by the kernels."""
     monkeypatch.setattr(sam_module, "content_read", fused_sparse.content_read)
-    monkeypatch.setattr(sam_module, "read_rows", fused_sparse.read_rows)
     monkeypatch.setattr(sdnc_module, "read_rows", fused_sparse.read_rows)
 
     def read_weighting(self, tables, state, io, content_positions, content_weights):

@@ -19,9 +19,10 @@ import torch
 import mann
 from mann import addressing
 from mann.access import index as knn
-from mann.access import sam as sam_module
-from mann.access.sam import SAMAccess, SlotStore
+from mann.access import slots as slots_module
+from mann.access.sam import SAMAccess
 from mann.access.sdnc import SDNCAccess
+from mann.access.slots import SlotStore
 from mann.metrics import masked_bce
 from mann.tasks import make_task
 
@@ -640,7 +641,7 @@ def test_a_state_whose_cache_is_gone_steps_the_same():
     inputs = interfaces(access, 5, 2, seed=9)
     reads, state, _ = run(access, inputs[:3])
     copied = type(state)(*[value.clone() for value in state])  # no journal, no index
-    assert sam_module.store_of(copied.memory) is None
+    assert slots_module.store_of(copied.memory) is None
     a, _, _ = run(access, inputs[3:], state)
     b, _, _ = run(access, inputs[3:], copied)
     torch.testing.assert_close(a, b)
@@ -668,13 +669,13 @@ def test_a_failed_step_leaves_the_state_as_it_was(monkeypatch):
 
 def test_the_index_is_built_once_and_then_updated_with_the_written_rows(monkeypatch):
     built = []
-    original = sam_module.build_index
+    original = slots_module.build_index
 
     def counting(*args, **kwargs):
         built.append(args[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sam_module, "build_index", counting)
+    monkeypatch.setattr(slots_module, "build_index", counting)
     for slots in (64, 5000):  # exact, then approximate
         access = SAMAccess(slots, 8, 2, 4)
         built.clear()

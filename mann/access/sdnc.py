@@ -33,7 +33,7 @@ through the successor table), and the mirrors of written rows' entries in other 
 Those rows are gathered, decayed, and written back, so a step costs O((K R + K_L) K_L²)
 whatever N. An empty entry has weight 0 (its slot is then read as N, one past the last);
 row N of each table is an always-empty sink, so empty entries can be followed without a
-branch. The tables start as lazily mapped zeros (``sam.lazy_zeros``). No gradient passes
+branch. The tables start as lazily mapped zeros (``slots.lazy_zeros``). No gradient passes
 through the links or the precedence (as in the paper); gradients reach w^r_{t-1} through f
 and b, and memory rows through the reads as in SAM.
 
@@ -58,16 +58,10 @@ import torch
 
 from mann import addressing
 from mann.access.base import InterfaceLayout, require_positive
-from mann.access.sam import (
-    SAMAccess,
-    SparseRecord,
-    TablesAt,
-    lazy_zeros,
-    memory_gradient_placeholder,
-    read_rows,
-    rows_at,
-    sam_layout,
-)
+from mann.access.sam import SAMAccess, sam_layout
+from mann.access.slots import lazy_zeros, memory_gradient_placeholder, rows_at
+from mann.access.sparse_autograd import read_rows
+from mann.access.sparse_record import SparseRecord, TablesAt
 from mann.intervention import NO_EDITS, StepEdits
 
 # Up to this many slots the Trace records the dense link matrix (T,N,N).

@@ -328,7 +328,7 @@ class _SparseSteps:
         if grad_read_weights is None:
             grad_read_weights = torch.zeros(weights_shape, dtype=dtype)
         if grad_path is None:  # no later read: start the buffer (lazily mapped zeros)
-            from mann.access.sam import lazy_zeros
+            from mann.access.slots import lazy_zeros
 
             grad_path = lazy_zeros(self.path_shape, dtype)
         self.grad_memory = grad_path.numpy()

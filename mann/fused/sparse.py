@@ -18,10 +18,7 @@ import numpy as np
 import torch
 
 from mann import addressing
-from mann.access.sam import (
-    lazy_zeros,
-    memory_gradient_placeholder,
-)
+from mann.access.slots import lazy_zeros, memory_gradient_placeholder
 from mann.fused.runtime import HAVE_NUMBA, njit, usable
 
 if HAVE_NUMBA:
@@ -242,7 +239,7 @@ class _ReadRows(torch.autograd.Function):
 
 
 def content_read(path, tables, positions, keys, strengths, read: bool = True):
-    """``mann.access.sam.content_read`` by the kernels (CPU float tensors, numba)."""
+    """``mann.access.sparse_autograd.content_read`` by the kernels (CPU float tensors, numba)."""
     if not usable(tables["memory"], keys, strengths):
         raise ValueError("the sparse read kernels take CPU float32 or float64 tensors")
     weights, reads, path = _ContentRead.apply(path, keys, strengths, tables, positions)
@@ -250,7 +247,7 @@ def content_read(path, tables, positions, keys, strengths, read: bool = True):
 
 
 def read_rows(path, tables, positions, weights):
-    """``mann.access.sam.read_rows`` by the kernels (CPU float tensors, numba)."""
+    """``mann.access.sparse_autograd.read_rows`` by the kernels (CPU float tensors, numba)."""
     if not usable(tables["memory"], weights):
         raise ValueError("the sparse read kernels take CPU float32 or float64 tensors")
     return _ReadRows.apply(path, weights, tables, positions)

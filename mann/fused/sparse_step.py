@@ -537,7 +537,7 @@ if HAVE_NUMBA:
                 grad_interface[b, heads * width + h] = (
                     grad_strengths[b, h] if x > 20.0 else grad_strengths[b, h] * _sigmoid(x)
                 )
-            # The write M_t = (1 - 1_U 1ᵀ) M_{t-1} + w aᵀ (mann.access.sam._Write).
+            # The write M_t = (1 - 1_U 1ᵀ) M_{t-1} + w aᵀ (mann.access.sparse_autograd._Write).
             grad_write = np.empty(writes, dtype=grad_reads.dtype)
             for p in range(writes):
                 slot = write_positions[b, p]

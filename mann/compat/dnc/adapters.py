@@ -28,15 +28,9 @@ from torch import nn
 
 from mann import backends
 from mann.access.dnc import DNCAccess, DNCState
-from mann.access.sam import (
-    SAMAccess,
-    SAMInterface,
-    SAMState,
-    memory_gradient_placeholder,
-    rows_at,
-    store_of,
-)
+from mann.access.sam import SAMAccess, SAMInterface, SAMState
 from mann.access.sdnc import SDNCAccess, SDNCInterface, SDNCState
+from mann.access.slots import memory_gradient_placeholder, rows_at, store_of
 from mann.addressing import to_dense
 
 # The entry of a sparse memory's dict that carries the exact state (``CarriedState``).
