@@ -20,7 +20,7 @@ then types their own seed and moves the figure's slider. Prints, per phase:
 
 With --training the teacher first starts a training run on the Train page (it keeps running,
 queued as a visitor's would be), so the phases measure a class served beside training; the
-training thread's own CPU is left out of the server's.
+run trains in a process of its own, whose CPU is not the server's.
 
 Target (issue 21): every student served without error; server CPU per new visitor at most
 0.25 s once warm. The students' browsers and the server share this machine's cores, so times
@@ -30,7 +30,6 @@ to first figure grow with the class; the server's CPU does not.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import statistics
 import sys
@@ -60,36 +59,22 @@ new MutationObserver((_, observer) => {
 TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
 
 
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU time of process `pid` (all its threads, finished ones too), or of
-    its one thread `thread`, in seconds."""
-    path = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads, finished ones too), in s."""
+    path = Path(f"/proc/{pid}/stat")
     fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def busiest_thread(pid: int, seconds: float) -> int:
-    """The thread of `pid` that used the most CPU over the next `seconds` (the trainer)."""
-    threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
-    before = {thread: cpu_seconds(pid, thread) for thread in threads}
-    time.sleep(seconds)
-    used = {}
-    for thread in threads:
-        with contextlib.suppress(FileNotFoundError):
-            used[thread] = cpu_seconds(pid, thread) - before[thread]
-    return max(used, key=used.get)
-
-
 class ServerCPU:
-    """The server's CPU time, less its training thread's when one runs (that is the run's,
-    not the visitors')."""
+    """The server process's CPU time (a training run started from the Train page runs in a
+    child process of its own, whose CPU is not counted here)."""
 
-    def __init__(self, pid: int, trainer: int | None = None):
-        self.pid, self.trainer = pid, trainer
+    def __init__(self, pid: int):
+        self.pid = pid
 
     def __call__(self) -> float:
-        total = cpu_seconds(self.pid)
-        return total - cpu_seconds(self.pid, self.trainer) if self.trainer else total
+        return cpu_seconds(self.pid)
 
 
 def static_files_cpu(cpu: ServerCPU, urls: list[str], repeats: int = 3) -> tuple[float, int]:
@@ -154,9 +139,15 @@ def main() -> None:
         wait_for_figure(teacher)
         settle(teacher)
         rows.append(("teacher's first visit (server CPU, s)", f"{cpu() - before:.2f}"))
+        # What the server spends with nobody new arriving (the teacher's Train page following
+        # its run), so that a student's own cost can be told from it.
         if arguments.training:
             start_training(browser, url)
-            cpu = ServerCPU(server.pid, trainer=busiest_thread(server.pid, 5.0))
+            time.sleep(5)
+        idle_before, idle_start = cpu(), time.monotonic()
+        time.sleep(10)
+        idle_rate = (cpu() - idle_before) / (time.monotonic() - idle_start)
+        rows.append(("server CPU with no new visitor (s per s)", f"{idle_rate:.4f}"))
 
         contexts = [browser.new_context(viewport={"width": 1280, "height": 720})
                     for _ in range(arguments.students)]
@@ -173,12 +164,14 @@ def main() -> None:
         first = [wait_for_figure(page) for page in pages]
         for page in pages:
             settle(page, timeout=180_000)
-        load_cpu = cpu() - before
+        load_cpu, load_seconds = cpu() - before, time.monotonic() - start
         rows.append((f"{arguments.students} students open the link: all served",
-                     f"{len(first)} of {arguments.students} in {time.monotonic() - start:.1f} s"))
+                     f"{len(first)} of {arguments.students} in {load_seconds:.1f} s"))
         rows.append(("  time to first figure, median (max) (s)",
                      f"{statistics.median(first):.2f} ({max(first):.2f})"))
         rows.append(("  server CPU per student (s)", f"{load_cpu / arguments.students:.3f}"))
+        own = (load_cpu - idle_rate * load_seconds) / arguments.students
+        rows.append(("  of it, the student's own (less the no-visitor rate) (s)", f"{own:.3f}"))
 
         before, start = cpu(), time.monotonic()
         for index, page in enumerate(pages):

@@ -1,18 +1,27 @@
-"""Training in the background, taking turns: ``mann.train.train`` in a thread with progress,
-stop and save, queued so that a shared server trains one model at a time. Plain Python, no
-Streamlit.
+"""Training in the background, taking turns: ``mann.train.train`` in a child process, watched
+by a thread, with progress, stop and save, queued so that a shared server trains one model at a
+time. Plain Python, no Streamlit.
+
+A process, not a thread: training in the server's own process held its GIL and slowed every
+page it served (``bench/classroom.py``: serving a new visitor's files took 0.28 s of CPU
+instead of 0.16 s while a run trained beside them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue as queue_module
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mann.catalog import check_fits_config
 from mann.checkpoint import save
@@ -70,15 +79,54 @@ class TrainingQueue:
 TRAINING_QUEUE = TrainingQueue()
 
 
+# How often the watching thread passes a stop on and looks for reports (seconds).
+_WATCH_INTERVAL = 0.2
+
+
+def _child_main(directory: str) -> None:
+    """The child process: train from the parent's initial weights and settings in
+    ``directory``, report each ``Progress`` as a JSON line on stdout, stop when the file
+    ``stop`` appears, and leave the trained weights (safetensors, never a pickle) in
+    ``directory``; the last line is the summary, or the error."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed goes to stderr, not into the reports
+
+    def send(kind: str, value) -> None:
+        protocol.write(json.dumps({"kind": kind, "value": value}) + "\n")
+
+    torch.set_num_threads(1)  # one core per training slot (TrainingQueue)
+    try:
+        from mann.train import TrainConfig, train
+
+        folder = Path(directory)
+        settings = json.loads((folder / "settings.json").read_text())
+        config = ModelConfig.from_dict(settings["model_config"])
+        model = build_model(config)
+        model.load_state_dict(load_file(folder / "initial.safetensors"))
+        stop_file = folder / "stop"
+        result = train(config, TrainConfig.from_dict(settings["train_config"]),
+                       on_progress=lambda report: send("progress", dataclasses.asdict(report)),
+                       should_stop=stop_file.exists, model=model)  # fmt: skip
+        weights = {name: value.contiguous() for name, value in model.state_dict().items()}
+        save_file(weights, folder / "trained.safetensors")
+        send("done", {name: getattr(result, name) for name in (
+            "step", "sequences", "seconds", "skipped_steps", "stopped", "metrics", "losses",
+            "command")})  # fmt: skip
+    except BaseException as error:  # the parent reports it; nothing is lost in the child
+        send("error", f"{type(error).__name__}: {error}")
+
+
 class BackgroundTraining:
-    """``mann.train.train`` in a daemon thread, so a page stays usable while it runs.
+    """``mann.train.train`` in a child process, so a page (and every other visitor's) stays
+    usable while it runs.
 
     ``poll()`` returns every progress report so far; ``stop()`` asks the loop to end after the
     current step; ``save(path)`` writes the trained model as a checkpoint (once it has ended).
-    The model is trained in place and is ``self.model`` throughout. Runs take turns through
-    ``queue`` (``TRAINING_QUEUE`` by default); ``queue_position`` says where one waits. With
-    ``abandon_after`` seconds, a run stops (or leaves the queue) once no ``heartbeat()`` came
-    for that long: the visitor who started it has gone.
+    ``self.model`` holds the initial weights while the run goes and the trained ones once it
+    has ended. Runs take turns through ``queue`` (``TRAINING_QUEUE`` by default);
+    ``queue_position`` says where one waits. With ``abandon_after`` seconds, a run stops (or
+    leaves the queue) once no ``heartbeat()`` came for that long: the visitor who started it
+    has gone.
     """
 
     def __init__(
@@ -101,6 +149,7 @@ class BackgroundTraining:
         self.train_config = dataclasses.replace(train_config, out=None)
         self.model = build_model(model_config)
         self.history: list = []
+        self.process_id: int | None = None  # the training process's, once it has started
         self.result = None
         self.error: BaseException | None = None
         self.queue = TRAINING_QUEUE if queue is None else queue
@@ -116,19 +165,59 @@ class BackgroundTraining:
         return self
 
     def _run(self) -> None:
-        from mann.train import train
-
         if not self.queue.enter(self):
             return  # stopped or abandoned before its turn: nothing ran
         try:
-            self.result = train(
-                self.model_config, self.train_config, on_progress=self._reports.put,
-                should_stop=self.should_stop, model=self.model,
-            )
+            with tempfile.TemporaryDirectory(prefix="mann-training-") as directory:
+                self._train_in_process(directory)
         except BaseException as error:  # reported to the page, never lost in the thread
             self.error = error
         finally:
             self.queue.leave(self)
+
+    def _train_in_process(self, directory: str) -> None:
+        from mann.train import Progress, TrainResult
+
+        folder = Path(directory)
+        weights = {name: value.contiguous() for name, value in self.model.state_dict().items()}
+        save_file(weights, folder / "initial.safetensors")
+        (folder / "settings.json").write_text(json.dumps({
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+        }))  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"from mann.background import _child_main; "
+             f"_child_main({str(folder)!r})"],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        self.process_id = child.pid
+        lines: queue_module.Queue = queue_module.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in child.stdout],
+                                  daemon=True)  # fmt: skip
+        reader.start()
+        summary, failure = None, None
+        while summary is None and failure is None:
+            if self.should_stop() and not (folder / "stop").exists():
+                (folder / "stop").touch()
+            try:
+                message = json.loads(lines.get(timeout=_WATCH_INTERVAL))
+            except queue_module.Empty:
+                if child.poll() is None or reader.is_alive():
+                    continue
+                failure = f"the training process ended unexpectedly (exit code {child.poll()})"
+                break
+            if message["kind"] == "progress":
+                self._reports.put(Progress(**message["value"]))
+            elif message["kind"] == "done":
+                summary = message["value"]
+            else:
+                failure = message["value"]
+        child.wait(timeout=30)
+        if failure is not None:
+            raise RuntimeError(failure)
+        self.model.load_state_dict(load_file(folder / "trained.safetensors"))
+        self.result = TrainResult(model=self.model, history=list(self.poll()), checkpoint=None,
+                                  **summary)  # fmt: skip
 
     def heartbeat(self) -> None:
         """The visitor is still here (the page calls this while it shows the run)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -84,6 +86,28 @@ def test_trainings_take_turns_and_a_stopped_or_abandoned_one_leaves_the_queue():
     first.stop()
     assert first.wait(timeout=60) and first.result.stopped
     assert third.wait(timeout=60) and third.state == "finished" and third.result.step == 5
+
+
+def test_training_runs_in_its_own_process_and_the_server_keeps_none_of_its_work():
+    run = tiny_run(TrainingQueue(slots=1), 100_000).start()
+    wait_until(lambda: run.poll())
+    assert run.process_id is not None and run.process_id != os.getpid()
+    os.kill(run.process_id, 0)  # alive while it trains
+    initial = {name: value.clone() for name, value in run.model.state_dict().items()}
+    run.stop()
+    assert run.wait(timeout=60) and run.state == "stopped"
+    with pytest.raises(ProcessLookupError):
+        os.kill(run.process_id, 0)  # ended with the run
+    trained = run.model.state_dict()
+    assert any(not torch.equal(initial[name], trained[name]) for name in initial)
+
+
+def test_a_training_process_that_dies_is_reported():
+    run = tiny_run(TrainingQueue(slots=1), 100_000).start()
+    wait_until(lambda: run.poll())
+    os.kill(run.process_id, signal.SIGKILL)
+    assert run.wait(timeout=60)
+    assert run.state == "failed" and "ended unexpectedly" in str(run.error)
 
 
 def test_a_running_training_whose_visitor_left_stops():
