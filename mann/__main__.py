@@ -11,6 +11,11 @@ Train a model (every option has a default except --arch and --out; see --help):
 With --resume, options not given on the command line are taken from the saved run. Ctrl-C
 stops at the end of the current step, saves, prints how to resume, and exits with status 130.
 
+Several processes, on one machine or several, by torchrun (docs/distributed.md); --batch-size
+is per process, and --device auto takes a GPU where there is one:
+
+    torchrun --nproc-per-node 2 -m mann --threads 1 train --arch dnc --out runs/dnc-ddp
+
 Evaluate a checkpoint on the task stored in it, at lengths beyond its training range:
 
     python -m mann evaluate checkpoints/ntm-copy --lengths 10,20,40,80 --sequences 1000
@@ -22,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import signal
 import sys
 import time
 from typing import Any
@@ -30,6 +36,8 @@ import torch
 
 from mann import checkpoint
 from mann.controller import CONTROLLERS
+from mann.devices import DEVICES, resolve_device
+from mann.distributed import World, distributed_training, launcher
 from mann.model import ARCHITECTURES, ModelConfig
 from mann.tasks import TASKS, make_task
 from mann.train import (
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults, and --memory-size may change for DNC, SAM and SDNC",
     )
     trainer.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_option(trainer, "train (under torchrun each process takes GPU LOCAL_RANK)")
     trainer.set_defaults(run=run_train)
 
     evaluator = commands.add_parser(
@@ -177,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a stored task option; repeatable",
     )
+    _add_device_option(evaluator, "run the model")
     evaluator.set_defaults(run=run_evaluate)
 
     patterns = commands.add_parser(
@@ -230,14 +240,82 @@ def run_resize(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train as the arguments say; under torchrun, as one of its processes (rank 0 alone
+    prints and shows the progress bar)."""
+    device = _device_from_option(args.device)
+    with distributed_training(device) as device:
+        if World.current().size == 1:
+            return _train_here(args, device)
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        # record: a rank's exception reaches torchrun's summary of the failure.
+        return record(_train_as_rank)(args, device)
+
+
+class RunEnded(BaseException):
+    """torchrun ended this process (SIGTERM): another process of the run failed or was
+    stopped. A BaseException, like KeyboardInterrupt, so that nothing on the way catches it."""
+
+
+def _train_as_rank(args: argparse.Namespace, device: torch.device) -> int:
+    """``_train_here`` as one of several processes. When the run fails, every process that is
+    left says so in one line that names the last checkpoint (whole: ``mann.train`` finishes a
+    save before it lets SIGTERM act) and the command that resumes it."""
+    world = World.current()
+
+    def end_run(signum, frame):
+        raise RunEnded
+
+    previous = signal.signal(signal.SIGTERM, end_run)
+    try:
+        return _train_here(args, device)
+    except ValueError as error:  # a config the same on every rank, or this rank's own
+        if world.rank == 0:
+            raise
+        print(f"error (rank {world.rank}): {error}", file=sys.stderr)
+        return 2
+    except (Exception, RunEnded) as error:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's next SIGTERM: say it first
+        if isinstance(error, RunEnded):
+            reason = ("torchrun ended it, as another process of the run failed or was stopped "
+                      "(torchrun's summary names it)")  # fmt: skip
+        else:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            reason = f"{type(error).__name__}: {first_line[:300]}"
+        print(f"error (rank {world.rank} of {world.size}): the run ended: {reason}. "
+              f"{_last_checkpoint(args.out, world)}", file=sys.stderr)  # fmt: skip
+        if isinstance(error, RunEnded):
+            return 128 + signal.SIGTERM  # the shell's status for a process ended by SIGTERM
+        raise  # torchrun's record keeps the traceback
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _last_checkpoint(out: str, world: World) -> str:
+    """What a failed run leaves at ``out``, and how to go on. Rank 0 writes the checkpoints,
+    so only it knows that no save of its is under way: the others name no step."""
+    resume = _resume_command(out, world.size)
+    if world.rank != 0:
+        return f"Rank 0's checkpoints at {out} are whole; continue with: {resume}"
+    try:
+        step = checkpoint.read_training_metadata(out)["training"]["step"]
+    except checkpoint.CheckpointError:
+        return f"No checkpoint had been written to {out}."
+    return f"The last checkpoint, {out} at step {step}, is whole; continue with: {resume}"
+
+
+def _train_here(args: argparse.Namespace, device: torch.device) -> int:
+    world = World.current()
+    speaks = world.rank == 0  # under torchrun, rank 0 alone prints
     model_config, train_config = configs_from_args(args)
     start = 0
     if args.resume:
         start = checkpoint.read_training_metadata(args.out)["training"]["step"]
-    # Training scores batches without gradients too (curriculum, --keep-best).
-    prepare_kernels(model_config, ("evaluate", "train"), announce=not args.quiet)
+    if device.type == "cpu":
+        # Training scores batches without gradients too (curriculum, --keep-best).
+        prepare_kernels(model_config, ("evaluate", "train"), announce=speaks and not args.quiet)
     progress_bar = None
-    if not args.quiet:
+    if speaks and not args.quiet:
         from tqdm import tqdm
 
         progress_bar = tqdm(
@@ -261,10 +339,15 @@ def run_train(args: argparse.Namespace) -> int:
         )
 
     try:
-        result = train(model_config, train_config, on_progress=on_progress, resume=args.resume)
+        result = train(
+            model_config, train_config, on_progress=on_progress, resume=args.resume,
+            device=device,
+        )  # fmt: skip
     finally:
         if progress_bar is not None:
             progress_bar.close()
+    if not speaks:
+        return INTERRUPTED if result.stopped else 0
     metrics = result.metrics
     summary = (
         f"step {result.step}, {result.sequences} sequences, {result.seconds:.1f} s; "
@@ -280,10 +363,14 @@ def run_train(args: argparse.Namespace) -> int:
             f"{best['bit_errors']:.3f} bit errors/sequence)"
         )
     if result.stopped:
-        resume = shlex.join(["python", "-m", "mann", "train", "--out", args.out, "--resume"])
+        resume = _resume_command(args.out, world.size)
         print(f"stopped before step {train_config.steps}; continue with: {resume}")
         return INTERRUPTED
     return 0
+
+
+def _resume_command(out: str, world_size: int) -> str:
+    return shlex.join([*launcher(world_size), "train", "--out", out, "--resume"])
 
 
 def prepare_kernels(config: ModelConfig, modes: tuple[str, ...], announce: bool) -> None:
@@ -389,9 +476,11 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 def run_evaluate(args: argparse.Namespace) -> int:
     from mann.evaluate import generalisation, markdown_table
 
-    model = checkpoint.load(args.checkpoint)
+    device = _device_from_option(args.device)
+    model = checkpoint.load(args.checkpoint, device=device)
     metadata = checkpoint.read_metadata(args.checkpoint)
-    prepare_kernels(model.config, ("evaluate",), announce=True)
+    if device.type == "cpu":
+        prepare_kernels(model.config, ("evaluate",), announce=True)
     task = task_for_checkpoint(args.checkpoint, metadata, args.task, args.task_option)
     task_name = task.name
     frame = generalisation(
@@ -470,6 +559,23 @@ def _trained_range(task_name: str, options: dict) -> str:
 
 
 # --------------------------------------------------------------------------- parsing
+
+
+def _add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="{" + ",".join(DEVICES) + "}",
+        help=f"where to {what}: cpu (the default; the fused kernels), cuda or cuda:N (the "
+        "torch reference), or auto (a GPU where torch sees one, else the CPU)",
+    )
+
+
+def _device_from_option(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ValueError as error:
+        raise ValueError(f"--device {name}: {error}") from None
 
 
 def _flag(name: str) -> str:

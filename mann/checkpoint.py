@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialise_tensors
 
+from mann.devices import resolve_device
 from mann.model import ARCHITECTURES, MemoryAugmentedNetwork, ModelConfig, build_model
 
 FORMAT_VERSION = 1
@@ -166,19 +167,26 @@ def read_training_metadata(path: str | os.PathLike) -> dict:
     return metadata
 
 
-def load(path: str | os.PathLike) -> MemoryAugmentedNetwork:
-    """The model saved as checkpoint ``path`` (with or without suffix), in eval mode.
+def load(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> MemoryAugmentedNetwork:
+    """The model saved as checkpoint ``path`` (with or without suffix), in eval mode, on
+    ``device`` ("cpu", "cuda", "cuda:N", or "auto": a GPU where torch sees one; default the
+    CPU; ``mann.devices``). On a GPU it runs the pure-torch reference (the fused kernels take
+    CPU tensors only).
 
     Raises:
         CheckpointError: naming the file and what is wrong: missing, truncated, corrupted,
             a newer format version, a bad or unknown config, or tensors that do not fit it.
+        ValueError: ``device`` is unknown or not available here.
     """
+    target = resolve_device(device)
     file = weights_path(path)
     metadata, tensors = _parse(file, _read_file(file), verify=True)
     model = _build(file, metadata.get("config"))
     _load_state(file, model, tensors, prefix="")
     model.eval()
-    return model
+    return model.to(target)
 
 
 # Architectures with no parameter sized by the number of slots: one trained with N slots runs

@@ -6,6 +6,8 @@ so a length's numbers do not depend on which other lengths are asked for), runs 
 them in batches without gradients, and scores the masked steps: bit errors per sequence
 (outputs thresholded at probability 0.5) and the cost in bits per sequence, beside the
 Bayes-optimal predictor's cost on the same sequences for a task that has one (``ngrams``).
+The model runs on its own device (a GPU, say); the sequences are drawn and scored on the CPU,
+so they are the same wherever the model runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 import torch
 
+from mann.devices import device_of
 from mann.metrics import bit_errors, masked_bce
 from mann.model import MemoryAugmentedNetwork, check_fits
 from mann.tasks.base import Task
@@ -89,14 +92,16 @@ def _score_length(
     batch_size: int,
 ) -> dict:
     fixed = task.with_lengths(length, length)
+    device = device_of(model)
     generator = torch.Generator().manual_seed(seed)
     optimal = getattr(fixed, "optimal_cost_bits", None)
     errors, cost_nats, optimal_bits = [], 0.0, 0.0
     remaining = sequences
     while remaining:
         count = min(batch_size, remaining)
-        batch = fixed.sample(count, generator)
-        logits, _ = model(batch.inputs)
+        batch = fixed.sample(count, generator)  # drawn on the CPU, scored there
+        logits, _ = model(batch.inputs.to(device))
+        logits = logits.cpu()
         errors.append(bit_errors(logits, batch.targets, batch.mask))
         cost_nats += float(masked_bce(logits, batch.targets, batch.mask)) * count
         if optimal is not None:

@@ -34,6 +34,19 @@ current maximum, so the short sequences already learned keep being rehearsed. On
 is the task's full range the curriculum has no further effect. "Length" is whatever the task's
 ``with_lengths`` sets: sequence length for copy and repeat copy, number of items for
 associative recall, number of inputs for priority sort.
+
+Several processes (``torchrun --nproc-per-node N -m mann train ...``; ``mann.distributed``,
+docs/distributed.md): when a ``torch.distributed`` process group is running with more than one
+process, ``train`` trains the model wrapped in ``DistributedDataParallel``. Every rank draws
+``batch_size`` sequences per step from its own generator (seed ``batch_seed(seed, rank)``; rank
+0's is the run's seed) and DDP averages the gradients in backward, so a step equals one
+process's step on the ranks' batches concatenated. Clipping and the skip decision follow the
+averaged gradient, and the loss, bit errors and the curriculum's statistic are averaged over
+the ranks by one all-reduce per step, so every rank decides alike. Rank 0 alone validates and
+writes the CSV and checkpoints; the training state holds every rank's random generators, so a
+resumed run continues exactly, given the same world size (``world_size`` in the checkpoint).
+``sequences`` counts every rank's. ``device`` ("cuda", "auto"; ``mann.devices``) trains on a
+GPU, through the pure-torch reference; batches are drawn on the CPU and moved there.
 """
 
 from __future__ import annotations
@@ -55,6 +68,8 @@ from typing import Any
 import torch
 
 from mann import checkpoint
+from mann.devices import resolve_device
+from mann.distributed import World, batch_seed, launcher
 from mann.metrics import bit_errors, masked_bce
 from mann.model import MemoryAugmentedNetwork, ModelConfig, build_model
 from mann.tasks import TASKS, make_task
@@ -301,6 +316,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
     model: MemoryAugmentedNetwork | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train a model on a task; see the module docstring for what is saved where.
 
@@ -315,9 +331,19 @@ def train(
         model: train this model (in place) instead of a new one built from
             ``model_config``; its config must equal ``model_config``. Lets a caller watch
             or evaluate the model from ``on_progress``. Not with ``resume``.
+        device: where the model trains ("cpu", "cuda", "cuda:N" or "auto";
+            ``resolve_device``); default the CPU. Batches are drawn on the CPU and moved
+            there. With a process group of several processes running (torchrun), "cuda"
+            means this process's GPU (``torch.cuda.current_device()``).
+
+    With a ``torch.distributed`` process group of more than one process, every process calls
+    ``train`` with the same configs: see the module docstring. ``on_progress`` and
+    ``should_stop`` run on every rank; a stop asked for on any rank stops all of them at the
+    end of that step.
 
     Raises:
-        ValueError: a bad config, sizes that do not match the task, or resume without out.
+        ValueError: a bad config, sizes that do not match the task, resume without out, a
+            resume with another world size, or a device that is not available.
         CheckpointError: resume from a missing or damaged training state.
     """
     if not isinstance(model_config, ModelConfig):
@@ -336,21 +362,26 @@ def train(
             raise ValueError("pass either model or resume=True, not both")
         if not isinstance(model, MemoryAugmentedNetwork) or model.config != model_config:
             raise ValueError("model must be a MemoryAugmentedNetwork whose config is model_config")
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    world = World.current()
     # Saturated softmaxes underflow into subnormal floats, which x86 computes ~100x slower.
     torch.set_flush_denormal(True)
     torch.manual_seed(train_config.seed)
-    generator = torch.Generator().manual_seed(train_config.seed)
+    generator = torch.Generator().manual_seed(batch_seed(train_config.seed, world.rank))
     curriculum = CURRICULUM_CLASSES[train_config.curriculum](train_config, task)
     counters = {"step": 0, "sequences": 0, "seconds": 0.0, "skipped_steps": 0}
     if resume:
         model, optimizer_state, random_states, saved = checkpoint.load_training_state(
             train_config.out
         )
-        _check_resumable(train_config.out, model_config, train_config, saved)
+        _check_resumable(train_config.out, model_config, train_config, saved, world.size)
+        model.to(device)
         optimizer = _make_optimizer(train_config, model)
         optimizer.load_state_dict(optimizer_state)
-        torch.set_rng_state(random_states["torch"])
-        generator.set_state(random_states["task"])
+        torch.set_rng_state(random_states[world.state_name("torch")])
+        generator.set_state(random_states[world.state_name("task")])
         curriculum.load_state_dict(saved["curriculum"])
         counters.update({key: saved[key] for key in counters})
         counters["best"] = saved.get("best")
@@ -359,19 +390,33 @@ def train(
             model = build_model(model_config)
             if train_config.init is not None:
                 load_initial_weights(model, train_config.init)
+        model.to(device)
         optimizer = _make_optimizer(train_config, model)
     model.train()
 
-    run = _Run(model, optimizer, generator, curriculum, task, model_config, train_config, counters)
-    if train_config.out is not None:
+    run = _Run(
+        model, optimizer, generator, curriculum, task, model_config, train_config, counters,
+        world=world, device=device,
+    )  # fmt: skip
+    if train_config.out is not None and world.rank == 0:
         run.start_csv(keep_through_step=counters["step"] if resume else None)
-    with _StopOnCtrlC() as interrupted:
+    # Under torchrun a Ctrl-C reaches every process twice (from the terminal and from
+    # torchrun), so there the second one must not abort the step the first one ends.
+    with _StopOnCtrlC(second_raises=world.size == 1) as interrupted:
         return run.loop(on_progress, should_stop, interrupted)
 
 
-def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
-    """The ``python -m mann train ...`` command that reproduces a run from scratch."""
-    parts = ["python", "-m", "mann", "train"]
+def command_line(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> str:
+    """The ``python -m mann train ...`` command that reproduces a run from scratch: for a run
+    of ``world_size`` processes ``torchrun --nproc-per-node N -m mann train ...`` (on one
+    machine: the ranks, not the machines, decide the batches), with ``--device cuda`` for a
+    run on a GPU."""
+    parts = [*launcher(world_size), "train"]
     config = model_config.to_dict()
     parts += ["--arch", config["arch"], "--task", train_config.task]
     for name in MODEL_FLAGS:
@@ -387,6 +432,8 @@ def command_line(model_config: ModelConfig, train_config: TrainConfig) -> str:
         parts += ["--keep-best", "--validation-size", str(train_config.validation_size)]
     if train_config.init is not None:
         parts += ["--init", str(checkpoint.checkpoint_stem(train_config.init))]
+    if torch.device(device).type != "cpu":
+        parts += ["--device", torch.device(device).type]
     if train_config.out is not None:
         parts += ["--out", str(train_config.out)]
     command = shlex.join(parts)
@@ -430,10 +477,11 @@ def best_path(out: str | Path) -> Path:
     return stem.with_name(stem.name + "-best")
 
 
-def validation_batch(train_config: TrainConfig):
+def validation_batch(train_config: TrainConfig, device: torch.device | str = "cpu"):
     """The fixed sequences ``keep_best`` scores: the task's full range, their own seed."""
     generator = torch.Generator().manual_seed(VALIDATION_SEED_OFFSET + train_config.seed)
-    return train_config.make_task().sample(train_config.validation_size, generator)
+    batch = train_config.make_task().sample(train_config.validation_size, generator)
+    return type(batch)(*(tensor.to(device) for tensor in batch))
 
 
 def csv_path(out: str | Path) -> Path:
@@ -449,9 +497,18 @@ class _Run:
     """The state of one training run, and the loop that advances it."""
 
     def __init__(
-        self, model, optimizer, generator, curriculum, task, model_config, train_config, counters
-    ) -> None:
+        self, model, optimizer, generator, curriculum, task, model_config, train_config, counters,
+        world: World | None = None, device: torch.device | None = None,
+    ) -> None:  # fmt: skip
+        self.world = world or World()
+        self.device = device or torch.device("cpu")
         self.model = model
+        # What a step calls: with several processes DDP's wrapper, which averages gradients
+        # in backward; validation and saving use the model itself (nothing collective).
+        self.network = model
+        if self.world.size > 1:
+            device_ids = None if self.device.type == "cpu" else [self.device]
+            self.network = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.optimizer = optimizer
         self.generator = generator
         self.curriculum = curriculum
@@ -463,10 +520,12 @@ class _Run:
         self.seconds_before = float(counters["seconds"])
         self.skipped_steps = counters["skipped_steps"]
         self.best = counters.get("best")  # {"step", "bit_errors"} of OUT-best, or None
-        self.validation = validation_batch(train_config) if train_config.keep_best else None
+        validates = train_config.keep_best and self.world.rank == 0
+        self.validation = validation_batch(train_config, self.device) if validates else None
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.command = command_line(model_config, train_config)
-        self.csv_path = None if train_config.out is None else csv_path(train_config.out)
+        self.command = command_line(model_config, train_config, self.world.size, self.device)
+        writes = train_config.out is not None and self.world.rank == 0
+        self.csv_path = csv_path(train_config.out) if writes else None
         # Nothing new to save until a step runs (a resumed run starts from a saved step).
         self.last_saved_step = self.step
         self.last_progress: Progress | None = None
@@ -483,10 +542,12 @@ class _Run:
         interval = _Interval()
         stopped = False
         while self.step < config.steps:
-            if interrupted.is_set() or (should_stop is not None and should_stop()):
+            stop_asked = interrupted.is_set() or (should_stop is not None and should_stop())
+            if stop_asked and self.world.size == 1:
                 stopped = True
                 break
-            loss, bits, errors, ok = self.train_step()
+            # With several processes the ranks agree on a stop in the step's all-reduce.
+            loss, bits, errors, ok, stopped = self.train_step(stop_asked)
             losses.append(loss)
             interval.add(loss, bits, errors, ok)
             if self.step % config.log_every == 0 or self.step == config.steps:
@@ -495,6 +556,8 @@ class _Run:
             if config.out is not None and self.step % config.checkpoint_every == 0:
                 self.keep_if_best()
                 self.save()
+            if stopped:
+                break
         if interval.steps or not history:
             history.append(self.report(interval, on_progress))
         if config.out is not None and self.last_saved_step != self.step:
@@ -514,15 +577,36 @@ class _Run:
             checkpoint=None if config.out is None else checkpoint.weights_path(config.out),
         )
 
-    def train_step(self) -> tuple[float, float, float, bool]:
-        """One optimizer step on a fresh batch; returns (loss, bits, bit errors, applied)."""
+    def train_step(self, stop_asked: bool = False) -> tuple[float, float, float, bool, bool]:
+        """One optimizer step on a fresh batch; returns (loss, bits, bit errors, applied,
+        stop). With several processes the loss and bit errors are the means over the ranks
+        and ``stop`` is whether any rank asked to stop; alone, ``stop`` is False."""
         batch = self.curriculum.task(self.task).sample(self.config.batch_size, self.generator)
+        inputs, targets, mask = (tensor.to(self.device) for tensor in batch)
         self.optimizer.zero_grad(set_to_none=True)
-        logits, _ = self.model(batch.inputs)
-        loss = masked_bce(logits, batch.targets, batch.mask)
-        applied = bool(torch.isfinite(loss))
-        if applied:
+        logits, _ = self.network(inputs)
+        loss = masked_bce(logits, targets, mask)
+        stop = False
+        if self.world.size == 1:
+            applied = bool(torch.isfinite(loss))
+            if applied:
+                loss.backward()
+            loss_value = float(loss.detach())
+            errors = float(bit_errors(logits.detach(), targets, mask).mean())
+        else:
+            # Every rank runs backward, whatever its loss: DDP averages the gradients inside
+            # it, and a rank that skipped it would leave the others waiting.
             loss.backward()
+            loss_value, errors, bad_losses, stops = self.world.sum(
+                float(loss.detach()) / self.world.size,
+                float(bit_errors(logits.detach(), targets, mask).mean()) / self.world.size,
+                float(not torch.isfinite(loss)),
+                float(stop_asked),
+            )
+            applied, stop = bad_losses == 0, stops > 0
+        if applied:
+            # After DDP's averaging every rank holds the same gradient: the same norm, the
+            # same clip, the same decision to skip.
             grads = [p.grad for p in self.parameters if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads)
             applied = bool(torch.isfinite(norm))
@@ -537,12 +621,10 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
         self.step += 1
-        self.sequences += self.config.batch_size
-        loss_value = float(loss.detach())
-        errors = float(bit_errors(logits.detach(), batch.targets, batch.mask).mean())
+        self.sequences += self.config.batch_size * self.world.size
         if applied:
             self.curriculum.observe(errors)
-        return loss_value, loss_value / math.log(2.0), errors, applied
+        return loss_value, loss_value / math.log(2.0), errors, applied, stop
 
     def report(self, interval: _Interval, on_progress) -> Progress:
         loss, bits, errors = interval.means()
@@ -595,7 +677,8 @@ class _Run:
         return float(bit_errors(logits, batch.targets, batch.mask).mean())
 
     def keep_if_best(self) -> None:
-        """With keep_best: save the weights to OUT-best if they validate best so far."""
+        """With keep_best: save the weights to OUT-best if they validate best so far (rank 0
+        alone; the other ranks go on to their next collective and wait there)."""
         if self.validation is None:
             return
         errors = self.validation_errors()
@@ -616,10 +699,22 @@ class _Run:
             command=self.command,
             metrics=metrics,
             selected=f"the best of the run's validations, at step {self.step}",
+            world_size=self.world.size,
+            device=self.device.type,
             torch_version=torch.__version__,
         )
 
     def save(self) -> None:
+        """Write the checkpoint and the training state (rank 0; every rank must call it, as
+        it gathers the ranks' random generators). A SIGTERM that arrives meanwhile takes
+        effect once both files are written (``_FinishSavingFirst``)."""
+        with _FinishSavingFirst():
+            random_states = self.random_states()
+            self.last_saved_step = self.step
+            if self.world.rank == 0:
+                self.write(random_states)
+
+    def write(self, random_states: dict[str, torch.Tensor]) -> None:
         out = self.config.out
         metrics = self.metrics()
         checkpoint.save(
@@ -630,16 +725,19 @@ class _Run:
             train_config=self.config.to_dict(),
             command=self.command,
             metrics=metrics,
+            world_size=self.world.size,
+            device=self.device.type,
             torch_version=torch.__version__,
         )
         checkpoint.save_training_state(
             out,
             self.model,
             self.optimizer,
-            {"torch": torch.get_rng_state(), "task": self.generator.get_state()},
+            random_states,
             {
                 "model_config": self.model_config.to_dict(),
                 "train_config": self.config.to_dict(),
+                "world_size": self.world.size,
                 "step": self.step,
                 "sequences": self.sequences,
                 "seconds": metrics["seconds"],
@@ -648,7 +746,18 @@ class _Run:
                 "best": self.best,
             },
         )
-        self.last_saved_step = self.step
+
+    def random_states(self) -> dict[str, torch.Tensor]:
+        """The random generators' states of every rank, named as ``World.state_name`` reads
+        them back (alone: ``torch`` and ``task``)."""
+        states = {"torch": torch.get_rng_state(), "task": self.generator.get_state()}
+        if self.world.size == 1:
+            return states
+        gathered = {}
+        for name, state in states.items():
+            for rank, rank_state in enumerate(self.world.gather(state)):
+                gathered[World(rank, self.world.size).state_name(name)] = rank_state
+        return gathered
 
     def start_csv(self, keep_through_step: int | None) -> None:
         """Start ``OUT.csv`` afresh, or (resuming) keep only rows up to the resumed step."""
@@ -707,7 +816,11 @@ class _Interval:
 
 class _StopOnCtrlC:
     """While training in the main thread, the first Ctrl-C sets a flag (the loop stops and saves
-    at the end of the step); a second one raises KeyboardInterrupt as usual."""
+    at the end of the step); a second one raises KeyboardInterrupt as usual, unless
+    ``second_raises`` is False (then every Ctrl-C only sets the flag)."""
+
+    def __init__(self, second_raises: bool = True) -> None:
+        self.second_raises = second_raises
 
     def __enter__(self) -> threading.Event:
         self.flag = threading.Event()
@@ -721,11 +834,37 @@ class _StopOnCtrlC:
 
     def _handle(self, signum, frame) -> None:
         self.flag.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.second_raises:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __exit__(self, *exc_info) -> None:
         if self.installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _FinishSavingFirst:
+    """In the main thread, hold a SIGTERM back until the block ends, then let it act as it
+    would have. The weights and the training state are two files, each replaced atomically;
+    a termination between the two would leave the weights of one step beside the training
+    state of an earlier one. torchrun sends SIGTERM to the other processes when one of them
+    dies, and rank 0 may be between the two writes then."""
+
+    def __enter__(self) -> None:
+        self.received: int | None = None
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            self.previous = signal.signal(signal.SIGTERM, self._hold)
+
+    def _hold(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.installed:
+            return
+        # None: a handler installed outside Python; the default is the closest we can restore.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+        if self.received is not None:
+            signal.raise_signal(self.received)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -761,7 +900,18 @@ def _check_sizes(model_config: ModelConfig, task: Task) -> None:
         )
 
 
-def _check_resumable(out, model_config: ModelConfig, train_config: TrainConfig, saved) -> None:
+def _check_resumable(
+    out, model_config: ModelConfig, train_config: TrainConfig, saved, world_size: int = 1
+) -> None:
+    saved_world_size = saved.get("world_size", 1)  # older states: one process
+    if saved_world_size != world_size:
+        resume = shlex.join([*launcher(saved_world_size), "train", "--out", str(out), "--resume"])
+        raise ValueError(
+            f"cannot resume {checkpoint.training_state_path(out)} with world_size {world_size}: "
+            f"it was trained with world_size {saved_world_size}, and each rank's batches and "
+            f"random state belong to its rank; resume with {resume}, or start a new run from "
+            f"its weights with --init"
+        )
     differences = []
     for name, value in model_config.to_dict().items():
         if saved["model_config"].get(name) != value:

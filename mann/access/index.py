@@ -22,7 +22,7 @@ Three indexes, one interface (``update(positions, rows)`` with the rows a step w
   faiss-cpu is not installed.
 - ``FaissExactIndex`` ("faiss-exact"): the same normalised copy (shared with numpy, no copy)
   searched by faiss's brute-force inner-product k-NN. Exact; "auto" picks it up to
-  ``EXACT_LIMIT`` slots.
+  ``EXACT_LIMIT`` slots on the CPU.
 - ``FaissIVFIndex`` ("faiss-ivf"): an inverted-file index (faiss ``IndexIVFFlat``) whose
   lists are keyed by ``lists`` fixed random unit centroids (a data-independent partition of
   the sphere, so nothing is trained and the same rows always land in the same lists). Only
@@ -31,7 +31,11 @@ Three indexes, one interface (``update(positions, rows)`` with the rows a step w
   returns depends only on the rows, not on their history. A query scans the lists of its
   ``probes`` nearest centroids, more while the index holds few rows, so it costs O(√N W)
   rather than O(N W). Approximate: a near row in an unprobed list is missed. "auto" picks
-  it above ``EXACT_LIMIT`` slots.
+  it above ``EXACT_LIMIT`` slots on the CPU.
+
+For memory on a GPU "auto" is the exact torch index, on the GPU. The faiss indexes, named,
+work there too, on the CPU: they copy the rows a step writes and the keys to the CPU and
+return positions there, which the memory moves back (``SlotStore.search``).
 
 Every index returns exactly k distinct slots per query, ranked by cosine similarity on a grid
 of ``TIE_RESOLUTION``: similarities closer than that count as tied and the lower slot wins.
@@ -145,18 +149,20 @@ def resolve_index_kind(
 ) -> str:
     """The concrete index kind for ``kind`` ("auto" or one of ``INDEX_KINDS``).
 
-    faiss indexes need faiss-cpu, float32 and the CPU; "auto" falls back to "exact" otherwise.
+    faiss indexes need faiss-cpu and float32; "auto" takes them for memory on the CPU only
+    and otherwise falls back to "exact" (on a GPU the torch search runs where the memory is).
+    Asked for by name, they also serve memory on a GPU, from a copy on the CPU: the rows a
+    step writes and the keys go to the CPU, the slots found come back.
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"index must be one of {list(INDEX_KINDS)}, got {kind!r}")
-    on_cpu = torch.device(device).type == "cpu"
-    faiss_usable = faiss is not None and dtype == torch.float32 and on_cpu
+    faiss_usable = faiss is not None and dtype == torch.float32
     if kind == "auto":
-        if not faiss_usable:
+        if not faiss_usable or torch.device(device).type != "cpu":
             return "exact"
         return "faiss-exact" if slots <= EXACT_LIMIT else "faiss-ivf"
     if kind != "exact" and not faiss_usable:
-        reason = "faiss-cpu is not installed" if faiss is None else "it needs float32 on the CPU"
+        reason = "faiss-cpu is not installed" if faiss is None else "it needs float32"
         raise ValueError(f"index={kind!r} is not available here: {reason}; use 'exact' or 'auto'")
     return kind
 
@@ -198,17 +204,18 @@ class ExactIndex:
 
 
 class FaissExactIndex(ExactIndex):
-    """Exact search by faiss's brute-force inner-product k-NN over the same copy."""
+    """Exact search by faiss's brute-force inner-product k-NN over the same copy, kept on the
+    CPU whatever the memory's device."""
 
     kind = "faiss-exact"
 
     def __init__(self, memory: torch.Tensor, kernels=None) -> None:
-        super().__init__(memory)
+        super().__init__(memory.cpu())
         self.kernels = kernels
 
     def update(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
         if self.kernels is None:
-            return super().update(positions, rows)
+            return super().update(positions.cpu(), rows.cpu())
         self.kernels.exact_update(
             self.table.numpy(), positions.cpu().contiguous().numpy(),
             rows.detach().to(torch.float32).cpu().contiguous().numpy(), EMPTY_SIMILARITY,
