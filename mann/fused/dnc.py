@@ -11,14 +11,16 @@ two autograd Functions around the fused link (``mann.fused.link``):
 - ``dnc_read``: precedence p_t, read content c^r on M_t, read modes π, read weightings w^r_t
   and read vectors r_t.
 
-Each has a numba forward and a hand-written numba backward. The backward recomputes the
-cheap intermediates (gates, usage, allocation, write and read weightings) from the saved
-inputs; only the content weights and similarities are kept from the forward, as recomputing
-them costs N exponentials per head and item, the largest single cost here. The interface
-vector is read in place, by the layout of ``DNCAccess.layout``; both Functions
-return a gradient for the whole vector, zero outside the fields they use, and autograd adds
-the two. The kernels are serial; they may reassociate sums (to vectorise them) but keep IEEE
-infinities, NaNs and functions, and pass ``torch.autograd.gradcheck`` in float64. From
+Each has a numba forward and a hand-written numba backward; content addressing (c^w, c^r)
+and its gradient are ``mann.fused.content``'s, on one item's memory transposed to (W,N) in
+float64 so that its loops run over slots. The backward recomputes the cheap intermediates
+(gates, usage, allocation, write and read weightings) from the saved inputs; only the
+content weights and similarities are kept from the forward, as recomputing them costs N
+exponentials per head and item, the largest single cost here. The interface vector is read
+in place, by the layout of ``DNCAccess.layout``; both Functions return a gradient for the
+whole vector, zero outside the fields they use, and autograd adds the two. The kernels are
+serial; they may reassociate sums (to vectorise them) but keep IEEE infinities, NaNs and
+functions, and pass ``torch.autograd.gradcheck`` in float64. From
 ``runtime.PARALLEL_MIN_BATCH_WORK`` (B N W) each runs split across threads, one slice of the
 batch per thread (``*_split``): a DNC 256 (B=16) training step went from 158-161 to 129-131 ms
 (``bench/ab_speed.py``, both on numba's OpenMP layer).
@@ -48,6 +50,13 @@ SOFTPLUS_THRESHOLD = 20.0
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 if HAVE_NUMBA:
+    from mann.fused.content import (
+        columns_and_norms,
+        content_columns,
+        content_columns_backward,
+        vector_norm,
+    )
+
     KERNEL = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
     @njit(**KERNEL)
@@ -93,101 +102,6 @@ if HAVE_NUMBA:
             total += probabilities[k]
         for k in range(3):
             probabilities[k] /= total
-
-    # Content addressing works on one item's memory transposed to (W,N) in float64, so the
-    # loops over slots are the long, contiguous, vectorisable ones (W is often only 20).
-    @njit(**KERNEL)
-    def _transpose(memory, memory_t, norms):
-        """memory (N,W) -> memory_t (W,N) and row norms |M[i]| (N,)."""
-        slots, width = memory.shape
-        if slots < 512:
-            for i in range(slots):
-                for w in range(width):
-                    memory_t[w, i] = memory[i, w]
-        else:
-            # Slot by slot, the writes go to W rows N·8 bytes apart: from N=512 a multiple of
-            # 4 KB, so every row maps to the same L1 sets and they evict each other. In blocks
-            # of 16 slots each row's writes fill whole cache lines (one-off timing at N=1024,
-            # W=32: 131 -> 36 µs an item; at N=256 blocks were slower, 5.0 -> 5.8).
-            for start in range(0, slots, 16):
-                stop = min(start + 16, slots)
-                for w in range(width):
-                    row = memory_t[w]
-                    for i in range(start, stop):
-                        row[i] = memory[i, w]
-        norms[:] = 0.0
-        for w in range(width):
-            for i in range(slots):
-                norms[i] += memory_t[w, i] * memory_t[w, i]
-        for i in range(slots):
-            norms[i] = math.sqrt(norms[i])
-
-    @njit(**KERNEL)
-    def _content(memory_t, norms, key, strength, weights, similarity):
-        """C(M, k, β) for one key: memory_t (W,N), |M[i]| (N,), key k (W,), strength β
-        -> weights (N,); also fills similarity D(k, M[i]) (N,) for the backward.
-        """
-        width, slots = memory_t.shape
-        key_norm = 0.0
-        for w in range(width):
-            key_norm += key[w] * key[w]
-        key_norm = math.sqrt(key_norm)
-        similarity[:] = 0.0
-        for w in range(width):
-            key_w = key[w]
-            for i in range(slots):
-                similarity[i] += key_w * memory_t[w, i]
-        largest = -math.inf
-        for i in range(slots):
-            similarity[i] /= key_norm * norms[i] + EPSILON
-            weights[i] = strength * similarity[i]
-            largest = max(largest, weights[i])
-        total = 0.0
-        for i in range(slots):
-            weights[i] = math.exp(weights[i] - largest)
-            total += weights[i]
-        for i in range(slots):
-            weights[i] /= total
-
-    @njit(**KERNEL)
-    def _content_backward(memory_t, norms, key, strength, weights, similarity,
-                          grad_weights, grad_memory_t, grad_key, scratch):  # fmt: skip
-        """Backward of ``_content``: adds dL/dM into grad_memory_t (W,N) and dL/dk into
-        grad_key (W,), returns dL/dβ. scratch (2,N). A zero norm passes no gradient, as in
-        torch's norm backward."""
-        width, slots = memory_t.shape
-        grad_dot, norm_scale = scratch[0], scratch[1]
-        key_norm = 0.0
-        for w in range(width):
-            key_norm += key[w] * key[w]
-        key_norm = math.sqrt(key_norm)
-        expected = 0.0  # Σ_i c[i] dL/dc[i], the softmax's shared term
-        for i in range(slots):
-            expected += weights[i] * grad_weights[i]
-        grad_strength = 0.0
-        grad_key_norm = 0.0
-        for i in range(slots):
-            grad_logit = weights[i] * (grad_weights[i] - expected)
-            grad_strength += grad_logit * similarity[i]
-            grad_similarity = grad_logit * strength
-            denominator = key_norm * norms[i] + EPSILON
-            grad_dot[i] = grad_similarity / denominator
-            # D = dot / (|k| |M[i]| + ε): the denominator's gradient, onto both norms.
-            grad_denominator = -grad_similarity * similarity[i] / denominator
-            grad_key_norm += grad_denominator * norms[i]
-            norm_scale[i] = grad_denominator * key_norm / norms[i] if norms[i] > 0.0 else 0.0
-        for w in range(width):
-            key_w = key[w]
-            total = 0.0
-            for i in range(slots):
-                value = memory_t[w, i]
-                total += grad_dot[i] * value
-                grad_memory_t[w, i] += grad_dot[i] * key_w + norm_scale[i] * value
-            grad_key[w] += total
-        if key_norm > 0.0:
-            for w in range(width):
-                grad_key[w] += grad_key_norm / key_norm * key[w]
-        return grad_strength
 
     # -----------------------------------------------------------------------------------
     # Write: usage, allocation, write weighting, erase-and-write
@@ -253,9 +167,9 @@ if HAVE_NUMBA:
         erase, vector = np.empty(width), np.empty(width)
         for b in range(batch):
             x = interface[b]
-            _transpose(prev_memory[b], memory_t, norms)
+            columns_and_norms(prev_memory[b], memory_t, norms)
             key, strength = x[write_key : write_key + width], _oneplus(x[write_strength])
-            _content(memory_t, norms, key, strength, content[b], similarity[b])
+            content_columns(memory_t, norms, key, strength, content[b], similarity[b])
             _write_weighting(x, content[b], sorted_usage[b], free_list[b], heads, width,
                              allocation, used_before, weights)  # fmt: skip
             for w in range(width):
@@ -293,7 +207,7 @@ if HAVE_NUMBA:
             x = interface[b]
             # Recompute this item's forward pass.
             content, similarity = saved_content[b], saved_similarity[b]
-            _transpose(prev_memory[b], memory_t, norms)
+            columns_and_norms(prev_memory[b], memory_t, norms)
             _write_weighting(x, content, sorted_usage[b], free_list[b], heads, width,
                              allocation, used_before, weights)  # fmt: skip
             allocation_gate = _sigmoid(x[allocation_gate_at])
@@ -329,9 +243,10 @@ if HAVE_NUMBA:
             grad_memory_t[:] = 0.0
             grad_key[:] = 0.0
             strength_logit = x[write_strength]
-            grad_strength = _content_backward(
-                memory_t, norms, x[write_key : write_key + width], _oneplus(strength_logit),
-                content, similarity, grad_content, grad_memory_t, grad_key, scratch,
+            key = x[write_key : write_key + width]
+            grad_strength = content_columns_backward(
+                memory_t, norms, key, vector_norm(key), _oneplus(strength_logit), content,
+                similarity, grad_content, grad_memory_t, grad_key, scratch,
             )  # fmt: skip
             for i in range(slots):
                 weight = weights[i]
@@ -424,11 +339,12 @@ if HAVE_NUMBA:
                 written += write_weights[b, i]
             for i in range(slots):
                 precedence[b, i] = (1.0 - written) * prev_precedence[b, i] + write_weights[b, i]
-            _transpose(memory[b], memory_t, norms)
+            columns_and_norms(memory[b], memory_t, norms)
             x = interface[b]
             for r in range(heads):
                 key, strength = x[r * width : (r + 1) * width], _oneplus(x[read_strengths + r])
-                _content(memory_t, norms, key, strength, content[b, r], similarity[b, r])
+                content_columns(memory_t, norms, key, strength, content[b, r],
+                                similarity[b, r])  # fmt: skip
                 _read_weighting(x, content[b, r], forward[b], backward[b], r, width, modes,
                                 weights)  # fmt: skip
                 for i in range(slots):
@@ -468,7 +384,7 @@ if HAVE_NUMBA:
             for i in range(slots):
                 grad_prev_precedence[b, i] = grad_precedence[b, i] * (1.0 - written)
                 grad_write_weights[b, i] = grad_precedence[b, i] - carried
-            _transpose(memory[b], memory_t, norms)
+            columns_and_norms(memory[b], memory_t, norms)
             grad_memory_t[:] = 0.0
             for r in range(heads):
                 content, similarity = saved_content[b, r], saved_similarity[b, r]
@@ -496,9 +412,10 @@ if HAVE_NUMBA:
                     grad_x[read_modes + 3 * r + k] = modes[k] * (grad_modes[k] - expected)
                 grad_key[:] = 0.0
                 strength_logit = x[read_strengths + r]
-                grad_strength = _content_backward(
-                    memory_t, norms, x[r * width : (r + 1) * width], _oneplus(strength_logit),
-                    content, similarity, grad_content, grad_memory_t, grad_key, scratch,
+                key = x[r * width : (r + 1) * width]
+                grad_strength = content_columns_backward(
+                    memory_t, norms, key, vector_norm(key), _oneplus(strength_logit), content,
+                    similarity, grad_content, grad_memory_t, grad_key, scratch,
                 )  # fmt: skip
                 for w in range(width):
                     grad_x[r * width + w] = grad_key[w]

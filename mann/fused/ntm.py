@@ -12,7 +12,8 @@ Shapes use B batch, N memory slots, W word size, R read heads, Hw write heads, H
 S allowed shifts. Heads are ordered read heads first, then write heads. Per head the
 interface holds k (W), β, g, s (S), γ; then each write head holds e (W) and a (W).
 
-Kernels compute in float64 whatever the tensors' dtype and store in it. The caller checks
+Content addressing and its gradient are ``mann.fused.content``'s, on memory's rows. Kernels
+compute in float64 whatever the tensors' dtype and store in it. The caller checks
 ``mann.fused.runtime.usable`` first; without numba the torch composition is used.
 """
 
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from mann.addressing import EPSILON
 from mann.fused.runtime import HAVE_NUMBA, KERNEL_LOCK, arrays, batch_kernel, njit, prange
 
 # torch.nn.functional.softplus returns x itself above this (and passes the gradient as is).
@@ -37,6 +37,7 @@ _NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 if HAVE_NUMBA:
+    from mann.fused.content import content_rows, content_rows_backward, norms_of_rows
 
     @njit(fastmath=_FASTMATH, cache=True, nogil=True)
     def _softplus(x):
@@ -84,37 +85,23 @@ if HAVE_NUMBA:
         heads = prev_weights.shape[0]
         block = width + 3 + shifts  # k, β, g, s, γ
         half = shifts // 2
-        for i in range(slots):
-            total = 0.0
-            for j in range(width):
-                total += memory[i, j] * memory[i, j]
-            memory_norms[i] = np.sqrt(total)
+        norms_of_rows(memory, memory_norms)
         logits = np.empty(max(slots, shifts))
         for h in range(heads):
             start = h * block
-            key_norm = 0.0
-            for j in range(width):
-                key_norm += interface[start + j] * interface[start + j]
-            key_norm = np.sqrt(key_norm)
             strength = _softplus(interface[start + width])  # β
             gate = _sigmoid(interface[start + width + 1])  # g
             gamma = 1.0 + _softplus(interface[start + width + 2 + shifts])  # γ = oneplus
             scalars[h, 0] = strength
             scalars[h, 1] = gate
             scalars[h, 2] = gamma
-            scalars[h, 3] = key_norm
             for k in range(shifts):
                 logits[k] = interface[start + width + 2 + k]
             _softmax_into(logits[:shifts], shift_probs[h])
 
-            # Content: softmax_i(β k·M[i] / (|k||M[i]| + ε)).
-            for i in range(slots):
-                dot = 0.0
-                for j in range(width):
-                    dot += interface[start + j] * memory[i, j]
-                similarity[h, i] = dot / (key_norm * memory_norms[i] + EPSILON)
-                logits[i] = strength * similarity[h, i]
-            _softmax_into(logits[:slots], content[h])
+            # Content: softmax_i(β k·M[i] / (|k||M[i]| + ε)); keeps |k| for the backward.
+            scalars[h, 3] = content_rows(memory, memory_norms, interface[start : start + width],
+                                         strength, content[h], similarity[h])  # fmt: skip
             # Interpolation: w^g = g w^c + (1 - g) w_{t-1}.
             for i in range(slots):
                 gated[h, i] = gate * content[h, i] + (1.0 - gate) * prev_weights[h, i]
@@ -230,6 +217,7 @@ if HAVE_NUMBA:
         grad_content = np.empty(slots)
         grad_shift = np.empty(shifts)
         grad_key = np.empty(width)
+        scratch = np.empty((2, slots))
         keep = np.empty(width)
         others = np.empty(width)
         for b in range(batch):
@@ -319,29 +307,13 @@ if HAVE_NUMBA:
                     grad_prev_weights[b, h, i] = (1.0 - gate) * g
                     grad_content[i] = gate * g
                 # Content: softmax of z = β D, D = k·M[i] / (|k||M[i]| + ε).
-                weighted = 0.0
-                for i in range(slots):
-                    weighted += content[h, i] * grad_content[i]
-                grad_strength = 0.0
-                grad_key_norm = 0.0
                 grad_key[:] = 0.0
-                for i in range(slots):
-                    grad_z = content[h, i] * (grad_content[i] - weighted)
-                    grad_strength += grad_z * similarity[h, i]
-                    denominator = key_norm * memory_norms[i] + EPSILON
-                    grad_dot = strength * grad_z / denominator
-                    grad_denominator = -grad_dot * similarity[h, i]
-                    grad_key_norm += grad_denominator * memory_norms[i]
-                    # d|M[i]|/dM[i] = M[i]/|M[i]|, taken as 0 at |M[i]| = 0 as torch does.
-                    scale = 0.0
-                    if memory_norms[i] > 0.0:
-                        scale = grad_denominator * key_norm / memory_norms[i]
-                    for j in range(width):
-                        grad_key[j] += grad_dot * old[i, j]
-                        g_old[i, j] += grad_dot * item[start + j] + scale * old[i, j]
-                key_scale = grad_key_norm / key_norm if key_norm > 0.0 else 0.0
+                grad_strength = content_rows_backward(
+                    old, memory_norms, item[start : start + width], key_norm, strength,
+                    content[h], similarity[h], grad_content, g_old, grad_key, scratch,
+                )  # fmt: skip
                 for j in range(width):
-                    g_item[start + j] = grad_key[j] + key_scale * item[start + j]
+                    g_item[start + j] = grad_key[j]
                 # The interface's pre-activations: softplus, sigmoid, softmax, oneplus.
                 g_item[start + width] = grad_strength * _softplus_slope(item[start + width])
                 g_item[start + width + 1] = grad_gate * gate * (1.0 - gate)

@@ -412,9 +412,9 @@ class _SparseSteps:
             link_tables = [np.zeros((1, 1, 0), kind) for kind in (np.int64, dtype) * 2]
         with KERNEL_LOCK:
             sparse_step.read_step(
-                numpy_interface, heads, width, positions.numpy(), memory.numpy(),
-                addressing.EPSILON, self.links, *link_tables, *prev_numpy,
-                last_access.numpy(), minima, block_size, write_positions, write_weights,
+                numpy_interface, heads, width, positions.numpy(), memory.numpy(), self.links,
+                *link_tables, *prev_numpy, last_access.numpy(), minima, block_size,
+                write_positions, write_weights,
                 dtype.type(addressing.USAGE_THRESHOLD), version, *content.values(),
                 *mixture.values(), read_positions, read_weights, read_rows, reads,
                 touch_positions, touch_old, touch_new, self.parts,
@@ -481,8 +481,8 @@ class _SparseSteps:
         with KERNEL_LOCK:
             sparse_step.step_backward(
                 np.ascontiguousarray(grad_reads.numpy()), grad_read_weights.numpy(),
-                self.grad_memory, self.links, heads, self.access.word_size, addressing.EPSILON,
-                *saved, grad_interface, grad_prev,
+                self.grad_memory, self.links, heads, self.access.word_size, *saved,
+                grad_interface, grad_prev,
             )  # fmt: skip
         return torch.from_numpy(grad_interface), (torch.from_numpy(grad_prev),)
 

@@ -308,7 +308,7 @@ if HAVE_NUMBA:
 
     @njit(**KERNEL)
     def _read(
-        interface, heads, width, positions, memory, epsilon, links,
+        interface, heads, width, positions, memory, links,
         predecessors, predecessor_weights, successors, successor_weights,
         prev_positions, prev_weights,
         last_access, minima, block_size, write_positions, write_weights, threshold, version,
@@ -336,8 +336,8 @@ if HAVE_NUMBA:
                 for c in range(width):
                     keys[b, h, c] = interface[b, h * width + c]
                 strengths[b, h] = 1.0 + _softplus(interface[b, heads * width + h])
-        content_read_forward(memory, positions, keys, strengths, epsilon, rows, similarity,
-                             key_norms, row_norms, content_weights, reads)  # fmt: skip
+        content_read_forward(memory, positions, keys, strengths, rows, similarity, key_norms,
+                             row_norms, content_weights, reads)  # fmt: skip
         if not links:
             for b in range(batch):
                 for h in range(heads):
@@ -418,7 +418,7 @@ if HAVE_NUMBA:
 
     @njit(parallel=True, cache=True, nogil=True)
     def read_step(
-        interface, heads, width, positions, memory, epsilon, links,
+        interface, heads, width, positions, memory, links,
         predecessors, predecessor_weights, successors, successor_weights,
         prev_positions, prev_weights,
         last_access, minima, block_size, write_positions, write_weights, threshold, version,
@@ -436,7 +436,7 @@ if HAVE_NUMBA:
             else:  # SAM: stand-ins, never read
                 tables = (predecessors, predecessor_weights, successors, successor_weights)
             _read(
-                interface[lo:hi], heads, width, positions[lo:hi], memory[lo:hi], epsilon, links,
+                interface[lo:hi], heads, width, positions[lo:hi], memory[lo:hi], links,
                 tables[0], tables[1], tables[2], tables[3], prev_positions[lo:hi],
                 prev_weights[lo:hi], last_access[lo:hi], minima[lo:hi], block_size,
                 write_positions[lo:hi], write_weights[lo:hi], threshold, version, keys[lo:hi],
@@ -449,7 +449,7 @@ if HAVE_NUMBA:
 
     @njit(**KERNEL)
     def step_backward(
-        grad_reads, grad_read_weights, grad_memory, links, heads, width, epsilon,
+        grad_reads, grad_read_weights, grad_memory, links, heads, width,
         interface, gates, add, prev_weights, write_positions, write_weights, least,
         positions, keys, strengths, rows, similarity, key_norms, row_norms, content_weights,
         modes, successor_values, predecessor_values, kept_by, read_positions, read_weights,
@@ -524,8 +524,8 @@ if HAVE_NUMBA:
         grad_keys = np.empty((batch, heads, width), dtype=grad_reads.dtype)
         grad_strengths = np.empty((batch, heads), dtype=grad_reads.dtype)
         content_read_backward(grad_content, grad_content_reads, positions, keys, strengths,
-                              epsilon, rows, similarity, key_norms, row_norms,
-                              content_weights, grad_memory, grad_keys, grad_strengths)  # fmt: skip
+                              rows, similarity, key_norms, row_norms, content_weights,
+                              grad_memory, grad_keys, grad_strengths)  # fmt: skip
         offset = heads * width + heads
         writes = write_positions.shape[1]
         for b in range(batch):
