@@ -143,7 +143,7 @@ def resolve(key: str, untrained_task: str = "copy") -> Choice:
         )
     stored = session_models().get(key)
     if stored is None:
-        raise ValueError(f"model {key!r} is not available (any more) in this session")
+        raise ValueError(f"model {key!r} is no longer held for this visitor")
     return Choice(key, stored.label, stored.model, task_of(stored.metadata), stored.metadata,
                   True, key)
 
@@ -169,7 +169,8 @@ def resolve_sized(key: str, memory_size: int | None = None) -> Choice:
 
 
 def register_session_model(label: str, model: Any, metadata: dict) -> str:
-    """Keep ``model`` for this session; return its key (for ``model_key``)."""
+    """Keep ``model`` for this visitor (an upload, or a run trained here); return its key
+    (for ``model_key``)."""
     key = f"session:{uuid.uuid4().hex[:12]}"
     session_models()[key] = SessionModel(label, model, dict(metadata))
     return key

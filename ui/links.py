@@ -150,7 +150,7 @@ def view_query(**page: Any) -> dict[str, str]:
     values (None leaves a key out)."""
     query: dict[str, str] = {}
     key = st.session_state.get("model_key")
-    if key and not key.startswith("session:"):  # a session's own model has no link
+    if key and not key.startswith("session:"):  # a visitor's own model has no link
         query["model"] = _model_name(key)
         if key.startswith("untrained:"):
             query["task"] = st.session_state.get("untrained_task", "copy")

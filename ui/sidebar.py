@@ -45,7 +45,7 @@ def draw() -> None:
         from mann.inputs import length_label
 
         low, high, default = choosing.length_bounds(task.name, choosing.task_json(task))
-        # Defaults through the session: a link (ui.links) may have set these keys already.
+        # Defaults through st.session_state: a link (ui.links) may have set these keys already.
         st.session_state.setdefault(f"length:{task.name}", default)
         st.number_input(
             f"{length_label(task)} ({task.name.replace('_', ' ')})", min_value=low,
