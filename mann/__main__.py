@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("link_sharpness", "forward/backward weightings sharpened")):
         model.add_argument(_flag(name), action="store_const", const=True,
                            help=f"DNC improvement (Csordás & Schmidhuber 2019): {what}")
+    model.add_argument("--learned-memory", action="store_const", const=True,
+                       help="NTM: learn the initial memory (N×W) instead of a small constant")
     task = trainer.add_argument_group("task")
     task.add_argument("--min-length", type=int, metavar="N", help="shortest training length")
     task.add_argument("--max-length", type=int, metavar="N", help="longest training length")

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialise_tensors
 
+from mann.access.ntm import INITIAL_MEMORY_VALUE
 from mann.devices import resolve_device
 from mann.model import ARCHITECTURES, MemoryAugmentedNetwork, ModelConfig, build_model
 
@@ -217,6 +218,13 @@ def resized_model(model: MemoryAugmentedNetwork, memory_size: int) -> MemoryAugm
         kept = min(memory_size, logits.shape[1])
         grown[:, :kept] = logits[:, :kept]
         state["access.initial_weight_logits"] = grown
+        if config.learned_memory:
+            # New slots start as a constant-initialised NTM's do; shrinking keeps the first.
+            rows = state["access.initial_memory"]  # (N, W)
+            grown_rows = torch.full((memory_size, rows.shape[1]), INITIAL_MEMORY_VALUE,
+                                    dtype=rows.dtype)  # fmt: skip
+            grown_rows[:kept] = rows[:kept]
+            state["access.initial_memory"] = grown_rows
     resized.load_state_dict(state, strict=True)
     return resized.train(model.training)
 
@@ -226,10 +234,11 @@ def resize(path: str | os.PathLike, memory_size: int, out: str | os.PathLike) ->
 
     DNC, SAM and SDNC have no parameter sized by N, so the same weights run with a larger (or
     smaller) memory: a model trained on short sequences in a small memory can be given the room
-    that longer ones need. An NTM's one N-sized parameter, its heads' initial weighting (as
-    logits), gains new slots at a logit 40 below its lowest, so the initial weighting stays as
-    it was (new slots get e^-40 of the weight); shrinking keeps the first slots and
-    renormalises. The metadata is kept; ``resized_from`` records the old size and ``command``
+    that longer ones need. An NTM's heads' initial weighting (as logits) gains new slots at a
+    logit 40 below its lowest, so the initial weighting stays as it was (new slots get e^-40 of
+    the weight); shrinking keeps the first slots and renormalises. A learned initial memory
+    (``learned_memory``) keeps its rows, and new slots start at the constant an NTM without one
+    starts from. The metadata is kept; ``resized_from`` records the old size and ``command``
     gains the ``python -m mann resize`` that made this file.
 
     Raises:

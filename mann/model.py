@@ -58,6 +58,9 @@ class ModelConfig:
     masked_content: bool = False  # a learned mask over the word for each content lookup
     deallocation: bool = False  # freed slots' contents wiped, scaled by the retention
     link_sharpness: bool = False  # forward/backward weightings sharpened by learned powers
+    # The NTM's initial memory: a small constant (False, Collier & Beel's recommendation for
+    # copy) or a learned N×W parameter, so content lookups can tell slots apart from step 1.
+    learned_memory: bool = False
 
     def validate(self) -> ModelConfig:
         if self.arch not in ARCHITECTURES:
@@ -109,6 +112,11 @@ class ModelConfig:
             if value and self.arch != "dnc":
                 raise ValueError(f"{name} is a DNC improvement; arch={self.arch!r} has no such "
                                  "option")  # fmt: skip
+        if not isinstance(self.learned_memory, bool):
+            raise ValueError(f"learned_memory must be True or False, got {self.learned_memory!r}")
+        if self.learned_memory and self.arch != "ntm":
+            raise ValueError(f"learned_memory is an NTM option; arch={self.arch!r} has no such "
+                             "option")  # fmt: skip
         return self
 
     def to_dict(self) -> dict:
@@ -139,6 +147,7 @@ def build_access(config: ModelConfig) -> nn.Module:
             config.read_heads,
             config.write_heads,
             config.shift_range,
+            learned_memory=config.learned_memory,
         )
     if config.arch == "dnc":
         from mann.access.dnc import DNCAccess

@@ -95,8 +95,9 @@ MODEL_FLAGS = (
     "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
     "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
 )  # fmt: skip
-# The DNC's improvements: ``--masked-content`` etc. with no value, given when on.
-SWITCH_FLAGS = ("masked_content", "deallocation", "link_sharpness")
+# Switches: ``--masked-content`` etc. with no value, given when on (the DNC's improvements
+# and the NTM's learned initial memory).
+SWITCH_FLAGS = ("masked_content", "deallocation", "link_sharpness", "learned_memory")
 TRAIN_FLAGS = (
     "steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed",
     "curriculum", "curriculum_start", "curriculum_increment", "curriculum_threshold",

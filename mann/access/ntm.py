@@ -10,7 +10,9 @@ Heads are ordered read heads first, then write heads, wherever they are stacked 
 interface, the state's weightings, the Trace's ``content_weights`` etc.).
 
 Initialisation follows Collier & Beel 2018: memory starts at a small constant; the initial
-weightings and read vectors are learned.
+weightings and read vectors are learned. With ``learned_memory`` the initial memory is a
+learned N×W parameter too (their "learned" scheme): every slot then starts distinct, so a
+content key can pick a slot before anything is written, e.g. by an item's priority.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from mann import addressing
 from mann.access.base import InterfaceLayout, require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
-# Collier & Beel 2018: a small constant initial memory learns fastest.
+# Collier & Beel 2018: a small constant initial memory learns fastest (on copy).
 INITIAL_MEMORY_VALUE = 1e-6
+# A learned initial memory starts as small random rows: distinct in direction (which is all
+# cosine similarity sees) and small beside what the add vectors write.
+LEARNED_MEMORY_SCALE = 0.1
 
 
 class NTMState(NamedTuple):
@@ -78,6 +83,7 @@ class NTMAccess(nn.Module):
         read_heads: int = 1,
         write_heads: int = 1,
         shift_range: int = 3,
+        learned_memory: bool = False,
     ) -> None:
         super().__init__()
         require_positive("memory_size", memory_size)
@@ -107,15 +113,23 @@ class NTMAccess(nn.Module):
         initial_logits[:, 0] = 5.0
         self.initial_weight_logits = nn.Parameter(initial_logits)
         self.initial_read = nn.Parameter(torch.randn(read_heads, word_size) * 0.01)
+        self.learned_memory = learned_memory
+        if learned_memory:
+            self.initial_memory = nn.Parameter(
+                torch.randn(memory_size, word_size) * LEARNED_MEMORY_SCALE
+            )
 
     def initial_state(
         self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> NTMState:
         dtype = dtype or self.initial_weight_logits.dtype
-        memory = torch.full(
-            (batch_size, self.memory_size, self.word_size), INITIAL_MEMORY_VALUE, device=device,
-            dtype=dtype,
-        )  # fmt: skip
+        shape = (batch_size, self.memory_size, self.word_size)
+        if self.learned_memory:
+            # A copy per sequence: the steps write M_t afresh, and the gradient still reaches
+            # the parameter through the expand.
+            memory = self.initial_memory.to(device, dtype).expand(shape).contiguous()
+        else:
+            memory = torch.full(shape, INITIAL_MEMORY_VALUE, device=device, dtype=dtype)
         weights = torch.softmax(self.initial_weight_logits, dim=-1).to(device, dtype)
         weights = weights.unsqueeze(0).expand(batch_size, -1, -1)
         return NTMState(
