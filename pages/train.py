@@ -54,13 +54,16 @@ with st.form("train_form"):
         "with it, and it is what let the DNC generalise to longer sequences",
     )
     seed = fourth.number_input("seed", 0, 2**31 - 1, 0, key="train_seed")
-    st.caption("DNC only: Csordás & Schmidhuber's (2019) improvements. They train by the "
-               "pure-torch reference, slower than the plain DNC's fused kernels.")
-    first, second, third = st.columns(3)
-    improvements = {
+    st.caption("Memory options. DNC: Csordás & Schmidhuber's (2019) improvements, which train "
+               "by the pure-torch reference (slower than the plain DNC's fused kernels). NTM: "
+               "a learned initial memory, so a content key can pick a slot before anything "
+               "is written.")
+    first, second, third, fourth = st.columns(4)
+    options = {
         "masked_content": first.checkbox("masked content lookup", key="train_masked"),
         "deallocation": second.checkbox("de-allocation", key="train_deallocation"),
         "link_sharpness": third.checkbox("link sharpness", key="train_sharpness"),
+        "learned_memory": fourth.checkbox("learned initial memory", key="train_learned_memory"),
     }
     start = st.form_submit_button("Start training", type="primary",
                                   icon=":material/play_arrow:", disabled=running)
@@ -75,7 +78,7 @@ if start:
             memory_size=int(memory_size), word_size=int(word_size), read_heads=int(read_heads),
             write_heads=int(write_heads) if arch == "ntm" else 1,
             sparse_reads=min(sizes.get("sparse_reads", 4), int(memory_size)),
-            **{name: on for name, on in improvements.items() if on},
+            **{name: on for name, on in options.items() if on},
         )
         train_config = TrainConfig(
             task=task_name, steps=int(steps), batch_size=int(batch_size),

@@ -386,6 +386,22 @@ def test_train_page_reports_impossible_parameters(checkpoints):
     assert not app.error and app.session_state["training"].wait(timeout=60)
 
 
+def test_train_page_offers_each_memory_option_to_its_architecture(checkpoints):
+    app = start(server.PAGES["train"])
+    app.selectbox(key="train_arch").set_value("dnc")
+    app.checkbox(key="train_learned_memory").check()
+    app.button[0].click().run()
+    assert "learned_memory is an NTM option; arch='dnc'" in app.error[0].value
+    assert "training" not in app.session_state
+    app.selectbox(key="train_arch").set_value("ntm")
+    for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_steps", 2)):
+        app.number_input(key=key).set_value(value)
+    app.button[0].click().run()
+    training = app.session_state["training"]
+    assert training.model_config.learned_memory and not training.model_config.masked_content
+    assert training.wait(timeout=60) and training.error is None
+
+
 def test_generalisation_plots_each_model(checkpoints):
     app = start(server.PAGES["generalisation"])
     assert app.multiselect[0].value == ["checkpoint:ntm-copy", "checkpoint:dnc-copy"]
