@@ -3,6 +3,7 @@
     python bench/dnc_variants.py                                   # the full table (hours)
     python bench/dnc_variants.py --tasks associative_recall --seeds 1 --steps 1500
     python bench/dnc_variants.py --jobs 2                          # two runs at a time
+    python bench/dnc_variants.py --out runs/variants               # keep runs; resume
 
 Variants: plain, each improvement alone (masked content, de-allocation, link sharpness), and
 all three. Tasks: associative recall (2-6 items) and repeat copy over lengths 1-5 with 1-5
@@ -14,19 +15,20 @@ kernels: the wall-clock column compares implementations as well as variants.
 
 For each run: the step at which the training batches' bit errors per sequence (mean of 20
 logged windows) first fell below 0.5 over the task's full range ("steps to solve", "-" if
-never), and the final bit errors per sequence over 500 fresh sequences of the longest
-training length. Prints one row per variant and task (median over seeds, and each seed).
+never), the final bit errors per sequence over 500 fresh sequences of the longest training
+length, and the training's seconds. Prints one row per variant and task (median over seeds,
+and each seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,6 +52,16 @@ DEFAULT_TASKS = ("associative_recall", "repeat_copy_short")
 SOLVED = 0.5
 
 
+def finished(out: Path, steps: int) -> bool:
+    """Whether ``out`` holds a run that went all ``steps`` (kept by ``--out``, so an
+    interrupted table resumes where it stopped)."""
+    try:
+        metadata = json.loads(Path(f"{out}.json").read_text())
+    except FileNotFoundError:
+        return False
+    return metadata["train_config"]["steps"] == steps and metadata["metrics"]["step"] == steps
+
+
 def run(task: str, variant: str, seed: int, steps: int, directory: Path) -> dict:
     task_flags, longest = TASKS[task]
     out = directory / f"{task}-{variant.replace(' ', '-')}-{seed}"
@@ -59,9 +71,9 @@ def run(task: str, variant: str, seed: int, steps: int, directory: Path) -> dict
         "--steps", str(steps), "--lr", "0.003", "--lr-decay", "cosine", "--seed", str(seed),
         "--checkpoint-every", str(steps), "--quiet", "--out", str(out), *VARIANTS[variant],
     ]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
-    seconds = time.perf_counter() - started
+    if not finished(out, steps):
+        subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
+    seconds = json.loads(Path(f"{out}.json").read_text())["metrics"]["seconds"]
     solved = None
     with open(f"{out}.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -92,6 +104,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="keep the runs here; runs already finished there are not redone")
     args = parser.parse_args()
     tasks = [task for task in args.tasks.split(",") if task]
     variants = [variant for variant in args.variants.split(",") if variant]
@@ -101,8 +115,10 @@ def main() -> int:
                      f"{list(VARIANTS)}")  # fmt: skip
     jobs = [(task, variant, seed) for task in tasks for variant in variants
             for seed in range(1, args.seeds + 1)]  # fmt: skip
-    with tempfile.TemporaryDirectory() as directory, ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run(*job, args.steps, Path(directory)), jobs))
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(args.jobs) as pool:
+        directory = args.out or Path(scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        results = list(pool.map(lambda job: run(*job, args.steps, directory), jobs))
     print(f"DNC 64×20, LSTM 100, {args.steps} steps, seeds 1-{args.seeds}, "
           f"final errors over 500 sequences of the longest length\n")
     print("| task | variant | steps to solve (median) | final bit errors (median) | per seed "
