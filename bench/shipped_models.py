@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import mann  # noqa: E402
 from mann import checkpoint  # noqa: E402
+from mann.catalog import memory_options  # noqa: E402
 from mann.evaluate import generalisation, markdown_table  # noqa: E402
 from mann.tasks import make_task  # noqa: E402
 
@@ -80,6 +81,7 @@ def describe(name: str, metadata: dict) -> str:
         parts.append(f"K={config['sparse_reads']}")
     if config["arch"] == "sdnc":
         parts.append(f"K_L={config['temporal_reads']}")
+    parts += memory_options(config)
     if metadata.get("resized_from"):
         parts.append(f"trained with {metadata['resized_from']['memory_size']} slots "
                      f"(python -m mann resize)")  # fmt: skip

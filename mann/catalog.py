@@ -117,7 +117,15 @@ def describe(model: MemoryAugmentedNetwork) -> str:
         text += f", {config.write_heads} write head{'s' if config.write_heads > 1 else ''}"
     if config.arch in ("sam", "sdnc"):
         text += f", K = {config.sparse_reads}"
-    return text
+    return text + "".join(f", {option}" for option in memory_options(config.to_dict()))
+
+
+def memory_options(config: Mapping[str, Any]) -> list[str]:
+    """The options a config switches on beyond its architecture's plain equations, by name
+    (the DNC improvements, the NTM's learned initial memory)."""
+    names = {"masked_content": "masked content", "deallocation": "de-allocation",
+             "link_sharpness": "link sharpness", "learned_memory": "learned initial memory"}
+    return [name for field, name in names.items() if config.get(field)]
 
 
 def load_upload(

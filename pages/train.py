@@ -60,10 +60,11 @@ with st.form("train_form"):
                "is written.")
     first, second, third, fourth = st.columns(4)
     options = {
-        "masked_content": first.checkbox("masked content lookup", key="train_masked"),
-        "deallocation": second.checkbox("de-allocation", key="train_deallocation"),
-        "link_sharpness": third.checkbox("link sharpness", key="train_sharpness"),
-        "learned_memory": fourth.checkbox("learned initial memory", key="train_learned_memory"),
+        "masked_content": first.checkbox("masked content lookup (DNC)", key="train_masked"),
+        "deallocation": second.checkbox("de-allocation (DNC)", key="train_deallocation"),
+        "link_sharpness": third.checkbox("link sharpness (DNC)", key="train_sharpness"),
+        "learned_memory": fourth.checkbox("learned initial memory (NTM)",
+                                          key="train_learned_memory"),
     }
     start = st.form_submit_button("Start training", type="primary",
                                   icon=":material/play_arrow:", disabled=running)

@@ -12,6 +12,7 @@ import torch
 import mann
 from mann.catalog import (
     checkpoint_name_error,
+    describe,
     list_checkpoints,
     load_upload,
     task_of,
@@ -22,7 +23,7 @@ from mann.checkpoint import CheckpointError
 from mann.fused.runtime import HAVE_NUMBA
 from mann.inputs import parse_lengths
 from mann.tasks import make_task
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, tiny_model
 
 torch.set_num_threads(1)
 
@@ -107,3 +108,13 @@ def test_warm_kernels_fills_numba_disk_cache_for_the_architectures_and_modes_ask
 def test_warm_kernels_names_an_unknown_mode():
     with pytest.raises(ValueError, match="modes must be among"):
         warm_kernels([], ("evaluate", "serve"))
+
+
+def test_describe_names_the_options_a_model_has_switched_on():
+    plain = describe(tiny_model("dnc"))
+    assert plain.startswith("DNC: memory 10×4") and "masked" not in plain
+    improved = describe(tiny_model("dnc", masked_content=True, link_sharpness=True))
+    assert improved.endswith(", masked content, link sharpness")
+    assert describe(tiny_model("ntm", learned_memory=True)).endswith(
+        ", 1 write head, learned initial memory"
+    )
