@@ -47,6 +47,8 @@ SHIPPED = {
     "dnc-repeat-copy": [({}, (1, 5, 10), {1: 0.5, 5: 0.5, 10: 0.5})],
     "ntm-associative-recall": [({}, (2, 4, 6), {2: 0.5, 4: 0.5, 6: 0.5})],
     "dnc-associative-recall": [({}, (2, 4, 6), {2: 0.5, 4: 0.5, 6: 0.5})],
+    # Issue 19: the DNC with masked content lookup (Csordás & Schmidhuber 2019), same bars.
+    "dnc-masked-associative-recall": [({}, (2, 4, 6), {2: 0.5, 4: 0.5, 6: 0.5})],
     "sdnc-copy": COPY,
     "sam-copy": COPY,
     "lstm-copy": [({}, (10, 20, 40, 80, 120), {})],  # the baseline: reported, no bar

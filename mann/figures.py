@@ -612,6 +612,9 @@ class Explanation:
     # The stage parameters a user may change (name -> value, the shift as a list), as used
     # here: the recorded values unless ``explanation`` was given other ``knobs``.
     knobs: dict = field(default_factory=dict)
+    # Masked content lookup (Csordás & Schmidhuber 2019): the head's mask over the word (W,),
+    # which positions its content lookup compared; None without the improvement.
+    content_mask: np.ndarray | None = None
 
     def mismatch(self) -> float:
         """Largest |last stage - recorded weighting|: ~0 when the stages reproduce the model."""
@@ -813,7 +816,8 @@ def _explain_dnc_write(trace: Trace, step: int, name: str, knobs: dict) -> Expla
     if trace.write_mask is not None:  # masked content: the share of the word compared
         gates["content mask, mean"] = float(trace.write_mask[step].mean())
     return Explanation(
-        trace.arch, step, name, tuple(stages), gates, trace.write_weights[step, 0], knobs=used
+        trace.arch, step, name, tuple(stages), gates, trace.write_weights[step, 0], knobs=used,
+        content_mask=None if trace.write_mask is None else trace.write_mask[step],
     )
 
 
@@ -877,7 +881,8 @@ def _explain_dnc_read(
     if trace.free_gates is not None:
         gates["free gate f"] = float(trace.free_gates[step, index])
     return Explanation(
-        trace.arch, step, name, stages, gates, trace.read_weights[step, index], knobs=used
+        trace.arch, step, name, stages, gates, trace.read_weights[step, index], knobs=used,
+        content_mask=None if trace.read_masks is None else trace.read_masks[step, index],
     )
 
 
@@ -988,6 +993,28 @@ def explain_figure(
         + (" (grey: as recorded; blue: with the knobs)" if recorded is not None else ""),
     )
     figure.update_annotations(font_size=12)
+    return figure
+
+
+def content_mask_figure(explained: Explanation) -> go.Figure:
+    """The head's content mask as bars over the word's positions: 1 where its lookup compares
+    memory and key, 0 where it ignores them (``Explanation.content_mask``; masked content)."""
+    if explained.content_mask is None:
+        raise ValueError(f"{explained.head} at step {explained.step} has no content mask "
+                         "(the model was trained without masked_content)")  # fmt: skip
+    mask = np.asarray(explained.content_mask, dtype=float)
+    figure = go.Figure(go.Bar(
+        x=np.arange(mask.shape[0]), y=mask, marker_color="#1f77b4",
+        hovertemplate="word position %{x}: mask %{y:.3f}<extra></extra>",
+    ))  # fmt: skip
+    figure.update_yaxes(range=[0, 1.05], title_text="mask")
+    figure.update_xaxes(title_text="position in the word")
+    figure.update_layout(
+        height=220, margin=dict(l=50, r=20, t=50, b=40), showlegend=False, bargap=0.1,
+        template=TEMPLATE,
+        title_text=f"{explained.head}'s content mask at step {explained.step}: which parts of "
+        "the word its lookup compares",
+    )  # fmt: skip
     return figure
 
 

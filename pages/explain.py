@@ -133,6 +133,11 @@ def main() -> None:
     for column, stage in zip(stage_columns, explained.stages, strict=True):
         column.markdown(f"**{stage.title}**")
         column.caption(stage.caption)
+    if explained.content_mask is not None:  # masked content (Csordás & Schmidhuber 2019)
+        st.plotly_chart(figures.content_mask_figure(explained), key="explain_mask")
+        st.caption("Masked content lookup: the key and each slot are multiplied by this "
+                   "learned mask before they are compared, so a lookup can match on part of "
+                   "a word (say, an item's key) and ignore the rest.")
     if explained.note:
         st.info(explained.note, icon=":material/info:")
     if explained.mismatch() > explained.tolerance:

@@ -532,6 +532,21 @@ def test_whatif_builder_adds_runs_and_removes_an_intervention(checkpoints):
     assert app.session_state["whatif_list"] == [] and not charts(app)
 
 
+def test_explain_draws_a_masked_dncs_content_mask(checkpoints):
+    save_copy_model(checkpoints, "dnc-masked", "dnc", memory_size=12, masked_content=True)
+    app = start(server.PAGES["explain"])
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-masked").run()
+    app.slider[0].set_value(9).run()
+    trace = expected_trace(checkpoints, "dnc-masked")
+    for head, mask in (("read 0", trace.read_masks[9, 0]), ("write 0", trace.write_mask[9])):
+        app.selectbox[0].set_value(head).run()
+        stages, drawn = charts(app)
+        np.testing.assert_allclose(decode(drawn["data"][0]["y"]), mask, rtol=1e-6)
+        assert "content mask" in drawn["layout"]["title"]["text"]
+    app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()
+    assert len(charts(app)) == 1  # a plain DNC has no mask to draw
+
+
 def test_explain_knobs_recompute_the_stages_and_send_them_to_whatif(checkpoints):
     app = start(server.PAGES["explain"])
     app.sidebar.selectbox[0].set_value("checkpoint:dnc-copy").run()

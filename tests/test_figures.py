@@ -359,6 +359,20 @@ def test_interesting_step_is_in_the_middle_of_the_answer(dnc_trace):
     assert figures.interesting_step(dnc_trace.replace(mask=None)) == dnc_trace.steps // 2
 
 
+def test_a_masked_dnc_explains_each_heads_content_mask(dnc_trace):
+    masked = make_trace("dnc", memory_size=10, read_heads=2, masked_content=True)
+    for head, mask in (("read 1", masked.read_masks[2, 1]), ("write 0", masked.write_mask[2])):
+        explained = figures.explanation(masked, 2, head)
+        np.testing.assert_array_equal(explained.content_mask, mask)
+        (bar,) = figures.content_mask_figure(explained).data
+        np.testing.assert_array_equal(bar.y, mask)
+        assert len(bar.x) == 5  # one bar per position of the word
+    plain = figures.explanation(dnc_trace, 2, "read 0")
+    assert plain.content_mask is None
+    with pytest.raises(ValueError, match="has no content mask"):
+        figures.content_mask_figure(plain)
+
+
 @pytest.mark.parametrize("arch", ["sam", "sdnc"])
 def test_sparse_memories_are_explained_and_marked(arch):
     pytest.importorskip(f"mann.access.{arch}")

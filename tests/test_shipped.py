@@ -92,3 +92,20 @@ def test_priority_sort_the_dnc_makes_under_a_quarter_of_the_lstms_errors():
         errors[name] = float(frame["mean_bit_errors"].iloc[0])
     assert errors["dnc-priority-sort"] <= errors["lstm-priority-sort"] / 4
     assert errors["lstm-priority-sort"] > 20  # without memory it does not sort
+
+
+@pytest.mark.slow
+def test_the_masked_content_dnc_recalls_and_is_the_plain_dnc_with_one_switch():
+    masked, task, metadata = shipped("dnc-masked-associative-recall")
+    plain, _, _ = shipped("dnc-associative-recall")
+    assert masked.config.masked_content and not plain.config.masked_content
+    assert "--masked-content" in metadata["command"]
+    changed = {k for k, v in masked.config.to_dict().items() if plain.config.to_dict()[k] != v}
+    assert changed == {"masked_content"}
+    assert mann.backend_for(masked) == "reference"  # the kernels implement the plain DNC
+    frame = generalisation(masked, task, [2, 4, 6], sequences=300, seed=5)
+    assert (frame["mean_bit_errors"] <= 0.5).all()
+    _, _, trace = masked(task.with_lengths(6, 6).sample(1, torch.Generator().manual_seed(0)).inputs,
+                         record=True)  # fmt: skip
+    masks = trace.read_masks  # the learned masks are recorded: strictly between 0 and 1
+    assert masks is not None and ((masks > 0) & (masks < 1)).all()
