@@ -55,6 +55,7 @@ SHIPPED = {
     "ntm-multi-copy": MULTI_COPY,
     "dnc-multi-copy": MULTI_COPY,
     "dnc-ngrams": [({}, (200,), {})],
+    "ntm-ngrams": [({}, (200,), {})],
     "lstm-ngrams": [({}, (200,), {})],  # the baseline: reported, no bar
     "lstm-priority-sort": [({}, (20,), {})],  # the baseline: reported, no bar
     # Issue 20: at most a quarter of lstm-priority-sort's 42.87 (same budget, 8,000 steps).
