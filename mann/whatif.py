@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mann.access.ntm import INITIAL_MEMORY_VALUE
 from mann.intervention import Intervention, as_interventions
 from mann.model import MemoryAugmentedNetwork
 from mann.tasks.base import Batch
@@ -129,16 +130,17 @@ def copy_items(trace: Trace) -> list[tuple[int, int]]:
 
 
 def presets(trace: Trace) -> list[Preset]:
-    """The presets that apply to this run (a copy or multi-copy episode of an NTM or a DNC):
-    each names the item it touches (item 3, or the last one in a shorter episode)."""
+    """The presets that apply to this run: on a copy or multi-copy episode of an NTM or a DNC,
+    each names the item it touches (item 3, or the last one in a shorter episode); an NTM with
+    a learned initial memory, on any task, can be started from the constant one instead."""
+    found = _learned_memory_presets(trace)
     items = copy_items(trace)
     if not items:
-        return []
+        return found
     index = min(2, len(items) - 1)
     item, (stored, answered) = index + 1, items[index]
     multi = int((trace.inputs[:, -1] > 0.5).sum()) > 1
     outputs = [output for _, output in items]
-    found: list[Preset] = []
     if trace.arch == "dnc":
         found.append(Preset(
             f"DNC: close the write gate while it stores item {item}",
@@ -196,6 +198,23 @@ def presets(trace: Trace) -> list[Preset]:
                           head=head),),
         ))  # fmt: skip
     return found
+
+
+def _learned_memory_presets(trace: Trace) -> list[Preset]:
+    """For an NTM trained with ``learned_memory`` (its config is in the trace's metadata)."""
+    config = trace.metadata.get("config") or {}
+    if trace.arch != "ntm" or not config.get("learned_memory"):
+        return []
+    return [Preset(
+        "NTM: forget the learned initial memory",
+        "Every slot starts at the constant an NTM without a learned memory starts from, so "
+        "content keys can no longer tell the slots apart until they are written. What the "
+        "model finds by content in its learned rows is lost. ntm-ngrams' reads of a context "
+        "stop returning to one slot and its predictions change from the first steps on; over "
+        "many sequences its cost rises from 0.1% to about 40% above the optimum (one "
+        "sequence's bit errors may, by chance, stay level).",
+        (Intervention(0, "memory", INITIAL_MEMORY_VALUE),),
+    )]
 
 
 def _round_length(trace: Trace) -> int:

@@ -66,7 +66,8 @@ def preset_buttons(trace) -> None:
     from_link(found)
     if not found:
         st.caption("Presets need a copy or multi-copy episode of an NTM or a DNC (choose one of "
-                   "the shipped copy models in the sidebar).")
+                   "the shipped copy models in the sidebar), or an NTM with a learned initial "
+                   "memory (ntm-ngrams).")
         return
     st.markdown("**Presets** (one click: the interventions replace the list below)")
     columns = st.columns(min(len(found), 3))

@@ -176,6 +176,21 @@ def test_every_page_renders_with_untrained_models_only(no_checkpoints, page):
     assert not app.error, [element.value for element in app.error]
 
 
+@pytest.mark.parametrize("task_name", choosing.TASK_NAMES)
+def test_the_sidebar_offers_every_tasks_own_lengths(no_checkpoints, task_name):
+    app = start(server.PAGES["inspect"])
+    app.sidebar.selectbox(key="untrained_task").set_value(task_name).run()
+    assert not app.exception, [element.value for element in app.exception]
+    length = app.sidebar.number_input(key=f"length:{task_name}")
+    task = make_task(task_name)
+    low, high = int(length.min), int(length.max)
+    for edge in (low, high):  # both ends are lengths the task takes
+        task.with_lengths(edge, edge)
+    if task_name == "ngrams":  # a 6-gram needs five bits of context and one to predict
+        assert (low, int(length.value)) == (7, 200)
+    assert charts(app)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_takes_the_memoryless_lstm_baseline(checkpoints, page):
     app = start(page)

@@ -234,6 +234,22 @@ def test_the_presets_do_what_they_predict_on_the_shipped_copy_models():
     assert set(content.steps_with_changed_bits) <= {output for _, output in items}
 
 
+def test_forgetting_ntm_ngrams_learned_memory_worsens_its_predictions():
+    copy_trace = record(shipped("ntm-copy"), sample_input(make_task("copy"), 8, 0))
+    assert not [p for p in presets(copy_trace) if "learned" in p.name]  # a constant memory
+    model, task = shipped("ntm-ngrams"), make_task("ngrams")
+    before = after = 0.0
+    for seed in range(4):
+        batch = sample_input(task, 200, seed)
+        (forget,) = presets(record(model, batch))
+        assert forget.name == "NTM: forget the learned initial memory"
+        result = whatif(model, batch, forget.interventions)
+        assert result.first_divergence == 0 and result.first_changed_bit is not None
+        before += result.original.metadata["bit_errors"]
+        after += result.intervened.metadata["bit_errors"]
+    assert after > before + 10  # over four sequences of 200 bits
+
+
 def test_whatif_with_nothing_replaced_changes_nothing():
     model = shipped("dnc-copy")
     batch = sample_input(make_task("copy"), 8, 0)

@@ -1,5 +1,6 @@
-"""The shipped multi-copy models against their bars, and the memory behaviour they were
-shipped to show: an NTM walking its ring, a DNC freeing and re-allocating slots."""
+"""Shipped models against their bars, and the memory behaviour they were shipped to show: an
+NTM walking its ring, a DNC freeing and re-allocating slots, an NTM reading each N-gram
+context from one slot of its learned memory, a DNC with masked content lookups."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 import mann
-from mann import ModelConfig
-from mann import checkpoint
+from mann import ModelConfig, checkpoint
 from mann.evaluate import generalisation
 from mann.patterns import patterns_frame
 from mann.tasks import make_task

@@ -209,14 +209,24 @@ def length_bounds(task_name: str, options: str) -> tuple[int, int, int]:
     from mann.tasks import make_task
 
     task = make_task(task_name, **json.loads(options))
-    low, high = 1, 1
-    while high < 1000 and task.with_lengths(high + 1, high + 1).max_steps <= MAX_INPUT_STEPS:
+    low = 1
+    while not _accepts_length(task, low):  # e.g. N-grams: at least 7 bits
+        low += 1
+        if low > training_lengths(task)[1]:
+            raise ValueError(f"task {task_name!r} accepts no length up to its training range")
+    high = low
+    while high < 1000 and _accepts_length(task, high + 1) and \
+            task.with_lengths(high + 1, high + 1).max_steps <= MAX_INPUT_STEPS:  # fmt: skip
         high += 1
-    try:
-        task.with_lengths(low, low)
-    except ValueError:
-        low = training_lengths(task)[0]
     return low, high, min(max(training_lengths(task)[1], low), high)
+
+
+def _accepts_length(task: Any, length: int) -> bool:
+    try:
+        task.with_lengths(length, length)
+    except ValueError:
+        return False
+    return True
 
 
 def rounds_bound(task: Any) -> int:
