@@ -745,7 +745,7 @@ def shipped_checkpoints(monkeypatch) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lesson_key", ["ntm", "dnc", "memory", "sparse"])
+@pytest.mark.parametrize("lesson_key", ["ntm", "dnc", "memory", "sparse", "lookup"])
 def test_each_lesson_steps_through_with_a_live_view_each_step(shipped_checkpoints, lesson_key):
     from ui.lessons import LESSONS
 

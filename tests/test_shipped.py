@@ -103,6 +103,19 @@ def context_read_consistency(model, task, sequences: int = 30) -> float:
     return sum(shares) / len(shares)
 
 
+def contexts_and_read_slots(model, task, sequences: int = 30) -> list[tuple[int, int]]:
+    """Per sequence: how many different five-bit contexts it holds, and how many different
+    slots the strongest read lands in over the same steps."""
+    batch = task.sample(sequences, torch.Generator().manual_seed(11))
+    counts = []
+    for bits, trace in zip(batch.inputs[:, :, 0].long(), mann.record_traces(model, batch),
+                           strict=True):  # fmt: skip
+        contexts = {tuple(bits[t - 4 : t + 1].tolist()) for t in range(4, trace.steps)}
+        slots = set(trace.read_weights[4:, 0].argmax(-1).tolist())
+        counts.append((len(contexts), len(slots)))
+    return counts
+
+
 @pytest.mark.slow
 def test_the_ntm_with_a_learned_memory_reads_each_context_from_one_slot():
     """Why the learned initial memory made the NTM near-optimal on N-grams: its slots differ
@@ -110,6 +123,9 @@ def test_the_ntm_with_a_learned_memory_reads_each_context_from_one_slot():
     model, task, _ = shipped("ntm-ngrams")
     assert model.config.learned_memory
     assert context_read_consistency(model, task) > 0.95
+    counts = contexts_and_read_slots(model, task)  # a slot per context, and no more
+    assert all(contexts <= slots <= contexts + 2 for contexts, slots in counts)
+    assert sum(contexts == slots for contexts, slots in counts) >= len(counts) // 2
     constant = mann.build_model(ModelConfig.from_dict({**model.config.to_dict(),
                                                        "learned_memory": False}))  # fmt: skip
     state = {k: v for k, v in model.state_dict().items() if k != "access.initial_memory"}
