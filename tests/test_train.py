@@ -557,6 +557,9 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
          "--steps", "100000", "--batch-size", "2", "--log-every", "1", "--quiet",
          "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=REPO,
+        # A shell's background job (nohup ... &) ignores SIGINT, and a child inherits that:
+        # give it the terminal's Ctrl-C whatever started the tests.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         metrics = tmp_path / "interrupted.csv"
