@@ -52,14 +52,15 @@ DEFAULT_TASKS = ("associative_recall", "repeat_copy_short")
 SOLVED = 0.5
 
 
-def finished(out: Path, steps: int) -> bool:
-    """Whether ``out`` holds a run that went all ``steps`` (kept by ``--out``, so an
-    interrupted table resumes where it stopped)."""
+def finished_metadata(out: Path, steps: int) -> dict | None:
+    """The metadata of a run at ``out`` that went all ``steps``, else None (``--out`` keeps
+    runs, so an interrupted table resumes where it stopped)."""
     try:
         metadata = json.loads(Path(f"{out}.json").read_text())
     except FileNotFoundError:
-        return False
-    return metadata["train_config"]["steps"] == steps and metadata["metrics"]["step"] == steps
+        return None
+    done = metadata["train_config"]["steps"] == steps and metadata["metrics"]["step"] == steps
+    return metadata if done else None
 
 
 def run(task: str, variant: str, seed: int, steps: int, directory: Path) -> dict:
@@ -71,9 +72,11 @@ def run(task: str, variant: str, seed: int, steps: int, directory: Path) -> dict
         "--steps", str(steps), "--lr", "0.003", "--lr-decay", "cosine", "--seed", str(seed),
         "--checkpoint-every", str(steps), "--quiet", "--out", str(out), *VARIANTS[variant],
     ]  # fmt: skip
-    if not finished(out, steps):
+    metadata = finished_metadata(out, steps)
+    if metadata is None:
         subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
-    seconds = json.loads(Path(f"{out}.json").read_text())["metrics"]["seconds"]
+        metadata = finished_metadata(out, steps)
+    seconds = metadata["metrics"]["seconds"]
     solved = None
     with open(f"{out}.csv") as handle:
         rows = list(csv.DictReader(handle))

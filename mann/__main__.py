@@ -38,7 +38,7 @@ from mann import checkpoint
 from mann.controller import CONTROLLERS
 from mann.devices import DEVICES, resolve_device
 from mann.distributed import World, distributed_training, launcher
-from mann.model import ARCHITECTURES, ModelConfig
+from mann.model import ARCHITECTURES, MEMORY_OPTIONS, ModelConfig
 from mann.tasks import TASKS, make_task
 from mann.train import (
     CURRICULA,
@@ -101,13 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODEL_FLAGS[1:-1]:
         model.add_argument(_flag(name), type=int, metavar="N")
     model.add_argument("--clip-value", type=float, metavar="X", help="activation clip")
-    for name, what in (("masked_content", "a learned mask over the word for content lookups"),
-                       ("deallocation", "freed slots' contents wiped"),
-                       ("link_sharpness", "forward/backward weightings sharpened")):
+    for name, (owner, _, what) in MEMORY_OPTIONS.items():
         model.add_argument(_flag(name), action="store_const", const=True,
-                           help=f"DNC improvement (Csordás & Schmidhuber 2019): {what}")
-    model.add_argument("--learned-memory", action="store_const", const=True,
-                       help="NTM: learn the initial memory (N×W) instead of a small constant")
+                           help=f"{owner.upper()} option: {what}")
     task = trainer.add_argument_group("task")
     task.add_argument("--min-length", type=int, metavar="N", help="shortest training length")
     task.add_argument("--max-length", type=int, metavar="N", help="longest training length")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -89,6 +89,31 @@ def slot_write_counts(trace: Trace, write_head: int = 0) -> np.ndarray:
     """How many active writes focused on each slot: (N,) int. Above 1 is a reused slot."""
     _, foci = focus(_head(trace, "write_weights", write_head))
     return np.bincount(foci, minlength=trace.memory_size)
+
+
+class ContextReads(NamedTuple):
+    """Where one read head looked, by context (``context_reads``)."""
+
+    one_slot_shares: list[float]  # per context met twice or more: share of its reads in one slot
+    contexts: int  # different contexts in the sequence
+    read_slots: int  # different slots its strongest read landed in, over the same steps
+
+
+def context_reads(trace: Trace, context_bits: int = 5, read_head: int = 0) -> ContextReads:
+    """For a bit sequence in input channel 0 (dynamic N-grams): group the steps by the context
+    of the last ``context_bits`` input bits (the step's own included) and see where the read
+    head's strongest weight landed. A model that keeps one slot per context reads each
+    context's commonest slot every time (shares of 1) and reads as many slots as there are
+    contexts."""
+    foci = _head(trace, "read_weights", read_head).argmax(axis=1)
+    bits = (trace.inputs[:, 0] > 0.5).astype(int)
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for step in range(context_bits - 1, trace.steps):
+        context = tuple(bits[step - context_bits + 1 : step + 1])
+        by_context.setdefault(context, []).append(int(foci[step]))
+    shares = [max(slots.count(slot) for slot in set(slots)) / len(slots)
+              for slots in by_context.values() if len(slots) > 1]  # fmt: skip
+    return ContextReads(shares, len(by_context), len(set(foci[context_bits - 1 :].tolist())))
 
 
 def memory_metrics(trace: Trace, write_head: int = 0, read_head: int = 0) -> dict[str, float]:

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 from mann.checkpoint import WEIGHTS_SUFFIX, load, read_metadata
-from mann.model import ARCHITECTURES, MemoryAugmentedNetwork, ModelConfig, build_model
+from mann.model import (
+    ARCHITECTURES,
+    MEMORY_OPTIONS,
+    MemoryAugmentedNetwork,
+    ModelConfig,
+    build_model,
+)
 from mann.tasks import make_task
 from mann.tasks.base import Task
 
@@ -122,11 +128,8 @@ def describe(model: MemoryAugmentedNetwork) -> str:
 
 
 def memory_options(config: Mapping[str, Any]) -> list[str]:
-    """The options a config switches on beyond its architecture's plain equations, by name
-    (the DNC improvements, the NTM's learned initial memory)."""
-    names = {"masked_content": "masked content", "deallocation": "de-allocation",
-             "link_sharpness": "link sharpness", "learned_memory": "learned initial memory"}
-    return [name for field, name in names.items() if config.get(field)]
+    """The names of the ``MEMORY_OPTIONS`` a config (as a dict) switches on."""
+    return [name for field, (_, name, _) in MEMORY_OPTIONS.items() if config.get(field)]
 
 
 def load_upload(

@@ -33,7 +33,20 @@ from mann.intervention import Intervention, as_interventions
 from mann.trace import Trace
 
 ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc", "lstm")  # "lstm": the controller alone
-IMPROVEMENTS = ("masked_content", "deallocation", "link_sharpness")  # the DNC's options
+# Switches beyond an architecture's plain equations, off by default: field -> (the one
+# architecture that has it, its name, what it does). Read by validation, the trainer's
+# command line and the model descriptions.
+_CSORDAS = "(Csordás & Schmidhuber 2019)"
+MEMORY_OPTIONS = {
+    "masked_content": ("dnc", "masked content",
+                       f"a learned mask over the word for content lookups {_CSORDAS}"),
+    "deallocation": ("dnc", "de-allocation", f"freed slots' contents wiped {_CSORDAS}"),
+    "link_sharpness": ("dnc", "link sharpness",
+                       f"forward/backward weightings sharpened {_CSORDAS}"),
+    "learned_memory": ("ntm", "learned initial memory",
+                       "the initial memory (N×W) is learned (Collier & Beel 2018)"),
+}  # fmt: skip
+IMPROVEMENTS = tuple(name for name, (arch, *_) in MEMORY_OPTIONS.items() if arch == "dnc")
 
 
 @dataclass
@@ -105,18 +118,14 @@ class ModelConfig:
         clip = self.clip_value
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
             raise ValueError(f"clip_value must be a number > 0, got {self.clip_value!r}")
-        for name in IMPROVEMENTS:
+        for name, (owner, _, _) in MEMORY_OPTIONS.items():
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-            if value and self.arch != "dnc":
-                raise ValueError(f"{name} is a DNC improvement; arch={self.arch!r} has no such "
-                                 "option")  # fmt: skip
-        if not isinstance(self.learned_memory, bool):
-            raise ValueError(f"learned_memory must be True or False, got {self.learned_memory!r}")
-        if self.learned_memory and self.arch != "ntm":
-            raise ValueError(f"learned_memory is an NTM option; arch={self.arch!r} has no such "
-                             "option")  # fmt: skip
+            if value and self.arch != owner:
+                article = "an" if owner == "ntm" else "a"  # spoken "en-tee-em", "dee-en-see"
+                raise ValueError(f"{name} is {article} {owner.upper()} option; arch="
+                                 f"{self.arch!r} has no such option")  # fmt: skip
         return self
 
     def to_dict(self) -> dict:

@@ -71,7 +71,7 @@ from mann import checkpoint
 from mann.devices import resolve_device
 from mann.distributed import World, batch_seed, launcher
 from mann.metrics import bit_errors, masked_bce
-from mann.model import MemoryAugmentedNetwork, ModelConfig, build_model
+from mann.model import MEMORY_OPTIONS, MemoryAugmentedNetwork, ModelConfig, build_model
 from mann.tasks import TASKS, make_task
 from mann.tasks.base import Task
 
@@ -95,9 +95,8 @@ MODEL_FLAGS = (
     "controller", "hidden_size", "num_layers", "memory_size", "word_size", "read_heads",
     "write_heads", "shift_range", "sparse_reads", "temporal_reads", "clip_value",
 )  # fmt: skip
-# Switches: ``--masked-content`` etc. with no value, given when on (the DNC's improvements
-# and the NTM's learned initial memory).
-SWITCH_FLAGS = ("masked_content", "deallocation", "link_sharpness", "learned_memory")
+# Switches: ``--masked-content`` etc. with no value, given when on (``MEMORY_OPTIONS``).
+SWITCH_FLAGS = tuple(MEMORY_OPTIONS)
 TRAIN_FLAGS = (
     "steps", "batch_size", "lr", "lr_decay", "optimizer", "momentum", "clip", "seed",
     "curriculum", "curriculum_start", "curriculum_increment", "curriculum_threshold",

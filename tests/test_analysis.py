@@ -12,6 +12,7 @@ import torch
 
 import mann
 from mann.analysis import (
+    context_reads,
     episode_metrics,
     gate_activity,
     markdown_table,
@@ -288,3 +289,14 @@ def test_cli_patterns_names_what_does_not_fit(tmp_path):
     assert result.returncode == 0, result.stderr  # longer rounds than trained: allowed
     result = run_cli("patterns", str(tmp_path / "multi"), "--sequences", "0")
     assert result.returncode == 2 and "sequences must be an integer >= 1" in result.stderr
+
+
+def test_context_reads_groups_steps_by_their_last_bits():
+    # Contexts of 2 bits over the inputs 0 1 1 0 1 1 0: steps 1..6 end 01, 11, 10, 01, 11, 10.
+    bits = np.array([0, 1, 1, 0, 1, 1, 0], dtype=np.float32)
+    reads = one_hot(4, [0, 1, 2, 3, 1, 0, 3])  # context 01 -> 1, 1; 11 -> 2, 0; 10 -> 3, 3
+    trace = make_trace(one_hot(4, [0] * 7), reads).replace(
+        inputs=np.stack([bits, np.zeros_like(bits)], axis=1))
+    found = context_reads(trace, context_bits=2)
+    assert (found.contexts, found.read_slots) == (3, 4)
+    assert sorted(found.one_slot_shares) == [0.5, 1.0, 1.0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mann
-from mann import ModelConfig, checkpoint
+from mann import ModelConfig, analysis, checkpoint
 from mann.evaluate import generalisation
 from mann.patterns import patterns_frame
 from mann.tasks import make_task
@@ -84,36 +84,14 @@ def test_dynamic_ngrams_the_ntm_and_dnc_predict_near_the_optimum_and_the_lstm_do
         assert costs["lstm-ngrams"] > 2 * costs[name], name
 
 
-def context_read_consistency(model, task, sequences: int = 30) -> float:
-    """Over the five-bit contexts met at least twice in a sequence: the share of the steps
-    ending one context whose strongest read lands in that context's commonest slot."""
+def context_reads(model, task, sequences: int = 30) -> tuple[float, list[tuple[int, int]]]:
+    """``analysis.context_reads`` over ``sequences`` N-gram sequences: the share of a
+    context's reads in its commonest slot (pooled over contexts), and per sequence
+    (different contexts, different read slots)."""
     batch = task.sample(sequences, torch.Generator().manual_seed(11))
-    shares = []
-    for bits, trace in zip(batch.inputs[:, :, 0].long(), mann.record_traces(model, batch),
-                           strict=True):  # fmt: skip
-        read_slots = trace.read_weights[:, 0].argmax(-1)
-        contexts = [int("".join(map(str, bits[t - 4 : t + 1].tolist())), 2)
-                    for t in range(4, trace.steps)]  # fmt: skip
-        by_context: dict[int, list[int]] = {}
-        for t, context in enumerate(contexts, start=4):
-            by_context.setdefault(context, []).append(int(read_slots[t]))
-        for slots in by_context.values():
-            if len(slots) > 1:
-                shares.append(max(slots.count(slot) for slot in set(slots)) / len(slots))
-    return sum(shares) / len(shares)
-
-
-def contexts_and_read_slots(model, task, sequences: int = 30) -> list[tuple[int, int]]:
-    """Per sequence: how many different five-bit contexts it holds, and how many different
-    slots the strongest read lands in over the same steps."""
-    batch = task.sample(sequences, torch.Generator().manual_seed(11))
-    counts = []
-    for bits, trace in zip(batch.inputs[:, :, 0].long(), mann.record_traces(model, batch),
-                           strict=True):  # fmt: skip
-        contexts = {tuple(bits[t - 4 : t + 1].tolist()) for t in range(4, trace.steps)}
-        slots = set(trace.read_weights[4:, 0].argmax(-1).tolist())
-        counts.append((len(contexts), len(slots)))
-    return counts
+    found = [analysis.context_reads(trace) for trace in mann.record_traces(model, batch)]
+    shares = [share for reads in found for share in reads.one_slot_shares]
+    return sum(shares) / len(shares), [(reads.contexts, reads.read_slots) for reads in found]
 
 
 @pytest.mark.slow
@@ -122,15 +100,16 @@ def test_the_ntm_with_a_learned_memory_reads_each_context_from_one_slot():
     from the start, so the context's content key finds the same slot every time it recurs."""
     model, task, _ = shipped("ntm-ngrams")
     assert model.config.learned_memory
-    assert context_read_consistency(model, task) > 0.95
-    counts = contexts_and_read_slots(model, task)  # a slot per context, and no more
+    consistency, counts = context_reads(model, task)
+    assert consistency > 0.95
+    # A slot per context, and no more.
     assert all(contexts <= slots <= contexts + 2 for contexts, slots in counts)
     assert sum(contexts == slots for contexts, slots in counts) >= len(counts) // 2
     constant = mann.build_model(ModelConfig.from_dict({**model.config.to_dict(),
                                                        "learned_memory": False}))  # fmt: skip
     state = {k: v for k, v in model.state_dict().items() if k != "access.initial_memory"}
     constant.load_state_dict(state)  # the same weights from a constant memory
-    assert context_read_consistency(constant.eval(), task) < 0.9
+    assert context_reads(constant.eval(), task)[0] < 0.9
 
 
 @pytest.mark.slow

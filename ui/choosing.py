@@ -210,23 +210,25 @@ def length_bounds(task_name: str, options: str) -> tuple[int, int, int]:
 
     task = make_task(task_name, **json.loads(options))
     low = 1
-    while not _accepts_length(task, low):  # e.g. N-grams: at least 7 bits
+    while _fixed_length(task, low) is None:  # e.g. N-grams: at least 7 bits
         low += 1
         if low > training_lengths(task)[1]:
             raise ValueError(f"task {task_name!r} accepts no length up to its training range")
     high = low
-    while high < 1000 and _accepts_length(task, high + 1) and \
-            task.with_lengths(high + 1, high + 1).max_steps <= MAX_INPUT_STEPS:  # fmt: skip
+    while high < 1000:
+        longer = _fixed_length(task, high + 1)
+        if longer is None or longer.max_steps > MAX_INPUT_STEPS:
+            break
         high += 1
     return low, high, min(max(training_lengths(task)[1], low), high)
 
 
-def _accepts_length(task: Any, length: int) -> bool:
+def _fixed_length(task: Any, length: int) -> Any:
+    """``task`` with every sequence of ``length``, or None if the task refuses that length."""
     try:
-        task.with_lengths(length, length)
+        return task.with_lengths(length, length)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def rounds_bound(task: Any) -> int:

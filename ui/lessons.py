@@ -266,7 +266,7 @@ LOOKUP = Lesson(
             "One slot per context",
             "In these 60 bits 25 different five-bit contexts occur, and the read head visits "
             "exactly 25 slots: whenever a context recurs, its key finds the same slot again "
-            "(over 30 sequences, 99.96% of a context's reads land in one slot). That slot is "
+            "(over 100 sequences, 99.85% of a context's reads land in one slot). That slot is "
             "where the model keeps what it has counted for the context.",
             View("timeline", "ntm-ngrams", length=60, seed=10),
             look_at="the read weighting: one sharp slot per step, each revisited when its "
