@@ -5,7 +5,7 @@ import streamlit as st
 from mann import figures
 from mann.background import BackgroundTraining
 from mann.catalog import UNTRAINED_SIZES, available_architectures, checkpoint_name_error
-from mann.model import ModelConfig
+from mann.model import MEMORY_OPTIONS, ModelConfig
 from mann.tasks import TASKS, make_task
 from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
 from ui import choosing, links, server
@@ -58,13 +58,10 @@ with st.form("train_form"):
                "by the pure-torch reference (slower than the plain DNC's fused kernels). NTM: "
                "a learned initial memory, so a content key can pick a slot before anything "
                "is written.")
-    first, second, third, fourth = st.columns(4)
     options = {
-        "masked_content": first.checkbox("masked content lookup (DNC)", key="train_masked"),
-        "deallocation": second.checkbox("de-allocation (DNC)", key="train_deallocation"),
-        "link_sharpness": third.checkbox("link sharpness (DNC)", key="train_sharpness"),
-        "learned_memory": fourth.checkbox("learned initial memory (NTM)",
-                                          key="train_learned_memory"),
+        name: column.checkbox(f"{label} ({owner.upper()})", key=f"train_{name}", help=what)
+        for column, (name, (owner, label, what)) in zip(
+            st.columns(len(MEMORY_OPTIONS)), MEMORY_OPTIONS.items(), strict=True)
     }
     start = st.form_submit_button("Start training", type="primary",
                                   icon=":material/play_arrow:", disabled=running)

@@ -125,8 +125,9 @@ class NTMAccess(nn.Module):
         dtype = dtype or self.initial_weight_logits.dtype
         shape = (batch_size, self.memory_size, self.word_size)
         if self.learned_memory:
-            # A copy per sequence: the steps write M_t afresh, and the gradient still reaches
-            # the parameter through the expand.
+            # A copy per sequence (B·N·W floats, once per run), as the constant memory is: an
+            # in-place edit of one sequence's memory must not reach the parameter or the other
+            # sequences. The gradient still reaches the parameter through the expand.
             memory = self.initial_memory.to(device, dtype).expand(shape).contiguous()
         else:
             memory = torch.full(shape, INITIAL_MEMORY_VALUE, device=device, dtype=dtype)
