@@ -58,10 +58,11 @@ with st.form("train_form"):
                "by the pure-torch reference (slower than the plain DNC's fused kernels). NTM: "
                "a learned initial memory, so a content key can pick a slot before anything "
                "is written.")
+    columns = st.columns(2)  # two to a row, so each label fits
     options = {
-        name: column.checkbox(f"{label} ({owner.upper()})", key=f"train_{name}", help=what)
-        for column, (name, (owner, label, what)) in zip(
-            st.columns(len(MEMORY_OPTIONS)), MEMORY_OPTIONS.items(), strict=True)
+        name: columns[index % 2].checkbox(f"{label} ({owner.upper()})", key=f"train_{name}",
+                                          help=what)
+        for index, (name, (owner, label, what)) in enumerate(MEMORY_OPTIONS.items())
     }
     start = st.form_submit_button("Start training", type="primary",
                                   icon=":material/play_arrow:", disabled=running)
