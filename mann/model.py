@@ -45,6 +45,9 @@ MEMORY_OPTIONS = {
                        f"forward/backward weightings sharpened {_CSORDAS}"),
     "learned_memory": ("ntm", "learned initial memory",
                        "the initial memory (N×W) is learned (Collier & Beel 2018)"),
+    "read_after_write": ("ntm", "read after write",
+                         "read heads address and read M_t, after this step's write (the "
+                         "DNC's order)"),
 }  # fmt: skip
 IMPROVEMENTS = tuple(name for name, (arch, *_) in MEMORY_OPTIONS.items() if arch == "dnc")
 
@@ -74,6 +77,9 @@ class ModelConfig:
     # The NTM's initial memory: a small constant (False, Collier & Beel's recommendation for
     # copy) or a learned N×W parameter, so content lookups can tell slots apart from step 1.
     learned_memory: bool = False
+    # The NTM's order within a step: reads of M_{t-1} then the write (False), or the write then
+    # reads of M_t (True, the DNC's order), so a step can read past what it just erased.
+    read_after_write: bool = False
 
     def validate(self) -> ModelConfig:
         if self.arch not in ARCHITECTURES:
@@ -157,6 +163,7 @@ def build_access(config: ModelConfig) -> nn.Module:
             config.write_heads,
             config.shift_range,
             learned_memory=config.learned_memory,
+            read_after_write=config.read_after_write,
         )
     if config.arch == "dnc":
         from mann.access.dnc import DNCAccess

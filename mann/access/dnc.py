@@ -132,6 +132,14 @@ class DNCAccess(nn.Module):
         """Whether any of the improvements is on (the fused kernels implement the plain DNC)."""
         return self.masked_content or self.deallocation or self.link_sharpness
 
+    @property
+    def reference_only(self) -> str | None:
+        """Why only the reference can run this memory (None: the kernels can)."""
+        if self.improved:
+            return ("the kernels implement the plain DNC (masked_content, deallocation and "
+                    "link_sharpness are the reference's alone)")  # fmt: skip
+        return None
+
     def parse_interface(self, interface: torch.Tensor) -> DNCInterface:
         batch = interface.shape[0]
         W, R = self.word_size, self.read_heads

@@ -4,7 +4,10 @@ Every head, read or write, addresses memory in four steps (NTM 3.3):
 content → interpolation with its previous weighting (g) → circular shift (s) → sharpening (γ).
 All heads are addressed together in one batched computation against M_{t-1}; read heads
 read M_{t-1} (before this step's write, as in Collier & Beel's reference implementation),
-then write heads erase and add to produce M_t.
+then write heads erase and add to produce M_t. With ``read_after_write`` the order is the
+DNC's: write heads address M_{t-1} and write M_t, then read heads address and read M_t, so a
+step can erase what the step before read and read past it at once (the paper leaves the
+order open).
 
 Heads are ordered read heads first, then write heads, wherever they are stacked (the
 interface, the state's weightings, the Trace's ``content_weights`` etc.).
@@ -84,6 +87,7 @@ class NTMAccess(nn.Module):
         write_heads: int = 1,
         shift_range: int = 3,
         learned_memory: bool = False,
+        read_after_write: bool = False,
     ) -> None:
         super().__init__()
         require_positive("memory_size", memory_size)
@@ -113,11 +117,19 @@ class NTMAccess(nn.Module):
         initial_logits[:, 0] = 5.0
         self.initial_weight_logits = nn.Parameter(initial_logits)
         self.initial_read = nn.Parameter(torch.randn(read_heads, word_size) * 0.01)
+        self.read_after_write = read_after_write
         self.learned_memory = learned_memory
         if learned_memory:
             self.initial_memory = nn.Parameter(
                 torch.randn(memory_size, word_size) * LEARNED_MEMORY_SCALE
             )
+
+    @property
+    def reference_only(self) -> str | None:
+        """Why only the reference can run this memory (None: the kernels can)."""
+        if self.read_after_write:
+            return "the kernels read M_{t-1} (read_after_write is the reference's alone)"
+        return None
 
     def initial_state(
         self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
@@ -171,16 +183,29 @@ class NTMAccess(nn.Module):
         sharpening = edit("sharpening", addressing.oneplus(gamma.squeeze(-1)))  # γ >= 1
         erase, add = torch.sigmoid(writes["erase"]), writes["add"]
 
-        content = addressing.content_weights(state.memory, key, key_strength)
-        gated = addressing.interpolate(content, previous, interpolation_gate)
-        shifted = addressing.shift(gated, shift)
-        weights = addressing.sharpen(shifted, sharpening)
-        read_weights, write_weights = weights.split([self.read_heads, self.write_heads], dim=1)
-        read_weights = edit("read_weights", read_weights)
-        write_weights = edit("write_weights", write_weights)
+        def address(memory, heads: slice):  # w^c and w_t of the heads in ``heads``
+            content = addressing.content_weights(memory, key[:, heads], key_strength[:, heads])
+            head_gate = interpolation_gate[:, heads]
+            gated = addressing.interpolate(content, previous[:, heads], head_gate)
+            shifted = addressing.shift(gated, shift[:, heads])
+            return content, addressing.sharpen(shifted, sharpening[:, heads])
 
-        read_vectors = edit("read_vectors", addressing.read(state.memory, read_weights))
-        memory = addressing.erase_and_write(state.memory, write_weights, erase, add)
+        if self.read_after_write:
+            reading, writing = slice(0, self.read_heads), slice(self.read_heads, None)
+            write_content, write_weights = address(state.memory, writing)
+            write_weights = edit("write_weights", write_weights)
+            memory = addressing.erase_and_write(state.memory, write_weights, erase, add)
+            read_content, read_weights = address(memory, reading)
+            read_weights = edit("read_weights", read_weights)
+            read_vectors = edit("read_vectors", addressing.read(memory, read_weights))
+            content = torch.cat([read_content, write_content], dim=1)
+        else:
+            content, weights = address(state.memory, slice(None))
+            read_weights, write_weights = weights.split([self.read_heads, self.write_heads], 1)
+            read_weights = edit("read_weights", read_weights)
+            write_weights = edit("write_weights", write_weights)
+            read_vectors = edit("read_vectors", addressing.read(state.memory, read_weights))
+            memory = addressing.erase_and_write(state.memory, write_weights, erase, add)
 
         new_state = NTMState(memory, read_weights, write_weights)
         step_record = NTMRecord(

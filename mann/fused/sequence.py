@@ -53,9 +53,9 @@ def missing(model, inputs: torch.Tensor | None, state) -> str | None:
         return "numba is not installed"
     if _steps_for(model.access) is None:
         return f"no sequence kernel for {type(model.access).__name__}"
-    if getattr(model.access, "improved", False):
-        return ("the kernels implement the plain DNC (masked_content, deallocation and "
-                "link_sharpness are the reference's alone)")
+    reference_only = getattr(model.access, "reference_only", None)
+    if reference_only:
+        return reference_only
     if _layers_for(model.controller) is None:
         return f"no sequence kernel for the controller {type(model.controller).__name__}"
     if model.config.clip_value < 1.0:
