@@ -116,6 +116,76 @@ def context_reads(trace: Trace, context_bits: int = 5, read_head: int = 0) -> Co
     return ContextReads(shares, len(by_context), len(set(foci[context_bits - 1 :].tolist())))
 
 
+class PriorityPlacement(NamedTuple):
+    """How a model stored and read back a priority sort (``priority_placement``)."""
+
+    priority_fit: float  # Pearson r of each input's priority and its unwrapped write slot
+    slots_written: int  # distinct write foci over the inputs
+    items: int  # inputs in the sequence
+    read_steps: float  # share of consecutive output reads at most one slot apart
+    read_hits: float  # share of output steps whose read focus holds the item they answer
+
+
+def unwrap(foci: np.ndarray, slots: int) -> np.ndarray:
+    """Slot indices on a ring as positions on a line: cut the ring at its widest empty arc, so a
+    band of slots across N−1 → 0 stays together (the order of positions is the ring's)."""
+    taken = np.unique(foci)
+    gaps = np.diff(np.append(taken, taken[0] + slots))  # gap after each taken slot
+    start = taken[(int(np.argmax(gaps)) + 1) % len(taken)]  # first slot after the widest gap
+    return (foci - start) % slots
+
+
+def priority_placement(trace: Trace, write_head: int = 0, read_head: int = 0) -> PriorityPlacement:
+    """For one priority-sort sequence (``mann.tasks.priority_sort``: priority in input channel
+    X−2, the delimiter in X−1, the answers on the scored steps): does the write slot follow the
+    priority, as the NTM paper found its NTM doing, and do the reads walk the slots or jump
+    to the answer by content?
+
+    ``priority_fit`` is the paper's test, a linear fit of write location on priority (unwrapped
+    with ``unwrap``): near ±1 when each item is placed by priority, near 0 when slots are handed
+    out in arrival order (a DNC's allocation). ``read_hits`` counts an output step as a hit when
+    its read focus is the slot that held the answered item's write.
+    """
+    priority_channel = trace.inputs.shape[1] - 2
+    items = int(np.flatnonzero(trace.inputs[:, priority_channel + 1] > 0.5)[0])  # the delimiter
+    priorities = trace.inputs[:items, priority_channel].astype(np.float64)
+    write_foci = _head(trace, "write_weights", write_head)[:items].argmax(axis=1)
+    positions = unwrap(write_foci, trace.memory_size).astype(np.float64)
+    fit = (float(np.corrcoef(priorities, positions)[0, 1])
+           if positions.std() > 0 and priorities.std() > 0 else math.nan)  # fmt: skip
+    outputs = np.flatnonzero(trace.mask > 0)
+    read_foci = _head(trace, "read_weights", read_head)[outputs].argmax(axis=1)
+    moves = circular_distance(read_foci[1:], read_foci[:-1], trace.memory_size)
+    answered = np.argsort(-priorities, kind="stable")[: len(outputs)]  # input step per answer
+    return PriorityPlacement(
+        priority_fit=fit,
+        slots_written=len(np.unique(write_foci)),
+        items=items,
+        read_steps=float(np.mean(moves <= 1)) if len(moves) else math.nan,
+        read_hits=float(np.mean(read_foci == write_foci[answered])),
+    )
+
+
+def placement_frame(traces: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
+    """``priority_placement`` per model, the mean over its episodes (NaN fits, from episodes
+    whose writes all hit one slot, left out): one row per model."""
+    import pandas as pd
+
+    rows = []
+    for name, model_traces in traces.items():
+        found = [priority_placement(trace) for trace in model_traces]
+        rows.append({
+            "model": name,
+            "priority_fit": float(np.nanmean([f.priority_fit for f in found]))
+            if any(not math.isnan(f.priority_fit) for f in found) else math.nan,
+            "slots_written": float(np.mean([f.slots_written for f in found])),
+            "items": float(np.mean([f.items for f in found])),
+            "read_steps": float(np.nanmean([f.read_steps for f in found])),
+            "read_hits": float(np.mean([f.read_hits for f in found])),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def memory_metrics(trace: Trace, write_head: int = 0, read_head: int = 0) -> dict[str, float]:
     """The metrics of the module docstring for one write head and one read head."""
     write_weights = _head(trace, "write_weights", write_head)

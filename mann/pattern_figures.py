@@ -10,7 +10,10 @@ Pure functions of Traces (and of ``mann.analysis`` frames), plotly, no Streamlit
 - ``jump_figure({name: traces})``: how far the write focus moves from one write to the next,
   as shares of all jumps over many episodes;
 - ``slot_writes_figure({name: traces})``: writes per slot per episode; above 1 is reuse;
-- ``gate_figure(frame)``: mean gate values and read-mode shares on scored and unscored steps.
+- ``gate_figure(frame)``: mean gate values and read-mode shares on scored and unscored steps;
+- ``priority_placement_figure({name: traces})``: on priority sort, each input's write slot
+  against its priority: a line where a model places items by priority (the NTM paper's
+  finding), a cloud where it takes slots in arrival order (a DNC's allocation).
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import plotly.graph_objects as go
 
-from mann.analysis import GATES, PHASES, focus, slot_write_counts, write_jumps
+from mann.analysis import (
+    GATES,
+    PHASES,
+    focus,
+    priority_placement,
+    slot_write_counts,
+    unwrap,
+    write_jumps,
+)
 from mann.figures import TEMPLATE
 from mann.trace import READ_MODES, Trace
 
@@ -186,4 +197,37 @@ def gate_figure(frame: pd.DataFrame) -> go.Figure | None:
     return _layout(
         figure, "gates by phase (scored = output steps): what writes, allocates and frees", 380,
         barmode="group", yaxis=dict(range=[0, 1.05], title="mean over the phase's steps"),
+    )  # fmt: skip
+
+
+def priority_placement_figure(
+    traces: Mapping[str, Sequence[Trace]], episodes: int = 5, write_head: int = 0
+) -> go.Figure:
+    """Priority-sort episodes (``mann.analysis.priority_placement``): each input's write slot,
+    unwrapped around the ring so a band across the last slot stays together, against its
+    priority, for the first ``episodes`` episodes of each model; the legend gives the mean fit
+    r over those episodes."""
+    figure = go.Figure()
+    for name, model_traces in traces.items():
+        shown = list(model_traces[:episodes])
+        if not shown:
+            continue
+        x, y, fits = [], [], []
+        for trace in shown:
+            channel = trace.inputs.shape[1] - 2
+            placed = priority_placement(trace, write_head)
+            x.append(trace.inputs[: placed.items, channel])
+            foci = trace.write_weights[: placed.items, write_head].argmax(axis=1)
+            y.append(unwrap(foci, trace.memory_size))
+            fits.append(placed.priority_fit)
+        fit = np.nanmean(fits) if not np.all(np.isnan(fits)) else np.nan
+        figure.add_trace(go.Scatter(
+            x=np.concatenate(x), y=np.concatenate(y), mode="markers", opacity=0.7,
+            name=f"{name} (r = {fit:+.2f})",
+            hovertemplate=f"{name}<br>priority %{{x:.2f}}: slot %{{y}} from the band's start"
+                          "<extra></extra>",
+        ))  # fmt: skip
+    return _layout(
+        figure, "where each item is written, against its priority", 380,
+        xaxis_title="priority", yaxis_title="slot written (from the first slot used)",
     )  # fmt: skip

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mann import pattern_figures
-from mann.analysis import METRICS, summary_table
+from mann.analysis import METRICS, placement_frame, summary_table
 from mann.inputs import MAX_INPUT_STEPS, training_lengths
 from ui import choosing, links, results, server
 
@@ -119,12 +119,14 @@ def measure(task, picked, length, rounds, episodes, seed) -> dict | None:
     return stored
 
 
-def show(result: dict) -> None:
+def show(result: dict, task_name: str) -> None:
     traces, frame = result["traces"], result["frame"]
     st.subheader("In numbers")
     st.caption("Mean ± standard deviation over the episodes. " + "; ".join(
         f"**{name}**: {text}" for name, text in METRIC_HELP.items()) + ".")
     st.dataframe(summary_table(frame, ["bit_errors", *METRICS]), hide_index=True)
+    if task_name == "priority_sort":
+        show_placement(traces)
 
     st.subheader("In pictures")
     count = len(next(iter(traces.values())))
@@ -164,13 +166,35 @@ def show(result: dict) -> None:
         st.dataframe(frame, hide_index=True)
 
 
+def show_placement(traces: dict) -> None:
+    """Priority sort: placed by priority (the NTM paper's finding) or in arrival order?"""
+    st.subheader("Placed by priority, or in arrival order?")
+    st.caption(
+        "Means over the episodes. **priority fit**: the correlation of an item's priority with "
+        "the slot it is written to (±1: placed by priority, as the NTM paper found its NTM "
+        "doing; near 0: slots handed out in arrival order); **slots written**: distinct slots "
+        "for the items, fewer when items share a slot; **read steps**: share of consecutive "
+        "answers read at most one slot apart (a walk along the slots); **read hits**: share "
+        "of answers read from the slot their item was written to."
+    )
+    placement = placement_frame(traces).rename(columns=lambda c: c.replace("_", " "))
+    st.dataframe(placement, hide_index=True)
+    st.plotly_chart(pattern_figures.priority_placement_figure(traces), key="patterns_placement")
+    st.caption(
+        "A line: the model computes where to write from the priority and reads the answers by "
+        "walking the slots in order; items of close priority land in one slot and blur. A "
+        "cloud: each item takes a fresh slot and each answer is found by content."
+    )
+
+
 def main() -> None:
     st.title("Patterns")
     st.caption(
         "How models use their memory over many episodes: how many slots they write, how often "
         "they write a slot again, how far each write moves, and (DNC, SDNC) what their gates "
         "do. Multi-copy has more items in an episode than memory has slots, so memory must be "
-        "reused; that is where an NTM and a DNC part ways."
+        "reused; that is where an NTM and a DNC part ways. On priority sort: whether an item's "
+        "slot follows its priority or its arrival."
     )
     try:
         task, picked, length, rounds, episodes, seed = controls()
@@ -179,7 +203,7 @@ def main() -> None:
         return
     result = measure(task, picked, length, rounds, episodes, seed)
     if result is not None:
-        show(result)
+        show(result, task.name)
     links.link_box(models=picked)
 
 

@@ -18,7 +18,10 @@ from mann.analysis import (
     markdown_table,
     memory_metrics,
     metrics_frame,
+    placement_frame,
+    priority_placement,
     slot_write_counts,
+    unwrap,
     write_jumps,
 )
 from mann.tasks import make_task
@@ -300,3 +303,55 @@ def test_context_reads_groups_steps_by_their_last_bits():
     found = context_reads(trace, context_bits=2)
     assert (found.contexts, found.read_slots) == (3, 4)
     assert sorted(found.one_slot_shares) == [0.5, 1.0, 1.0]
+
+
+def priority_sort_trace(priorities, write_foci, read_foci, slots=8) -> Trace:
+    """A one-bit priority sort (channels: bit, priority, delimiter): the inputs, the
+    delimiter, then one scored step per read focus."""
+    items, answers = len(priorities), len(read_foci)
+    steps = items + 1 + answers
+    inputs = np.zeros((steps, 3), dtype=np.float32)
+    inputs[:items, 1] = priorities
+    inputs[items, 2] = 1.0
+    mask = np.zeros(steps, dtype=np.float32)
+    mask[items + 1 :] = 1.0
+    writes = one_hot(slots, [*write_foci, None, *([None] * answers)])
+    reads = one_hot(slots, [None] * (items + 1) + list(read_foci))
+    return make_trace(writes, reads).replace(inputs=inputs, mask=mask)
+
+
+def test_unwrap_keeps_a_band_across_the_end_of_the_ring_together():
+    assert unwrap(np.array([7, 0, 1, 2]), 8).tolist() == [0, 1, 2, 3]
+    assert unwrap(np.array([2, 4, 3]), 8).tolist() == [0, 2, 1]
+
+
+def test_priority_placement_tells_placing_by_priority_from_arrival_order():
+    priorities = [0.5, -0.5, 0.9, 0.0]  # answered in the order items 2, 0, 3
+    # Placed by priority in a band across slot 7 -> 0, read back by walking it.
+    placed = priority_placement(priority_sort_trace(priorities, [0, 2, 7, 1], [7, 0, 1]))
+    assert placed.priority_fit < -0.99 and placed.items == 4 and placed.slots_written == 4
+    assert (placed.read_steps, placed.read_hits) == (1.0, 1.0)
+    # Slots in arrival order, the answers found wherever they are.
+    arrival = priority_placement(priority_sort_trace(priorities, [0, 1, 2, 3], [2, 0, 3]))
+    expected = np.corrcoef(priorities, [0, 1, 2, 3])[0, 1]
+    assert arrival.priority_fit == pytest.approx(expected) and abs(expected) < 0.5
+    assert (arrival.read_steps, arrival.read_hits) == (0.0, 1.0)
+    # Two items in one slot; the last answer read from the wrong slot.
+    crowded = priority_placement(priority_sort_trace(priorities, [0, 1, 0, 2], [0, 0, 1]))
+    assert crowded.slots_written == 3
+    assert crowded.read_hits == pytest.approx(2 / 3)
+
+
+def test_placement_frame_averages_each_model_and_leaves_out_undefined_fits():
+    priorities = [0.5, -0.5, 0.9, 0.0]
+    placed = priority_sort_trace(priorities, [0, 2, 7, 1], [7, 0, 1])
+    arrival = priority_sort_trace(priorities, [0, 1, 2, 3], [2, 0, 3])
+    one_slot = priority_sort_trace(priorities, [5, 5, 5, 5], [5, 5, 5])  # no fit: one slot
+    frame = placement_frame({"a": [placed, arrival], "b": [one_slot]})
+    assert list(frame["model"]) == ["a", "b"]
+    fits = [priority_placement(t).priority_fit for t in (placed, arrival)]
+    assert frame["priority_fit"][0] == pytest.approx(np.mean(fits))
+    assert math.isnan(frame["priority_fit"][1])
+    assert frame["slots_written"].tolist() == [4.0, 1.0]
+    assert frame["read_steps"].tolist() == [0.5, 1.0]
+    assert frame["read_hits"].tolist() == [1.0, 1.0]  # the right slot, though it holds four

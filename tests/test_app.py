@@ -491,6 +491,39 @@ def test_patterns_measures_the_multi_copy_models(multi_copy_checkpoints):
     )
 
 
+def test_patterns_asks_whether_priority_sort_places_by_priority(checkpoints):
+    from mann.analysis import placement_frame
+    from mann.patterns import collect_traces
+
+    task = make_task("priority_sort")
+    models = {}
+    for name, arch in (("ntm-priority-sort", "ntm"), ("dnc-priority-sort", "dnc")):
+        config = mann.ModelConfig(arch=arch, input_size=task.input_size,
+                                  output_size=task.output_size, hidden_size=16, memory_size=24,
+                                  word_size=6)  # fmt: skip
+        torch.manual_seed(len(name))
+        models[name] = mann.build_model(config).eval()
+        mann.save(models[name], checkpoints / name, task="priority_sort",
+                  task_options=dataclasses.asdict(task))
+    app = start(server.PAGES["patterns"])
+    app.selectbox(key="patterns_task").set_value("priority_sort").run()
+    assert app.multiselect[0].value == ["checkpoint:ntm-priority-sort",
+                                        "checkpoint:dnc-priority-sort"]  # fmt: skip
+    app.number_input(key="patterns_episodes").set_value(10).run()
+    next(button for button in app.button if button.label == "Measure").click().run()
+    assert not app.error, [element.value for element in app.error]
+
+    expected = placement_frame(collect_traces(models, task, 10, seed=0))
+    shown = app.dataframe[1].value
+    assert list(shown["model"]) == list(models)
+    np.testing.assert_allclose(shown["slots written"], expected["slots_written"])
+    np.testing.assert_allclose(shown["read hits"], expected["read_hits"])
+    placement = next(spec for spec in charts(app)
+                     if "against its priority" in spec["layout"]["title"]["text"])
+    assert [t["name"].split(" (r")[0] for t in placement["data"]] == list(models)
+    assert len(decode(placement["data"][0]["x"])) == 5 * 20  # five episodes of 20 inputs
+
+
 def test_patterns_reports_an_episode_too_long_and_needs_two_models(multi_copy_checkpoints):
     app = start(server.PAGES["patterns"])
     app.number_input(key="patterns_length:multi_copy").set_value(20)
