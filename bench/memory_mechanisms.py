@@ -10,6 +10,11 @@
    its write lands on the slot read at the step before (a selection sort), over 20 sequences.
 3. What if's "NTM: forget the learned initial memory" on ntm-ngrams, on the sidebar's inputs
    (200 bits, seeds 0-3): bit errors as recorded and with it.
+4. ntm-priority-sort against dnc-priority-sort: is an item's write slot fixed by its priority
+   (the NTM paper's finding), and do the reads walk the slots or jump to each answer
+   (``mann.analysis.placement_frame``, 50 sequences)? And the NTM's bit errors per answer by
+   how many items share the answered item's slot and whether its read lands there (200
+   sequences): what keeps it above the DNC.
 """
 
 from __future__ import annotations
@@ -98,11 +103,51 @@ def forget_preset() -> None:
               f"{result.intervened.metadata['bit_errors']:g} | {result.first_changed_bit} |")
 
 
+def priority_placement() -> None:
+    batch = make_task("priority_sort").sample(50, torch.Generator().manual_seed(1))
+    traces = {name: mann.record_traces(mann.load(CHECKPOINTS / name).eval(), batch)
+              for name in ("ntm-priority-sort", "dnc-priority-sort")}  # fmt: skip
+    frame = analysis.placement_frame(traces)
+    print("\n4. Priority sort: where each item is written and how the answers are read, "
+          "50 sequences of 20 items\n")
+    print("| model | priority fit r | slots written for 20 items | consecutive reads at most one "
+          "slot apart | answers read from their item's slot |")
+    print("|---|---:|---:|---:|---:|")
+    for row in frame.itertuples():
+        print(f"| {row.model} | {row.priority_fit:+.2f} | {row.slots_written:.1f} | "
+              f"{100 * row.read_steps:.1f}% | {100 * row.read_hits:.1f}% |")
+
+    answers = []  # (items in the answered item's slot, read on that slot, bit errors)
+    batch = make_task("priority_sort").sample(200, torch.Generator().manual_seed(3))
+    for trace in mann.record_traces(mann.load(CHECKPOINTS / "ntm-priority-sort").eval(), batch):
+        items = int(np.flatnonzero(trace.inputs[:, -1] > 0.5)[0])
+        scored = np.flatnonzero(trace.mask > 0)
+        errors = ((trace.outputs[scored] > 0.5) != (trace.targets[scored] > 0.5)).sum(axis=1)
+        slots = trace.write_weights[:items, 0].argmax(axis=1)
+        answered = np.argsort(-trace.inputs[:items, -2], kind="stable")[: len(scored)]
+        reads = trace.read_weights[scored, 0].argmax(axis=1)
+        for j, item in enumerate(answered):
+            answers.append((int((slots == slots[item]).sum()), bool(reads[j] == slots[item]),
+                            int(errors[j])))  # fmt: skip
+    print("\nntm-priority-sort, 200 sequences: bit errors per answer (of 8)\n")
+    print("| items in the answered item's slot | read 0 on that slot | answers | share | "
+          "bit errors per answer |")
+    print("|---:|---|---:|---:|---:|")
+    for sharing in (1, 2, 3):
+        for hit in (True, False):
+            chosen = [e for n, h, e in answers if min(n, 3) == sharing and h == hit]
+            label = f"{sharing}{'+' if sharing == 3 else ''}"
+            print(f"| {label} | {'yes' if hit else 'no'} | {len(chosen)} | "
+                  f"{100 * len(chosen) / len(answers):.1f}% | {statistics.mean(chosen):.2f} |")
+    print(f"| all | | {len(answers)} | 100% | {statistics.mean(e for *_, e in answers):.2f} |")
+
+
 def main() -> int:
     torch.set_num_threads(1)
     ngram_slots()
     selection_sort()
     forget_preset()
+    priority_placement()
     return 0
 
 

@@ -778,7 +778,7 @@ def shipped_checkpoints(monkeypatch) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lesson_key", ["ntm", "dnc", "memory", "sparse", "lookup"])
+@pytest.mark.parametrize("lesson_key", ["ntm", "dnc", "memory", "sparse", "lookup", "sorting"])
 def test_each_lesson_steps_through_with_a_live_view_each_step(shipped_checkpoints, lesson_key):
     from ui.lessons import LESSONS
 

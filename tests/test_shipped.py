@@ -125,6 +125,46 @@ def test_priority_sort_the_dnc_makes_under_a_quarter_of_the_lstms_errors():
 
 
 @pytest.mark.slow
+def test_priority_sort_the_ntm_places_by_priority_and_the_dnc_allocates_in_arrival_order():
+    """The NTM paper's finding, reproduced: its NTM writes each item where its priority points
+    and reads the answers by walking the slots; items of close priority share a slot, which
+    is what keeps it above the DNC, whose allocation gives each item a slot of its own and
+    whose reads jump to each answer by content."""
+    ntm, task, _ = shipped("ntm-priority-sort")
+    dnc, _, _ = shipped("dnc-priority-sort")
+    lstm, _, _ = shipped("lstm-priority-sort")
+    batch = task.sample(50, torch.Generator().manual_seed(1))
+    frame = analysis.placement_frame({"ntm": mann.record_traces(ntm, batch),
+                                      "dnc": mann.record_traces(dnc, batch)}).set_index("model")
+    placed, allocated = frame.loc["ntm"], frame.loc["dnc"]
+    assert placed["priority_fit"] < -0.7 and abs(allocated["priority_fit"]) < 0.2
+    assert placed["read_steps"] > 0.95 and allocated["read_steps"] < 0.1
+    assert placed["slots_written"] < 14 and allocated["slots_written"] == 20
+    assert allocated["read_hits"] > 0.9
+    errors = {name: float(generalisation(model, task, [20], sequences=200, seed=5)
+                          ["mean_bit_errors"].iloc[0])
+              for name, model in (("ntm", ntm), ("dnc", dnc), ("lstm", lstm))}  # fmt: skip
+    assert errors["dnc"] < errors["ntm"] < 0.7 * errors["lstm"]
+
+
+def test_the_sorting_lessons_sequence_shows_what_its_text_says():
+    from mann.inputs import record, sample_input
+    from ui.lessons import LESSONS
+
+    (lesson,) = [lesson for lesson in LESSONS if lesson.key == "sorting"]
+    view = lesson.steps[1].view
+    ntm, task, _ = shipped("ntm-priority-sort")
+    dnc, _, _ = shipped("dnc-priority-sort")
+    batch = sample_input(task.with_lengths(view.length, view.length), view.length, view.seed)
+    placed = analysis.priority_placement(record(ntm, batch))
+    allocated = analysis.priority_placement(record(dnc, batch))
+    assert placed.priority_fit < -0.9 and 9 <= placed.slots_written <= 14  # "about a dozen"
+    assert placed.read_steps == 1.0  # the read walks the band
+    assert allocated.slots_written == 20 and allocated.read_steps < 0.2  # fresh slots, jumps
+    assert lesson.steps[3].view.step == view.length  # the delimiter: every vector written
+
+
+@pytest.mark.slow
 def test_the_masked_content_dnc_recalls_and_is_the_plain_dnc_with_one_switch():
     masked, task, metadata = shipped("dnc-masked-associative-recall")
     plain, _, _ = shipped("dnc-associative-recall")
