@@ -526,10 +526,17 @@ def run_patterns(args: argparse.Namespace) -> int:
         f"{args.seed} ({time.perf_counter() - started:.1f} s)\n"
     )
     print(markdown_table(frame))
-    gates = [column for column in frame.columns if ":" in column and not column.endswith("_std")]
+    gates = [column for column in frame.columns if ":" in column and not column.endswith("_std")
+             and not column.startswith("placement:")]  # fmt: skip
     if gates:
         print("\ngate activity (mean over steps of each phase):\n")
         print(markdown_table(frame, columns=gates))
+    placement = [column for column in frame.columns
+                 if column.startswith("placement:") and not column.endswith("_std")]
+    if placement:
+        print("\npriority sort: write slot against priority, and the reads (means over the "
+              "episodes; docs/analysis.md):\n")
+        print(markdown_table(frame, columns=placement))
     if args.csv:
         frame.to_csv(args.csv, index=False)
         print(f"\nwrote {args.csv}")

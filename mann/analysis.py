@@ -167,22 +167,21 @@ def priority_placement(trace: Trace, write_head: int = 0, read_head: int = 0) ->
 
 
 def placement_frame(traces: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
-    """``priority_placement`` per model, the mean over its episodes (NaN fits, from episodes
-    whose writes all hit one slot, left out): one row per model."""
+    """``priority_placement`` per model: one row per model with the mean over its episodes of
+    each field and its standard deviation as ``FIELD_std`` (NaN fits, from episodes written to
+    one slot, left out)."""
     import pandas as pd
 
     rows = []
     for name, model_traces in traces.items():
         found = [priority_placement(trace) for trace in model_traces]
-        rows.append({
-            "model": name,
-            "priority_fit": float(np.nanmean([f.priority_fit for f in found]))
-            if any(not math.isnan(f.priority_fit) for f in found) else math.nan,
-            "slots_written": float(np.mean([f.slots_written for f in found])),
-            "items": float(np.mean([f.items for f in found])),
-            "read_steps": float(np.nanmean([f.read_steps for f in found])),
-            "read_hits": float(np.mean([f.read_hits for f in found])),
-        })  # fmt: skip
+        row: dict[str, object] = {"model": name}
+        for field in PriorityPlacement._fields:
+            values = np.array([getattr(f, field) for f in found], dtype=np.float64)
+            defined = values[~np.isnan(values)]
+            row[field] = float(defined.mean()) if len(defined) else math.nan
+            row[f"{field}_std"] = float(defined.std()) if len(defined) else math.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

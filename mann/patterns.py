@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mann.analysis import metrics_frame
+from mann.analysis import metrics_frame, placement_frame
 from mann.model import MemoryAugmentedNetwork, check_fits, record_traces
 from mann.tasks.base import Task
 from mann.trace import Trace
@@ -103,7 +103,8 @@ def patterns_frame(
     on_progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """``mann.analysis.metrics_frame`` for every model at every length: one row per model and
-    length, with ``length`` (and ``rounds`` when given) as the second column."""
+    length, with ``length`` (and ``rounds`` when given) as the second column. On priority sort
+    also ``mann.analysis.placement_frame``'s means as ``placement:priority_fit`` etc."""
     import pandas as pd
 
     lengths = list(lengths)
@@ -119,6 +120,10 @@ def patterns_frame(
 
         traces = collect_traces(models, fixed, sequences, seed, on_progress=progress)
         frame = metrics_frame(traces)
+        if fixed.name == "priority_sort":  # placed by priority or allocated (docs/analysis.md)
+            placement = placement_frame(traces).drop(columns=["items", "items_std"])
+            placement.columns = ["model", *(f"placement:{c}" for c in placement.columns[1:])]
+            frame = frame.merge(placement, on="model", how="left")
         frame.insert(1, "length", length)
         if rounds is not None:
             frame.insert(2, "rounds", rounds)

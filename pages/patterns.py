@@ -177,7 +177,9 @@ def show_placement(traces: dict) -> None:
         "answers read at most one slot apart (a walk along the slots); **read hits**: share "
         "of answers read from the slot their item was written to."
     )
-    placement = placement_frame(traces).rename(columns=lambda c: c.replace("_", " "))
+    placement = placement_frame(traces)
+    placement = placement[[c for c in placement.columns if not c.endswith("_std")]]
+    placement = placement.rename(columns=lambda c: c.replace("_", " "))
     st.dataframe(placement, hide_index=True)
     st.plotly_chart(pattern_figures.priority_placement_figure(traces), key="patterns_placement")
     st.caption(

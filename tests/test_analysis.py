@@ -278,6 +278,26 @@ def test_cli_patterns_prints_the_metrics_of_each_model_and_writes_the_csv(tmp_pa
 
 
 @pytest.mark.slow
+def test_cli_patterns_on_priority_sort_prints_where_items_were_placed(tmp_path):
+    import pandas as pd
+
+    from mann.patterns import collect_traces, fixed_task
+
+    ntm, task = save_small(tmp_path, "p-ntm", "ntm", task_name="priority_sort", bits=3,
+                           num_inputs=6, num_outputs=4)  # fmt: skip
+    result = run_cli("patterns", str(tmp_path / "p-ntm"), "--sequences", "10", "--csv",
+                     str(tmp_path / "out.csv"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "priority sort: write slot against priority" in result.stdout
+    assert "placement:priority_fit" in result.stdout and "placement:read_hits" in result.stdout
+    traces = collect_traces({"p-ntm": ntm}, fixed_task(task, 6), 10, seed=0)
+    expected = placement_frame(traces)
+    written = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(written["placement:slots_written"], expected["slots_written"])
+    np.testing.assert_allclose(written["placement:read_hits"], expected["read_hits"])
+
+
+@pytest.mark.slow
 def test_cli_patterns_names_what_does_not_fit(tmp_path):
     save_small(tmp_path, "multi", "dnc", bits=4)
     save_small(tmp_path, "recall", "dnc", task_name="associative_recall", bits=4)
