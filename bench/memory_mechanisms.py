@@ -15,6 +15,9 @@
    (``mann.analysis.placement_frame``, 50 sequences)? And the NTM's bit errors per answer by
    how many items share the answered item's slot and whether its read lands there (200
    sequences): what keeps it above the DNC.
+5. What if's priority-sort presets on the sidebar's inputs (20 vectors, seeds 0-5): bit errors
+   as recorded and with each, and for the DNC's how far the answers match the targets one place
+   on (erase) or the first target (keep).
 """
 
 from __future__ import annotations
@@ -142,12 +145,42 @@ def priority_placement() -> None:
     print(f"| all | | {len(answers)} | 100% | {statistics.mean(e for *_, e in answers):.2f} |")
 
 
+def sort_presets() -> None:
+    task = make_task("priority_sort")
+    print("\n5. What if on priority sort, the sidebar's inputs of 20 vectors\n")
+    print("| model | preset | seed | bit errors as recorded | with it | answers within 2 bits of "
+          "the next target / of the first target |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name in ("ntm-priority-sort", "dnc-priority-sort"):
+        model = mann.load(CHECKPOINTS / name).eval()
+        for seed in range(6):  # the Learn lesson "Sorting" runs seed 5
+            batch = sample_input(task, 20, seed)
+            targets = batch.targets[0].numpy() > 0.5
+            for preset in presets(record(model, batch)):
+                if "forget" in preset.name:
+                    continue
+                result = whatif(model, batch, preset.interventions)
+                answers = result.intervened.outputs[21:] > 0.5
+                if "erase" in preset.name:  # one place early: answer j is target j + 1
+                    close = ((answers[:-1] != targets[22:]).sum(axis=1) <= 2).sum()
+                    matched = f"{close} of {len(answers) - 1}"
+                elif "keep" in preset.name:  # the first answer again and again
+                    close = ((answers != targets[21]).sum(axis=1) <= 2).sum()
+                    matched = f"{close} of {len(answers)}"
+                else:
+                    matched = ""
+                print(f"| {name} | {preset.name} | {seed} | "
+                      f"{result.original.metadata['bit_errors']:g} | "
+                      f"{result.intervened.metadata['bit_errors']:g} | {matched} |")
+
+
 def main() -> int:
     torch.set_num_threads(1)
     ngram_slots()
     selection_sort()
     forget_preset()
     priority_placement()
+    sort_presets()
     return 0
 
 

@@ -129,11 +129,38 @@ def copy_items(trace: Trace) -> list[tuple[int, int]]:
     return items
 
 
+def sort_answers(trace: Trace) -> tuple[int, list[int]] | None:
+    """For a priority-sort run (``mann.tasks.priority_sort``): the delimiter step and, per
+    scored step in order, the input step of the vector it answers (highest priority first).
+    None for any other input: one delimiter, the scored steps right after it, and targets that
+    are the inputs in descending order of priority (channel X−2) are all required."""
+    if trace.mask is None or trace.targets is None or trace.inputs.shape[1] < 3:
+        return None
+    delimiters = np.flatnonzero(trace.inputs[:, -1] > 0.5)
+    scored = np.flatnonzero(trace.mask > 0)
+    if len(delimiters) != 1 or not len(scored):
+        return None
+    delimiter = int(delimiters[0])
+    if scored.tolist() != list(range(delimiter + 1, delimiter + 1 + len(scored))):
+        return None
+    if len(scored) > delimiter:
+        return None
+    order = np.argsort(-trace.inputs[:delimiter, -2], kind="stable")[: len(scored)]
+    bits = trace.targets.shape[1]
+    if not np.array_equal(trace.inputs[order, :bits] > 0.5, trace.targets[scored] > 0.5):
+        return None
+    return delimiter, [int(step) for step in order]
+
+
 def presets(trace: Trace) -> list[Preset]:
     """The presets that apply to this run: on a copy or multi-copy episode of an NTM or a DNC,
-    each names the item it touches (item 3, or the last one in a shorter episode); an NTM with
-    a learned initial memory, on any task, can be started from the constant one instead."""
+    each names the item it touches (item 3, or the last one in a shorter episode); on priority
+    sort, each takes away one part of how the model sorts; an NTM with a learned initial
+    memory, on any task, can be started from the constant one instead."""
     found = _learned_memory_presets(trace)
+    sorting = sort_answers(trace)
+    if sorting is not None:
+        return found + _sort_presets(trace, *sorting)
     items = copy_items(trace)
     if not items:
         return found
@@ -198,6 +225,46 @@ def presets(trace: Trace) -> list[Preset]:
                           head=head),),
         ))  # fmt: skip
     return found
+
+
+def _sort_presets(trace: Trace, delimiter: int, answered: list[int]) -> list[Preset]:
+    """Priority sort: the DNC finds each answer by content and overwrites what it has read
+    (a selection sort); the NTM placed each vector by its priority and walks the slots."""
+    answers = range(delimiter + 1, delimiter + 1 + len(answered))
+    top = answered[0]
+    if trace.arch == "dnc":
+        slot = int(trace.write_weights[top, 0].argmax())
+        return [
+            Preset(
+                "DNC: erase the highest-priority vector before the answers",
+                f"Slot {slot}, where the vector of highest priority (input step {top}) was "
+                f"written, is set to 0 at the delimiter (step {delimiter}). The DNC finds each "
+                "answer by a content lookup of the highest priority left, so it now starts "
+                "with the second-highest: every answer comes one place early.",
+                (Intervention(delimiter, "memory", 0.0, slot=slot),),
+            ),
+            Preset(
+                "DNC: keep what it has answered (write gate 0 on the answer steps)",
+                "After each answer the DNC overwrites the slot it has just read, which takes "
+                "that vector out of the next lookup. With the write gate closed nothing is "
+                "overwritten, every lookup finds the highest priority again, and the first "
+                "answer repeats.",
+                (Intervention(answers, "write_gate", 0.0),),
+            ),
+        ]
+    if trace.arch == "ntm" and trace.shift is not None:
+        shift = np.zeros(trace.shift.shape[-1])
+        shift[len(shift) // 2] = 1.0  # all weight on offset 0: the head stays put
+        return [Preset(
+            "NTM: hold the read heads still during the answers",
+            "The NTM wrote each vector where its priority pointed and answers by walking "
+            "those slots one step at a time. With its read heads' shift forced onto offset 0 "
+            "they stay on the first answer's slot, and what it holds comes out again and "
+            "again.",
+            tuple(Intervention(answers, "shift", shift.tolist(), head=head)
+                  for head in range(trace.read_heads)),
+        )]  # fmt: skip
+    return []
 
 
 def _learned_memory_presets(trace: Trace) -> list[Preset]:

@@ -65,9 +65,9 @@ def preset_buttons(trace) -> None:
     found = presets(trace)
     from_link(found)
     if not found:
-        st.caption("Presets need a copy or multi-copy episode of an NTM or a DNC (choose one of "
-                   "the shipped copy models in the sidebar), or an NTM with a learned initial "
-                   "memory (ntm-ngrams).")
+        st.caption("Presets need a copy, multi-copy or priority-sort run of an NTM or a DNC "
+                   "(choose one of the shipped models of those tasks in the sidebar), or an NTM "
+                   "with a learned initial memory (ntm-ngrams).")
         return
     st.markdown("**Presets** (one click: the interventions replace the list below)")
     columns = st.columns(min(len(found), 3))

@@ -16,7 +16,7 @@ from mann.inputs import record, sample_input
 from mann.intervention import FIELDS, Intervention, intervention_fields
 from mann.tasks import make_task
 from mann.trace import Trace
-from mann.whatif import copy_items, knob_interventions, presets, whatif
+from mann.whatif import copy_items, knob_interventions, presets, sort_answers, whatif
 
 torch.set_num_threads(1)
 
@@ -248,6 +248,51 @@ def test_forgetting_ntm_ngrams_learned_memory_worsens_its_predictions():
         before += result.original.metadata["bit_errors"]
         after += result.intervened.metadata["bit_errors"]
     assert after > before + 10  # over four sequences of 200 bits
+
+
+def test_sort_answers_reads_a_priority_sort_run_and_nothing_else():
+    task = make_task("priority_sort", bits=3, num_inputs=5, num_outputs=3)
+    batch = sample_input(task, 5, 2)
+    trace = record(shipped("dnc-priority-sort"), sample_input(make_task("priority_sort"), 20, 2))
+    delimiter, answered = sort_answers(trace)
+    priorities = trace.inputs[:20, -2]
+    assert delimiter == 20 and answered == np.argsort(-priorities)[:16].tolist()
+    from mann.catalog import untrained_model
+
+    small = record(untrained_model("ntm", task), batch)  # what it answers does not matter
+    assert sort_answers(small)[0] == 5 and len(sort_answers(small)[1]) == 3
+    shuffled = small.replace(targets=small.targets[[0, 1, 2, 3, 4, 5, 7, 6, 8]])  # out of order
+    assert sort_answers(shuffled) is None
+    assert sort_answers(record(shipped("dnc-copy"), sample_input(make_task("copy"), 8, 0))) is None
+
+
+def test_priority_sort_presets_take_apart_each_models_way_of_sorting():
+    task = make_task("priority_sort")
+    batch = sample_input(task, 20, 0)
+    targets = batch.targets[0, 21:].numpy() > 0.5
+    dnc = shipped("dnc-priority-sort")
+    found = {p.name: p for p in presets(record(dnc, batch))}
+    assert set(found) == {"DNC: erase the highest-priority vector before the answers",
+                          "DNC: keep what it has answered (write gate 0 on the answer steps)"}
+    erased = whatif(dnc, batch, found["DNC: erase the highest-priority vector before the "
+                                       "answers"].interventions)  # fmt: skip
+    answers = erased.intervened.outputs[21:] > 0.5
+    # A content lookup of the highest priority left: every answer comes one place early.
+    assert (answers[:-1] != targets[1:]).sum() <= 3
+    assert erased.intervened.metadata["bit_errors"] > 30
+    kept = whatif(dnc, batch, found["DNC: keep what it has answered (write gate 0 on the answer "
+                                    "steps)"].interventions)  # fmt: skip
+    # Nothing is overwritten: the first answer repeats.
+    assert ((kept.intervened.outputs[21:] > 0.5) != targets[0]).sum(axis=1).max() <= 2
+    assert kept.intervened.metadata["bit_errors"] > 30
+
+    ntm = shipped("ntm-priority-sort")
+    trace = record(ntm, batch)
+    (hold,) = [p for p in presets(trace) if "hold the read heads" in p.name]
+    held = whatif(ntm, batch, hold.interventions)
+    foci = held.intervened.read_weights[21:, 0].argmax(axis=1)
+    assert len(set(foci.tolist())) == 1 and len(set(trace.read_weights[21:, 0].argmax(1))) > 5
+    assert held.intervened.metadata["bit_errors"] > held.original.metadata["bit_errors"] + 15
 
 
 def test_whatif_with_nothing_replaced_changes_nothing():

@@ -162,6 +162,16 @@ def test_the_sorting_lessons_sequence_shows_what_its_text_says():
     assert placed.read_steps == 1.0  # the read walks the band
     assert allocated.slots_written == 20 and allocated.read_steps < 0.2  # fresh slots, jumps
     assert lesson.steps[3].view.step == view.length  # the delimiter: every vector written
+    from mann.whatif import presets, whatif
+
+    last = lesson.steps[4].view
+    assert (last.model, last.seed, last.length) == ("dnc-priority-sort", view.seed, view.length)
+    (keep,) = [p for p in presets(record(dnc, batch)) if p.name.startswith(last.preset)]
+    kept = whatif(dnc, batch, keep.interventions)
+    first = batch.targets[0, view.length + 1].numpy() > 0.5
+    repeats = (kept.intervened.outputs[view.length + 1 :] > 0.5) != first
+    assert repeats.sum(axis=1).max() <= 2  # "every answer then repeats the first"
+    assert kept.intervened.metadata["bit_errors"] > 50
 
 
 @pytest.mark.slow

@@ -339,6 +339,16 @@ SORTING = Lesson(
             View("scrub", "ntm-priority-sort", length=20, seed=5, step=20),
             look_at="the memory panel at the delimiter: fewer written rows than vectors",
         ),
+        Step(
+            "What if the DNC could not cross off its answers?",
+            "Close the DNC's write gate on the answer steps: the slot it has just read is no "
+            "longer overwritten, so the next content lookup finds the same highest priority "
+            "again. On this input every answer then repeats the first (within 2 bits), and "
+            "the bit errors go from 1 to 65 (seeds 0-5: from 0-2 to 54-65).",
+            View("whatif", "dnc-priority-sort", length=20, seed=5, preset="DNC: keep",
+                 page="whatif"),
+            look_at="the answers that flipped: all but the first",
+        ),
     ),
 )
 
