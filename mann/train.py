@@ -913,17 +913,32 @@ def _check_resumable(
             f"its weights with --init"
         )
     differences = []
+    # A field added since the state was saved had its default then (e.g. a new memory option).
+    saved_model = _with_defaults(ModelConfig, saved["model_config"])
+    saved_train = _with_defaults(TrainConfig, saved["train_config"])
     for name, value in model_config.to_dict().items():
-        if saved["model_config"].get(name) != value:
-            differences.append(f"{name}: saved {saved['model_config'].get(name)!r}, now {value!r}")
+        if saved_model.get(name) != value:
+            differences.append(f"{name}: saved {saved_model.get(name)!r}, now {value!r}")
     for name, value in train_config.to_dict().items():
-        if name not in RESUMABLE_CHANGES and saved["train_config"].get(name) != value:
-            differences.append(f"{name}: saved {saved['train_config'].get(name)!r}, now {value!r}")
+        if name not in RESUMABLE_CHANGES and saved_train.get(name) != value:
+            differences.append(f"{name}: saved {saved_train.get(name)!r}, now {value!r}")
     if differences:
         raise ValueError(
             f"cannot resume {checkpoint.training_state_path(out)} with a different config "
             f"(only {', '.join(RESUMABLE_CHANGES)} may change): " + "; ".join(differences)
         )
+
+
+def _with_defaults(config_class: type, values: dict) -> dict:
+    """``values`` (a saved config) with each field of ``config_class`` it lacks at its default."""
+    filled = dict(values)
+    for known in dataclasses.fields(config_class):
+        if known.name not in filled:
+            if known.default is not dataclasses.MISSING:
+                filled[known.name] = known.default
+            elif known.default_factory is not dataclasses.MISSING:
+                filled[known.name] = known.default_factory()
+    return filled
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:

@@ -20,7 +20,7 @@ from mann import checkpoint
 from mann.__main__ import build_parser, configs_from_args
 from mann.evaluate import generalisation
 from mann.tasks import make_task
-from mann.train import LengthCurriculum, TrainConfig, train
+from mann.train import LengthCurriculum, TrainConfig, _make_optimizer, train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +120,24 @@ def test_resume_refuses_a_different_config(tmp_path):
             tiny_model_config(hidden_size=14), tiny_train_config(out=str(tmp_path / "run")),
             resume=True,
         )
+
+
+def test_a_state_saved_before_a_field_existed_resumes_with_its_default(tmp_path):
+    """A training state written before a config field was added (a new memory option, a new
+    training option) lacks it; it had the field's default, so the run resumes."""
+    model_config = tiny_model_config()
+    train(model_config, tiny_train_config(steps=2, out=str(tmp_path / "run")))
+    model, optimizer_state, random_states, state = checkpoint.load_training_state(tmp_path / "run")
+    del state["model_config"]["read_after_write"], state["model_config"]["learned_memory"]
+    del state["train_config"]["validation_size"]
+    optimizer = _make_optimizer(tiny_train_config(), model)  # the run's own kind
+    optimizer.load_state_dict(optimizer_state)
+    checkpoint.save_training_state(tmp_path / "run", model, optimizer, random_states, state)
+    more = train(model_config, tiny_train_config(steps=4, out=str(tmp_path / "run")), resume=True)
+    assert len(more.losses) == 2
+    with pytest.raises(ValueError, match=r"read_after_write: saved False, now True"):
+        train(tiny_model_config(read_after_write=True),
+              tiny_train_config(steps=6, out=str(tmp_path / "run")), resume=True)  # fmt: skip
 
 
 def test_resume_without_a_saved_run_names_the_file(tmp_path):
