@@ -17,7 +17,8 @@
    sequences): what keeps it above the DNC.
 5. What if's priority-sort presets on the sidebar's inputs (20 vectors, seeds 0-5): bit errors
    as recorded and with each, and for the DNC's how far the answers match the targets one place
-   on (erase) or the first target (keep).
+   on (erase) or the first target (keep); for "forget the learned initial memory" the slots
+   the NTM wrote its 20 vectors to, before and after.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def sort_presets() -> None:
     task = make_task("priority_sort")
     print("\n5. What if on priority sort, the sidebar's inputs of 20 vectors\n")
     print("| model | preset | seed | bit errors as recorded | with it | answers within 2 bits of "
-          "the next target / of the first target |")
+          "the next target (erase) or the first (keep); slots written (forget) |")
     print("|---|---|---:|---:|---:|---:|")
     for name in ("ntm-priority-sort", "dnc-priority-sort"):
         model = mann.load(CHECKPOINTS / name).eval()
@@ -157,8 +158,6 @@ def sort_presets() -> None:
             batch = sample_input(task, 20, seed)
             targets = batch.targets[0].numpy() > 0.5
             for preset in presets(record(model, batch)):
-                if "forget" in preset.name:
-                    continue
                 result = whatif(model, batch, preset.interventions)
                 answers = result.intervened.outputs[21:] > 0.5
                 if "erase" in preset.name:  # one place early: answer j is target j + 1
@@ -167,6 +166,10 @@ def sort_presets() -> None:
                 elif "keep" in preset.name:  # the first answer again and again
                     close = ((answers != targets[21]).sum(axis=1) <= 2).sum()
                     matched = f"{close} of {len(answers)}"
+                elif "forget" in preset.name:  # the placement by priority, before and after
+                    before, after = (analysis.priority_placement(trace).slots_written
+                                     for trace in (result.original, result.intervened))
+                    matched = f"slots written {before} → {after}"
                 else:
                     matched = ""
                 print(f"| {name} | {preset.name} | {seed} | "

@@ -279,7 +279,8 @@ def _learned_memory_presets(trace: Trace) -> list[Preset]:
         "model finds by content in its learned rows is lost. ntm-ngrams' reads of a context "
         "stop returning to one slot and its predictions change from the first steps on; over "
         "many sequences its cost rises from 0.1% to about 40% above the optimum (one "
-        "sequence's bit errors may, by chance, stay level).",
+        "sequence's bit errors may, by chance, stay level). ntm-priority-sort's priorities no "
+        "longer point to slots of their own: its vectors crowd into fewer slots.",
         (Intervention(0, "memory", INITIAL_MEMORY_VALUE),),
     )]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mann
-from mann import figures
+from mann import analysis, figures
 from mann.inputs import record, sample_input
 from mann.intervention import FIELDS, Intervention, intervention_fields
 from mann.tasks import make_task
@@ -293,6 +293,10 @@ def test_priority_sort_presets_take_apart_each_models_way_of_sorting():
     foci = held.intervened.read_weights[21:, 0].argmax(axis=1)
     assert len(set(foci.tolist())) == 1 and len(set(trace.read_weights[21:, 0].argmax(1))) > 5
     assert held.intervened.metadata["bit_errors"] > held.original.metadata["bit_errors"] + 15
+    (forget,) = [p for p in presets(trace) if "forget" in p.name]  # its learned memory
+    forgot = whatif(ntm, batch, forget.interventions)
+    crowded = analysis.priority_placement(forgot.intervened).slots_written
+    assert crowded < analysis.priority_placement(trace).slots_written
 
 
 def test_whatif_with_nothing_replaced_changes_nothing():
