@@ -124,11 +124,10 @@ def priority_placement() -> None:
     answers = []  # (items in the answered item's slot, read on that slot, bit errors)
     batch = make_task("priority_sort").sample(200, torch.Generator().manual_seed(3))
     for trace in mann.record_traces(mann.load(CHECKPOINTS / "ntm-priority-sort").eval(), batch):
-        items = int(np.flatnonzero(trace.inputs[:, -1] > 0.5)[0])
-        scored = np.flatnonzero(trace.mask > 0)
+        _, slots = analysis.write_slots(trace)
+        _, answered = analysis.sorted_inputs(trace)
+        scored = trace.mask > 0
         errors = ((trace.outputs[scored] > 0.5) != (trace.targets[scored] > 0.5)).sum(axis=1)
-        slots = trace.write_weights[:items, 0].argmax(axis=1)
-        answered = np.argsort(-trace.inputs[:items, -2], kind="stable")[: len(scored)]
         reads = trace.read_weights[scored, 0].argmax(axis=1)
         for j, item in enumerate(answered):
             answers.append((int((slots == slots[item]).sum()), bool(reads[j] == slots[item]),

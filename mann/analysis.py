@@ -135,9 +135,26 @@ def unwrap(foci: np.ndarray, slots: int) -> np.ndarray:
     return (foci - start) % slots
 
 
+def sorted_inputs(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """A priority-sort run (``mann.tasks.priority_sort``: priority in input channel X−2, the
+    delimiter in X−1, the answers on the scored steps): the priorities of the inputs before the
+    delimiter (L,), and per scored step the input step it answers (highest priority first)."""
+    items = int(np.flatnonzero(trace.inputs[:, -1] > 0.5)[0])  # the delimiter
+    priorities = trace.inputs[:items, -2].astype(np.float64)
+    scored = 0 if trace.mask is None else int((trace.mask > 0).sum())
+    return priorities, np.argsort(-priorities, kind="stable")[:scored]
+
+
+def write_slots(trace: Trace, write_head: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A priority-sort run's inputs: their priorities (L,) and the slots they were written to
+    (L,), each its write head's focus."""
+    priorities, _ = sorted_inputs(trace)
+    foci = _head(trace, "write_weights", write_head)[: len(priorities)].argmax(axis=1)
+    return priorities, foci
+
+
 def priority_placement(trace: Trace, write_head: int = 0, read_head: int = 0) -> PriorityPlacement:
-    """For one priority-sort sequence (``mann.tasks.priority_sort``: priority in input channel
-    X−2, the delimiter in X−1, the answers on the scored steps): does the write slot follow the
+    """For one priority-sort sequence (``sorted_inputs``): does the write slot follow the
     priority, as the NTM paper found its NTM doing, and do the reads walk the slots or jump
     to the answer by content?
 
@@ -146,23 +163,19 @@ def priority_placement(trace: Trace, write_head: int = 0, read_head: int = 0) ->
     out in arrival order (a DNC's allocation). ``read_hits`` counts an output step as a hit when
     its read focus is the slot that held the answered item's write.
     """
-    priority_channel = trace.inputs.shape[1] - 2
-    items = int(np.flatnonzero(trace.inputs[:, priority_channel + 1] > 0.5)[0])  # the delimiter
-    priorities = trace.inputs[:items, priority_channel].astype(np.float64)
-    write_foci = _head(trace, "write_weights", write_head)[:items].argmax(axis=1)
-    positions = unwrap(write_foci, trace.memory_size).astype(np.float64)
+    priorities, foci = write_slots(trace, write_head)
+    _, answered = sorted_inputs(trace)
+    positions = unwrap(foci, trace.memory_size).astype(np.float64)
     fit = (float(np.corrcoef(priorities, positions)[0, 1])
            if positions.std() > 0 and priorities.std() > 0 else math.nan)  # fmt: skip
-    outputs = np.flatnonzero(trace.mask > 0)
-    read_foci = _head(trace, "read_weights", read_head)[outputs].argmax(axis=1)
+    read_foci = _head(trace, "read_weights", read_head)[trace.mask > 0].argmax(axis=1)
     moves = circular_distance(read_foci[1:], read_foci[:-1], trace.memory_size)
-    answered = np.argsort(-priorities, kind="stable")[: len(outputs)]  # input step per answer
     return PriorityPlacement(
         priority_fit=fit,
-        slots_written=len(np.unique(write_foci)),
-        items=items,
+        slots_written=len(np.unique(foci)),
+        items=len(priorities),
         read_steps=float(np.mean(moves <= 1)) if len(moves) else math.nan,
-        read_hits=float(np.mean(read_foci == write_foci[answered])),
+        read_hits=float(np.mean(read_foci == foci[answered])),
     )
 
 

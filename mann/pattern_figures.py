@@ -32,6 +32,7 @@ from mann.analysis import (
     slot_write_counts,
     unwrap,
     write_jumps,
+    write_slots,
 )
 from mann.figures import TEMPLATE
 from mann.trace import READ_MODES, Trace
@@ -214,12 +215,10 @@ def priority_placement_figure(
             continue
         x, y, fits = [], [], []
         for trace in shown:
-            channel = trace.inputs.shape[1] - 2
-            placed = priority_placement(trace, write_head)
-            x.append(trace.inputs[: placed.items, channel])
-            foci = trace.write_weights[: placed.items, write_head].argmax(axis=1)
+            priorities, foci = write_slots(trace, write_head)
+            x.append(priorities)
             y.append(unwrap(foci, trace.memory_size))
-            fits.append(placed.priority_fit)
+            fits.append(priority_placement(trace, write_head).priority_fit)
         fit = np.nanmean(fits) if not np.all(np.isnan(fits)) else np.nan
         figure.add_trace(go.Scatter(
             x=np.concatenate(x), y=np.concatenate(y), mode="markers", opacity=0.7,

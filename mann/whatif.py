@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mann.access.ntm import INITIAL_MEMORY_VALUE
+from mann.analysis import sorted_inputs
 from mann.intervention import Intervention, as_interventions
 from mann.model import MemoryAugmentedNetwork
 from mann.tasks.base import Batch
@@ -138,14 +139,12 @@ def sort_answers(trace: Trace) -> tuple[int, list[int]] | None:
         return None
     delimiters = np.flatnonzero(trace.inputs[:, -1] > 0.5)
     scored = np.flatnonzero(trace.mask > 0)
-    if len(delimiters) != 1 or not len(scored):
+    if len(delimiters) != 1 or not 0 < len(scored) <= delimiters[0]:
         return None
     delimiter = int(delimiters[0])
     if scored.tolist() != list(range(delimiter + 1, delimiter + 1 + len(scored))):
         return None
-    if len(scored) > delimiter:
-        return None
-    order = np.argsort(-trace.inputs[:delimiter, -2], kind="stable")[: len(scored)]
+    _, order = sorted_inputs(trace)
     bits = trace.targets.shape[1]
     if not np.array_equal(trace.inputs[order, :bits] > 0.5, trace.targets[scored] > 0.5):
         return None
