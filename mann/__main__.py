@@ -501,7 +501,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_patterns(args: argparse.Namespace) -> int:
     from mann.analysis import markdown_table
     from mann.inputs import training_lengths
-    from mann.patterns import patterns_frame
+    from mann.patterns import PLACEMENT, patterns_frame
 
     models, first_metadata = {}, None
     for path in args.checkpoints:
@@ -526,13 +526,12 @@ def run_patterns(args: argparse.Namespace) -> int:
         f"{args.seed} ({time.perf_counter() - started:.1f} s)\n"
     )
     print(markdown_table(frame))
-    gates = [column for column in frame.columns if ":" in column and not column.endswith("_std")
-             and not column.startswith("placement:")]  # fmt: skip
+    means = [column for column in frame.columns if ":" in column and not column.endswith("_std")]
+    gates = [column for column in means if not column.startswith(PLACEMENT)]
     if gates:
         print("\ngate activity (mean over steps of each phase):\n")
         print(markdown_table(frame, columns=gates))
-    placement = [column for column in frame.columns
-                 if column.startswith("placement:") and not column.endswith("_std")]
+    placement = [column for column in means if column.startswith(PLACEMENT)]
     if placement:
         print("\npriority sort: write slot against priority, and the reads (means over the "
               "episodes; docs/analysis.md):\n")

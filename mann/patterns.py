@@ -8,7 +8,7 @@ call these.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -93,6 +93,20 @@ def collect_traces(
     return traces
 
 
+PLACEMENT = "placement:"  # the prefix of the priority-sort placement columns
+
+
+def memory_frame(traces: Mapping[str, Sequence[Trace]], task: Task) -> pd.DataFrame:
+    """``mann.analysis.metrics_frame`` of the traces and, on priority sort, the means and
+    deviations of ``mann.analysis.placement_frame`` as ``placement:priority_fit`` etc."""
+    frame = metrics_frame(traces)
+    if task.name == "priority_sort":  # placed by priority or allocated (docs/analysis.md)
+        placement = placement_frame(traces).drop(columns=["items", "items_std"])
+        placement.columns = ["model", *(f"{PLACEMENT}{c}" for c in placement.columns[1:])]
+        frame = frame.merge(placement, on="model", how="left")
+    return frame
+
+
 def patterns_frame(
     models: Mapping[str, MemoryAugmentedNetwork],
     task: Task,
@@ -103,8 +117,8 @@ def patterns_frame(
     on_progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """``mann.analysis.metrics_frame`` for every model at every length: one row per model and
-    length, with ``length`` (and ``rounds`` when given) as the second column. On priority sort
-    also ``mann.analysis.placement_frame``'s means as ``placement:priority_fit`` etc."""
+    length (``memory_frame``), with ``length`` (and ``rounds`` when given) as the second
+    column."""
     import pandas as pd
 
     lengths = list(lengths)
@@ -119,11 +133,7 @@ def patterns_frame(
                 on_progress(index * total + done, len(lengths) * total)
 
         traces = collect_traces(models, fixed, sequences, seed, on_progress=progress)
-        frame = metrics_frame(traces)
-        if fixed.name == "priority_sort":  # placed by priority or allocated (docs/analysis.md)
-            placement = placement_frame(traces).drop(columns=["items", "items_std"])
-            placement.columns = ["model", *(f"placement:{c}" for c in placement.columns[1:])]
-            frame = frame.merge(placement, on="model", how="left")
+        frame = memory_frame(traces, fixed)
         frame.insert(1, "length", length)
         if rounds is not None:
             frame.insert(2, "rounds", rounds)

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from mann import pattern_figures
-from mann.analysis import METRICS, placement_frame, summary_table
+from mann.analysis import METRICS, summary_table
 from mann.inputs import MAX_INPUT_STEPS, training_lengths
+from mann.patterns import PLACEMENT
 from ui import choosing, links, results, server
 
 server.page_needs_app()
@@ -126,7 +127,7 @@ def show(result: dict, task_name: str) -> None:
         f"**{name}**: {text}" for name, text in METRIC_HELP.items()) + ".")
     st.dataframe(summary_table(frame, ["bit_errors", *METRICS]), hide_index=True)
     if task_name == "priority_sort":
-        show_placement(traces)
+        show_placement(traces, frame)
 
     st.subheader("In pictures")
     count = len(next(iter(traces.values())))
@@ -166,21 +167,25 @@ def show(result: dict, task_name: str) -> None:
         st.dataframe(frame, hide_index=True)
 
 
-def show_placement(traces: dict) -> None:
+# The placement columns the page shows (``mann.patterns.memory_frame``), in this order.
+PLACEMENT_COLUMNS = ("priority_fit", "slots_written", "read_steps", "read_hits")
+
+
+def show_placement(traces: dict, frame) -> None:
     """Priority sort: placed by priority (the NTM paper's finding) or in arrival order?"""
     st.subheader("Placed by priority, or in arrival order?")
     st.caption(
-        "Means over the episodes. **priority fit**: the correlation of an item's priority with "
-        "the slot it is written to (±1: placed by priority, as the NTM paper found its NTM "
-        "doing; near 0: slots handed out in arrival order); **slots written**: distinct slots "
-        "for the items, fewer when items share a slot; **read steps**: share of consecutive "
-        "answers read at most one slot apart (a walk along the slots); **read hits**: share "
-        "of answers read from the slot their item was written to."
+        "Mean ± standard deviation over the episodes. **priority fit**: the correlation of an "
+        "item's priority with the slot it is written to (±1: placed by priority, as the NTM "
+        "paper found its NTM doing; near 0: slots handed out in arrival order); **slots "
+        "written**: distinct slots for the items, fewer when items share a slot; **read "
+        "steps**: share of consecutive answers read at most one slot apart (a walk along the "
+        "slots); **read hits**: share of answers read from the slot their item was written to."
     )
-    placement = placement_frame(traces)
-    placement = placement[[c for c in placement.columns if not c.endswith("_std")]]
-    placement = placement.rename(columns=lambda c: c.replace("_", " "))
-    st.dataframe(placement, hide_index=True)
+    columns = [f"{PLACEMENT}{name}" for name in PLACEMENT_COLUMNS]
+    table = summary_table(frame, columns).rename(
+        columns=lambda c: c.removeprefix(PLACEMENT).replace("_", " "))
+    st.dataframe(table, hide_index=True)
     st.plotly_chart(pattern_figures.priority_placement_figure(traces), key="patterns_placement")
     st.caption(
         "A line: the model computes where to write from the priority and reads the answers by "

@@ -65,13 +65,12 @@ def figure(
 
 def measure_patterns(models: dict, task: Any, episodes: int, seed: int, on_progress) -> tuple:
     """``mann.patterns.collect_traces`` (the first 50 episodes whole, the rest slim) and
-    their ``mann.analysis.metrics_frame``."""
-    from mann.analysis import metrics_frame
-    from mann.patterns import collect_traces
+    their ``mann.patterns.memory_frame``."""
+    from mann.patterns import collect_traces, memory_frame
 
     traces = collect_traces(models, task, episodes, seed, on_progress=on_progress,
                             full_traces=50)
-    return traces, metrics_frame(traces)
+    return traces, memory_frame(traces, task)
 
 
 @st.cache_data(max_entries=4, show_spinner="Drawing the frames...")
