@@ -913,9 +913,10 @@ def _check_resumable(
             f"its weights with --init"
         )
     differences = []
-    # A field added since the state was saved had its default then (e.g. a new memory option).
-    saved_model = _with_defaults(ModelConfig, saved["model_config"])
-    saved_train = _with_defaults(TrainConfig, saved["train_config"])
+    # A field added since the state was saved had its default then (e.g. a new memory option):
+    # from_dict fills it in.
+    saved_model = ModelConfig.from_dict(saved["model_config"]).to_dict()
+    saved_train = TrainConfig.from_dict(saved["train_config"]).to_dict()
     for name, value in model_config.to_dict().items():
         if saved_model.get(name) != value:
             differences.append(f"{name}: saved {saved_model.get(name)!r}, now {value!r}")
@@ -927,18 +928,6 @@ def _check_resumable(
             f"cannot resume {checkpoint.training_state_path(out)} with a different config "
             f"(only {', '.join(RESUMABLE_CHANGES)} may change): " + "; ".join(differences)
         )
-
-
-def _with_defaults(config_class: type, values: dict) -> dict:
-    """``values`` (a saved config) with each field of ``config_class`` it lacks at its default."""
-    filled = dict(values)
-    for known in dataclasses.fields(config_class):
-        if known.name not in filled:
-            if known.default is not dataclasses.MISSING:
-                filled[known.name] = known.default
-            elif known.default_factory is not dataclasses.MISSING:
-                filled[known.name] = known.default_factory()
-    return filled
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:
