@@ -3,6 +3,7 @@ kernels that split their batch across threads."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -65,3 +66,40 @@ def test_batch_split_kernels_equal_the_serial_ones_bit_for_bit(monkeypatch, arch
     assert threads_used == [1, 2]
     for split, serial in zip(results[1], results[0], strict=True):
         assert torch.equal(split, serial)
+
+
+def test_an_edit_to_an_inlined_file_recompiles_its_callers_cached_kernels(tmp_path):
+    """``sparse.content_read_forward`` inlines ``content.py``'s lookup. numba stamps a cache
+    entry with the compiled function's own file, so it would load the old machine code after
+    an edit to content.py; the kernels' locator stamps it with every kernel file."""
+    import shutil
+
+    package = Path(mann.__file__).parent
+    shutil.copytree(package, tmp_path / "mann", ignore=shutil.ignore_patterns("__pycache__"))
+    script = textwrap.dedent("""
+        import numpy as np
+        from mann.fused import runtime, sparse
+        b, h, k, n, w = 1, 1, 2, 3, 2
+        arrays = [np.ones((b, n, w)), np.zeros((b, h, k), np.int64), np.ones((b, h, w)),
+                  np.ones((b, h)), np.zeros((b, h, k, w)), np.zeros((b, h, k)),
+                  np.zeros((b, h)), np.zeros((b, h, k)), np.zeros((b, h, k)),
+                  np.zeros((b, h, w))]
+        sparse.content_read_forward(*arrays)
+        kernel = sparse.content_read_forward
+        assert type(kernel._cache._impl.locator).__name__ == "KernelSourcesLocator"
+        print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
+    """)  # fmt: skip
+
+    def hits_and_misses() -> str:
+        environment = {key: value for key, value in os.environ.items()
+                       if key != "NUMBA_CACHE_DIR"}  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert hits_and_misses() == ["0", "1"]  # compiled and cached
+    assert hits_and_misses() == ["1", "0"]  # loaded from the cache
+    content = tmp_path / "mann" / "fused" / "content.py"
+    content.write_text(content.read_text() + "\n# an edit\n")
+    assert hits_and_misses() == ["0", "1"]  # recompiled: the cached code was stale

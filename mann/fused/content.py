@@ -23,8 +23,8 @@ third, where memory's layout matters, twice:
 Every function is inlined into its caller (numba ``inline="always"``) and so compiled with
 the caller's flags: the DNC's and NTM's kernels reassociate sums (their ``FASTMATH``), the
 sparse reads round every operation in order. Arrays may be float32 or float64; scalar sums
-run in float64. numba's disk cache does not see an edit here from its callers' files: delete
-``mann/fused/__pycache__/*.nb?`` afterwards (docs/performance.md).
+run in float64. An edit here recompiles its callers: their disk cache is stamped by every
+kernel file (``runtime.KernelSourcesLocator``), not by their own file alone as numba's is.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import math
 import sys
 import threading
 import types
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,14 +35,49 @@ def _threading_layer() -> str:
     return "omp"
 
 
+KERNEL_DIRECTORY = Path(__file__).resolve().parent
+
+
+def kernel_sources_stamp(directory: Path = KERNEL_DIRECTORY) -> tuple:
+    """The (name, mtime, size) of every kernel source file: a cached kernel is stale when any
+    of them changed, not only its own file, because it inlines functions of others (the
+    content lookup of ``content.py``)."""
+    stamps = []
+    for path in sorted(directory.glob("*.py")):
+        status = path.stat()
+        stamps.append((path.name, status.st_mtime, status.st_size))
+    return tuple(stamps)
+
+
 try:
     import numba
     from numba import njit, prange
+    from numba.core import caching
 
     # Neither layer is safe for concurrent launches (the app runs models in several
     # threads), so launches are serialised by KERNEL_LOCK.
     numba.config.THREADING_LAYER = _threading_layer()
     HAVE_NUMBA = True
+
+    class KernelSourcesLocator(caching.InTreeCacheLocator):
+        """numba's cache beside the kernels (``__pycache__``), stamped by all of their source
+        files: numba's own stamp is the compiled function's file alone, so an edit to an
+        inlined function in another file would leave its callers' cached machine code in use."""
+
+        def get_source_stamp(self):
+            return kernel_sources_stamp()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if Path(py_file).resolve().parent != KERNEL_DIRECTORY:
+                return None
+            return super().from_function(py_func, py_file)
+
+    # After a NUMBA_CACHE_DIR the user set, before numba's in-tree locator; the kernels'
+    # modules import this one first, so it is in place before they are compiled.
+    _locators = caching.CacheImpl._locator_classes
+    if not any(locator.__name__ == KernelSourcesLocator.__name__ for locator in _locators):
+        _locators.insert(_locators.index(caching.InTreeCacheLocator), KernelSourcesLocator)
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     HAVE_NUMBA = False
     njit = prange = None
