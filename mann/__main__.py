@@ -38,7 +38,7 @@ from mann import checkpoint
 from mann.controller import CONTROLLERS
 from mann.devices import DEVICES, resolve_device
 from mann.distributed import World, distributed_training, launcher
-from mann.model import ARCHITECTURES, MEMORY_OPTIONS, ModelConfig
+from mann.model import ARCHITECTURES, MEMORY_OPTIONS, ModelConfig, option_owner_label
 from mann.tasks import TASKS, make_task
 from mann.train import (
     CURRICULA,
@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODEL_FLAGS[1:-1]:
         model.add_argument(_flag(name), type=int, metavar="N")
     model.add_argument("--clip-value", type=float, metavar="X", help="activation clip")
-    for name, (owner, _, what) in MEMORY_OPTIONS.items():
+    for name, (_, _, what) in MEMORY_OPTIONS.items():
         model.add_argument(_flag(name), action="store_const", const=True,
-                           help=f"{owner.upper()} option: {what}")
+                           help=f"{option_owner_label(name)} option: {what}")
     task = trainer.add_argument_group("task")
     task.add_argument("--min-length", type=int, metavar="N", help="shortest training length")
     task.add_argument("--max-length", type=int, metavar="N", help="longest training length")

@@ -752,8 +752,12 @@ def _explain_ntm(
     )
     gates = {"β": beta, "g": g, "γ": gamma}
     gates.update({f"s[{o:+d}]": float(p) for o, p in zip(offsets, s, strict=True)})
+    mask = None if trace.content_masks is None else trace.content_masks[step, h]
+    if mask is not None:  # masked content: the share of the word compared
+        gates["content mask, mean"] = float(mask.mean())
     used = {"β": beta, "g": g, "s": [float(p) for p in s], "γ": gamma}
-    return Explanation(trace.arch, step, name, stages, gates, recorded, note, knobs=used)
+    return Explanation(trace.arch, step, name, stages, gates, recorded, note, knobs=used,
+                       content_mask=mask)  # fmt: skip
 
 
 def _explain_dnc_write(trace: Trace, step: int, name: str, knobs: dict) -> Explanation:

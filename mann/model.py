@@ -33,12 +33,12 @@ from mann.intervention import Intervention, as_interventions
 from mann.trace import Trace
 
 ARCHITECTURES = ("ntm", "dnc", "sam", "sdnc", "lstm")  # "lstm": the controller alone
-# Switches beyond an architecture's plain equations, off by default: field -> (the one
-# architecture that has it, its name, what it does). Read by validation, the trainer's
+# Switches beyond an architecture's plain equations, off by default: field -> (the
+# architectures that have it, its name, what it does). Read by validation, the trainer's
 # command line and the model descriptions.
 _CSORDAS = "(Csordás & Schmidhuber 2019)"
 MEMORY_OPTIONS = {
-    "masked_content": ("dnc", "masked content",
+    "masked_content": (("dnc", "ntm"), "masked content",
                        f"a learned mask over the word for content lookups {_CSORDAS}"),
     "deallocation": ("dnc", "de-allocation", f"freed slots' contents wiped {_CSORDAS}"),
     "link_sharpness": ("dnc", "link sharpness",
@@ -49,7 +49,21 @@ MEMORY_OPTIONS = {
                          "read heads address and read M_t, after this step's write (the "
                          "DNC's order)"),
 }  # fmt: skip
-IMPROVEMENTS = tuple(name for name, (arch, *_) in MEMORY_OPTIONS.items() if arch == "dnc")
+
+
+def option_owners(name: str) -> tuple[str, ...]:
+    """The architectures that have the memory option ``name`` (a ``MEMORY_OPTIONS`` key)."""
+    owners = MEMORY_OPTIONS[name][0]
+    return (owners,) if isinstance(owners, str) else owners
+
+
+def option_owner_label(name: str) -> str:
+    """The architectures that have option ``name`` as a user reads them: "NTM", "DNC/NTM"."""
+    return "/".join(owner.upper() for owner in option_owners(name))
+
+
+# Csordás & Schmidhuber's DNC improvements (masked content is one the NTM has too).
+IMPROVEMENTS = tuple(name for name in MEMORY_OPTIONS if "dnc" in option_owners(name))
 
 
 @dataclass
@@ -124,13 +138,14 @@ class ModelConfig:
         clip = self.clip_value
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
             raise ValueError(f"clip_value must be a number > 0, got {self.clip_value!r}")
-        for name, (owner, _, _) in MEMORY_OPTIONS.items():
+        for name in MEMORY_OPTIONS:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-            if value and self.arch != owner:
-                article = "an" if owner == "ntm" else "a"  # spoken "en-tee-em", "dee-en-see"
-                raise ValueError(f"{name} is {article} {owner.upper()} option; arch="
+            owners = option_owners(name)
+            if value and self.arch not in owners:
+                article = "an" if owners[0] == "ntm" else "a"  # spoken "en-tee-em", "dee-en-see"
+                raise ValueError(f"{name} is {article} {option_owner_label(name)} option; arch="
                                  f"{self.arch!r} has no such option")  # fmt: skip
         return self
 
@@ -164,6 +179,7 @@ def build_access(config: ModelConfig) -> nn.Module:
             config.shift_range,
             learned_memory=config.learned_memory,
             read_after_write=config.read_after_write,
+            masked_content=config.masked_content,
         )
     if config.arch == "dnc":
         from mann.access.dnc import DNCAccess

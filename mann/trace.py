@@ -57,6 +57,7 @@ AXES: dict[str, tuple[str, ...]] = {
     "shift": ("head", "offset"),
     "sharpening": ("head",),
     "key_strength": ("head",),
+    "content_masks": ("head", "word"),  # with masked_content
     # SAM / SDNC
     "read_positions": ("head", "k"),
     "least_used": (),
@@ -84,7 +85,8 @@ class Trace:
     and backward_sharpness (T,R).
 
     NTM: content_weights (T,H,N), interpolation_gate (T,H), shift (T,H,S), sharpening (T,H),
-    key_strength (T,H), heads ordered reads first, then writes.
+    key_strength (T,H), heads ordered reads first, then writes; with masked_content also
+    content_masks (T,H,W).
 
     SAM/SDNC: read_positions (T,R,K) slot indices (stored as float32 like the rest),
     least_used (T,) the slot index chosen as least recently used; usage (T,N) the steps since
@@ -131,6 +133,7 @@ class Trace:
     shift: np.ndarray | None = None
     sharpening: np.ndarray | None = None
     key_strength: np.ndarray | None = None
+    content_masks: np.ndarray | None = None
     read_positions: np.ndarray | None = None
     least_used: np.ndarray | None = None
     link_positions: np.ndarray | None = None

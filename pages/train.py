@@ -5,7 +5,7 @@ import streamlit as st
 from mann import figures
 from mann.background import BackgroundTraining
 from mann.catalog import UNTRAINED_SIZES, available_architectures, checkpoint_name_error
-from mann.model import MEMORY_OPTIONS, ModelConfig
+from mann.model import MEMORY_OPTIONS, ModelConfig, option_owner_label
 from mann.tasks import TASKS, make_task
 from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
 from ui import choosing, links, server
@@ -55,14 +55,16 @@ with st.form("train_form"):
     )
     seed = fourth.number_input("seed", 0, 2**31 - 1, 0, key="train_seed")
     st.caption("Memory options. DNC: Csordás & Schmidhuber's (2019) improvements, which train "
-               "by the pure-torch reference (slower than the plain DNC's fused kernels). NTM: "
-               "a learned initial memory, so a content key can pick a slot before anything "
-               "is written.")
+               "by the pure-torch reference (slower than the plain DNC's fused kernels); "
+               "masked content applies to the NTM's heads too. NTM: a learned initial memory, "
+               "so a content key can pick a slot before anything is written, and the DNC's "
+               "order within a step (read after write), which, like masked content, trains "
+               "by the reference.")
     columns = st.columns(2)  # two to a row, so each label fits
     options = {
-        name: columns[index % 2].checkbox(f"{label} ({owner.upper()})", key=f"train_{name}",
-                                          help=what)
-        for index, (name, (owner, label, what)) in enumerate(MEMORY_OPTIONS.items())
+        name: columns[index % 2].checkbox(f"{label} ({option_owner_label(name)})",
+                                          key=f"train_{name}", help=what)
+        for index, (name, (_, label, what)) in enumerate(MEMORY_OPTIONS.items())
     }
     start = st.form_submit_button("Start training", type="primary",
                                   icon=":material/play_arrow:", disabled=running)

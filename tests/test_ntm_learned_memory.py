@@ -24,8 +24,8 @@ def test_the_option_is_off_by_default_and_belongs_to_the_ntm():
     assert torch.equal(memory, torch.full_like(memory, INITIAL_MEMORY_VALUE))
     with pytest.raises(ValueError, match="learned_memory is an NTM option; arch='dnc'"):
         tiny_config("dnc", learned_memory=True).validate()
-    with pytest.raises(ValueError, match="masked_content is a DNC option; arch='ntm'"):
-        tiny_config("ntm", masked_content=True).validate()
+    with pytest.raises(ValueError, match="masked_content is a DNC/NTM option; arch='sam'"):
+        tiny_config("sam", masked_content=True).validate()
     with pytest.raises(ValueError, match="learned_memory must be True or False, got 1"):
         tiny_config("ntm", learned_memory=1).validate()
 

@@ -8,6 +8,9 @@ then write heads erase and add to produce M_t. With ``read_after_write`` the ord
 DNC's: write heads address M_{t-1} and write M_t, then read heads address and read M_t, so a
 step can erase what the step before read and read past it at once (the paper leaves the
 order open).
+With ``masked_content`` every head's content lookup is masked as in Csordás & Schmidhuber
+2019 (3.1): a learned mask over the word picks the part a key compares, e.g. a priority
+field alone, so one cosine no longer mixes what a slot holds with where it ranks.
 
 Heads are ordered read heads first, then write heads, wherever they are stacked (the
 interface, the state's weightings, the Trace's ``content_weights`` etc.).
@@ -52,18 +55,27 @@ class NTMRecord(NamedTuple):
     shift: torch.Tensor  # s (B,H,S)
     sharpening: torch.Tensor  # γ (B,H)
     key_strength: torch.Tensor  # β (B,H)
+    content_masks: torch.Tensor | None = None  # m = σ(·) (B,H,W), with masked_content
 
 
 def ntm_layouts(
-    word_size: int, shift_range: int, read_heads: int, write_heads: int
+    word_size: int,
+    shift_range: int,
+    read_heads: int,
+    write_heads: int,
+    masked_content: bool = False,
 ) -> tuple[InterfaceLayout, InterfaceLayout, InterfaceLayout]:
     """The NTM's interface: every head's addressing block (read heads first), then every write
     head's erase and add vectors. Returns the whole, one head's addressing block (key k,
-    strength β, gate g, shift logits s, sharpening γ) and one write head's block."""
-    head = InterfaceLayout([
+    strength β, gate g, shift logits s, sharpening γ, and with ``masked_content`` the mask
+    logits last) and one write head's block."""
+    fields = [
         ("key", word_size), ("key_strength", 1), ("interpolation_gate", 1),
         ("shift", shift_range), ("sharpening", 1),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if masked_content:
+        fields.append(("mask", word_size))
+    head = InterfaceLayout(fields)
     writing = InterfaceLayout([("erase", word_size), ("add", word_size)])
     whole = InterfaceLayout([
         ("addressing", (read_heads + write_heads) * head.total),
@@ -88,6 +100,7 @@ class NTMAccess(nn.Module):
         shift_range: int = 3,
         learned_memory: bool = False,
         read_after_write: bool = False,
+        masked_content: bool = False,
     ) -> None:
         super().__init__()
         require_positive("memory_size", memory_size)
@@ -106,8 +119,9 @@ class NTMAccess(nn.Module):
         self.read_heads = read_heads
         self.write_heads = write_heads
         self.shift_range = shift_range
+        self.masked_content = bool(masked_content)
         self.layout, self.head_layout, self.write_layout = ntm_layouts(
-            word_size, shift_range, read_heads, write_heads
+            word_size, shift_range, read_heads, write_heads, self.masked_content
         )
         self.interface_size = self.layout.total
 
@@ -129,6 +143,8 @@ class NTMAccess(nn.Module):
         """Why only the reference can run this memory (None: the kernels can)."""
         if self.read_after_write:
             return "the kernels read M_{t-1} (read_after_write is the reference's alone)"
+        if self.masked_content:
+            return "the kernels compare whole words (masked_content is the reference's alone)"
         return None
 
     def initial_state(
@@ -182,9 +198,15 @@ class NTMAccess(nn.Module):
         shift = edit("shift", torch.softmax(shift, dim=-1))  # s over offsets -S//2..S//2
         sharpening = edit("sharpening", addressing.oneplus(gamma.squeeze(-1)))  # γ >= 1
         erase, add = torch.sigmoid(writes["erase"]), writes["add"]
+        masks = torch.sigmoid(head["mask"]) if self.masked_content else None  # m (B,H,W)
 
         def address(memory, heads: slice):  # w^c and w_t of the heads in ``heads``
-            content = addressing.content_weights(memory, key[:, heads], key_strength[:, heads])
+            if masks is None:
+                content = addressing.content_weights(memory, key[:, heads], key_strength[:, heads])
+            else:
+                content = addressing.masked_content_weights(
+                    memory, key[:, heads], key_strength[:, heads], masks[:, heads]
+                )
             head_gate = interpolation_gate[:, heads]
             gated = addressing.interpolate(content, previous[:, heads], head_gate)
             shifted = addressing.shift(gated, shift[:, heads])
@@ -218,5 +240,6 @@ class NTMAccess(nn.Module):
             shift=shift,
             sharpening=sharpening,
             key_strength=key_strength,
+            content_masks=masks,
         )
         return read_vectors, new_state, step_record
