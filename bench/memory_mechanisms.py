@@ -128,12 +128,13 @@ def priority_placement() -> None:
         _, answered = analysis.sorted_inputs(trace)
         scored = trace.mask > 0
         errors = ((trace.outputs[scored] > 0.5) != (trace.targets[scored] > 0.5)).sum(axis=1)
-        reads = trace.read_weights[scored, 0].argmax(axis=1)
+        head = analysis.priority_placement(trace).read_head  # the answering read head
+        reads = trace.read_weights[scored, head].argmax(axis=1)
         for j, item in enumerate(answered):
             answers.append((int((slots == slots[item]).sum()), bool(reads[j] == slots[item]),
                             int(errors[j])))  # fmt: skip
     print("\nntm-priority-sort, 200 sequences: bit errors per answer (of 8)\n")
-    print("| items in the answered item's slot | read 0 on that slot | answers | share | "
+    print("| items in the answered item's slot | answering read on that slot | answers | share | "
           "bit errors per answer |")
     print("|---:|---|---:|---:|---:|")
     for sharing in (1, 2, 3):

@@ -124,6 +124,7 @@ class PriorityPlacement(NamedTuple):
     items: int  # inputs in the sequence
     read_steps: float  # share of consecutive output reads at most one slot apart
     read_hits: float  # share of output steps whose read focus holds the item they answer
+    read_head: int  # the read head measured: the answering one unless one was asked for
 
 
 def unwrap(foci: np.ndarray, slots: int) -> np.ndarray:
@@ -153,7 +154,9 @@ def write_slots(trace: Trace, write_head: int = 0) -> tuple[np.ndarray, np.ndarr
     return priorities, foci
 
 
-def priority_placement(trace: Trace, write_head: int = 0, read_head: int = 0) -> PriorityPlacement:
+def priority_placement(
+    trace: Trace, write_head: int = 0, read_head: int | None = None
+) -> PriorityPlacement:
     """For one priority-sort sequence (``sorted_inputs``): does the write slot follow the
     priority, as the NTM paper found its NTM doing, and do the reads walk the slots or jump
     to the answer by content?
@@ -161,35 +164,43 @@ def priority_placement(trace: Trace, write_head: int = 0, read_head: int = 0) ->
     ``priority_fit`` is the paper's test, a linear fit of write location on priority (unwrapped
     with ``unwrap``): near ±1 when each item is placed by priority, near 0 when slots are handed
     out in arrival order (a DNC's allocation). ``read_hits`` counts an output step as a hit when
-    its read focus is the slot that held the answered item's write.
+    its read focus is the slot that held the answered item's write. The reads are those of
+    ``read_head``; by default the answering head, the one with the most hits (the lowest on a
+    tie), since a model with several read heads may answer with any of them.
     """
     priorities, foci = write_slots(trace, write_head)
     _, answered = sorted_inputs(trace)
     positions = unwrap(foci, trace.memory_size).astype(np.float64)
     fit = (float(np.corrcoef(priorities, positions)[0, 1])
            if positions.std() > 0 and priorities.std() > 0 else math.nan)  # fmt: skip
-    read_foci = _head(trace, "read_weights", read_head)[trace.mask > 0].argmax(axis=1)
-    moves = circular_distance(read_foci[1:], read_foci[:-1], trace.memory_size)
+    heads = range(trace.read_heads) if read_head is None else [read_head]
+    read_foci = {head: _head(trace, "read_weights", head)[trace.mask > 0].argmax(axis=1)
+                 for head in heads}  # fmt: skip
+    hits = {head: float(np.mean(reads == foci[answered])) for head, reads in read_foci.items()}
+    answering = max(heads, key=lambda head: (hits[head], -head))
+    moves = circular_distance(read_foci[answering][1:], read_foci[answering][:-1],
+                              trace.memory_size)  # fmt: skip
     return PriorityPlacement(
         priority_fit=fit,
         slots_written=len(np.unique(foci)),
         items=len(priorities),
         read_steps=float(np.mean(moves <= 1)) if len(moves) else math.nan,
-        read_hits=float(np.mean(read_foci == foci[answered])),
+        read_hits=hits[answering],
+        read_head=answering,
     )
 
 
 def placement_frame(traces: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
     """``priority_placement`` per model: one row per model with the mean over its episodes of
     each field and its standard deviation as ``FIELD_std`` (NaN fits, from episodes written to
-    one slot, left out)."""
+    one slot, left out); each episode's reads are its answering head's."""
     import pandas as pd
 
     rows = []
     for name, model_traces in traces.items():
         found = [priority_placement(trace) for trace in model_traces]
         row: dict[str, object] = {"model": name}
-        for field in PriorityPlacement._fields:
+        for field in PriorityPlacement._fields[:-1]:  # not read_head: an index, not a measure
             values = np.array([getattr(f, field) for f in found], dtype=np.float64)
             defined = values[~np.isnan(values)]
             row[field] = float(defined.mean()) if len(defined) else math.nan

@@ -180,7 +180,8 @@ def show_placement(traces: dict, frame) -> None:
         "paper found its NTM doing; near 0: slots handed out in arrival order); **slots "
         "written**: distinct slots for the items, fewer when items share a slot; **read "
         "steps**: share of consecutive answers read at most one slot apart (a walk along the "
-        "slots); **read hits**: share of answers read from the slot their item was written to."
+        "slots); **read hits**: share of answers read from the slot their item was written to. "
+        "Reads are each episode's answering read head's, the one with the most hits."
     )
     columns = [f"{PLACEMENT}{name}" for name in PLACEMENT_COLUMNS]
     table = summary_table(frame, columns).rename(

@@ -362,6 +362,21 @@ def test_priority_placement_tells_placing_by_priority_from_arrival_order():
     assert crowded.read_hits == pytest.approx(2 / 3)
 
 
+def test_priority_placement_measures_the_read_head_that_answers():
+    """Of two read heads the one landing on the answers' slots is measured, unless asked."""
+    priorities = [0.5, -0.5, 0.9, 0.0]  # answered in the order items 2, 0, 3
+    trace = priority_sort_trace(priorities, [0, 2, 7, 1], [3, 6, 4])  # head 0: misses, jumps
+    answering = priority_sort_trace(priorities, [0, 2, 7, 1], [7, 0, 1]).read_weights
+    trace = trace.replace(read_weights=np.concatenate([trace.read_weights, answering], axis=1),
+                          read_vectors=np.repeat(trace.read_vectors, 2, axis=1))  # fmt: skip
+    found = priority_placement(trace)
+    assert (found.read_head, found.read_hits, found.read_steps) == (1, 1.0, 1.0)
+    asked = priority_placement(trace, read_head=0)
+    assert (asked.read_head, asked.read_hits, asked.read_steps) == (0, 0.0, 0.0)
+    frame = placement_frame({"two heads": [trace]})
+    assert frame["read_hits"][0] == 1.0 and "read_head" not in frame.columns
+
+
 def test_placement_frame_averages_each_model_and_leaves_out_undefined_fits():
     priorities = [0.5, -0.5, 0.9, 0.0]
     placed = priority_sort_trace(priorities, [0, 2, 7, 1], [7, 0, 1])
