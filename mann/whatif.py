@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mann.access.ntm import INITIAL_MEMORY_VALUE
-from mann.analysis import sorted_inputs
+from mann.analysis import priority_placement, sorted_inputs
 from mann.intervention import Intervention, as_interventions
 from mann.model import MemoryAugmentedNetwork
 from mann.tasks.base import Batch
@@ -227,43 +227,50 @@ def presets(trace: Trace) -> list[Preset]:
 
 
 def _sort_presets(trace: Trace, delimiter: int, answered: list[int]) -> list[Preset]:
-    """Priority sort: the DNC finds each answer by content and overwrites what it has read
-    (a selection sort); the NTM placed each vector by its priority and walks the slots."""
+    """Priority sort, by how the model sorts: a model whose reads jump to each answer by
+    content (a selection sort: the DNC, and an NTM that learned it) loses its first answer when
+    that vector's slot is erased; an NTM that placed each vector by its priority and walks the
+    slots stops when its read heads are held still."""
     answers = range(delimiter + 1, delimiter + 1 + len(answered))
-    top = answered[0]
-    if trace.arch == "dnc":
-        slot = int(trace.write_weights[top, 0].argmax())
-        return [
-            Preset(
-                "DNC: erase the highest-priority vector before the answers",
-                f"Slot {slot}, where the vector of highest priority (input step {top}) was "
-                f"written, is set to 0 at the delimiter (step {delimiter}). The DNC finds each "
-                "answer by a content lookup of the highest priority left, so it now starts "
-                "with the second-highest: every answer comes one place early.",
-                (Intervention(delimiter, "memory", 0.0, slot=slot),),
-            ),
-            Preset(
-                "DNC: keep what it has answered (write gate 0 on the answer steps)",
-                "After each answer the DNC overwrites the slot it has just read, which takes "
-                "that vector out of the next lookup. With the write gate closed nothing is "
-                "overwritten, every lookup finds the highest priority again, and the first "
-                "answer repeats.",
-                (Intervention(answers, "write_gate", 0.0),),
-            ),
-        ]
+    name = trace.arch.upper()
+    found = []
+    searches = trace.arch == "dnc"
     if trace.arch == "ntm" and trace.shift is not None:
-        shift = np.zeros(trace.shift.shape[-1])
-        shift[len(shift) // 2] = 1.0  # all weight on offset 0: the head stays put
-        return [Preset(
-            "NTM: hold the read heads still during the answers",
-            "The NTM wrote each vector where its priority pointed and answers by walking "
-            "those slots one step at a time. With its read heads' shift forced onto offset 0 "
-            "they stay on the first answer's slot, and what it holds comes out again and "
-            "again.",
-            tuple(Intervention(answers, "shift", shift.tolist(), head=head)
-                  for head in range(trace.read_heads)),
-        )]  # fmt: skip
-    return []
+        # The answering read head's moves between answers: a walk, or jumps by content.
+        searches = priority_placement(trace).read_steps < 0.5
+        if not searches:
+            shift = np.zeros(trace.shift.shape[-1])
+            shift[len(shift) // 2] = 1.0  # all weight on offset 0: the head stays put
+            found.append(Preset(
+                "NTM: hold the read heads still during the answers",
+                "The NTM wrote each vector where its priority pointed and answers by walking "
+                "those slots one step at a time. With its read heads' shift forced onto offset "
+                "0 they stay on the first answer's slot, and what it holds comes out again and "
+                "again.",
+                tuple(Intervention(answers, "shift", shift.tolist(), head=head)
+                      for head in range(trace.read_heads)),
+            ))  # fmt: skip
+    if searches:
+        top = answered[0]
+        slot = int(trace.write_weights[top, 0].argmax())
+        found.append(Preset(
+            f"{name}: erase the highest-priority vector before the answers",
+            f"Slot {slot}, where the vector of highest priority (input step {top}) was "
+            f"written, is set to 0 at the delimiter (step {delimiter}). The {name} finds each "
+            "answer by a content lookup of the highest priority left, so it now starts "
+            "with the second-highest: every answer comes one place early.",
+            (Intervention(delimiter, "memory", 0.0, slot=slot),),
+        ))  # fmt: skip
+    if trace.arch == "dnc":
+        found.append(Preset(
+            "DNC: keep what it has answered (write gate 0 on the answer steps)",
+            "After each answer the DNC overwrites the slot it has just read, which takes "
+            "that vector out of the next lookup. With the write gate closed nothing is "
+            "overwritten, every lookup finds the highest priority again, and the first "
+            "answer repeats.",
+            (Intervention(answers, "write_gate", 0.0),),
+        ))  # fmt: skip
+    return found
 
 
 def _learned_memory_presets(trace: Trace) -> list[Preset]:

@@ -19,6 +19,9 @@ torch.set_num_threads(1)
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 MULTI_COPY = ("ntm-multi-copy", "dnc-multi-copy")
+# A quarter of the bit errors of the LSTM baseline trained as many steps as both of
+# ntm-pretrained-priority-sort's stages together (docs/models.md; bench/shipped_models.py).
+PRETRAINED_SORT_BAR = 0.0
 
 
 def shipped(name: str):
@@ -145,6 +148,45 @@ def test_priority_sort_the_ntm_places_by_priority_and_the_dnc_allocates_in_arriv
                           ["mean_bit_errors"].iloc[0])
               for name, model in (("ntm", ntm), ("dnc", dnc), ("lstm", lstm))}  # fmt: skip
     assert errors["dnc"] < errors["ntm"] < 0.7 * errors["lstm"]
+
+
+@pytest.mark.slow
+def test_the_ntm_taught_recall_first_sorts_by_selection_within_its_bar():
+    """The NTM architecture again, first trained on associative recall of single vectors, then
+    on priority sort: it writes every item to a fresh slot in arrival order, as the DNC's
+    allocation does, jumps to each answer by content, and meets the bar."""
+    pretrained, task, metadata = shipped("ntm-pretrained-priority-sort")
+    placing, _, _ = shipped("ntm-priority-sort")
+    assert pretrained.config == placing.config  # the same architecture, other training
+    assert "--task associative_recall" in metadata["command"]
+    assert "--init runs/" in metadata["command"]
+    batch = task.sample(50, torch.Generator().manual_seed(1))
+    found = analysis.placement_frame({"ntm": mann.record_traces(pretrained, batch)}).iloc[0]
+    assert abs(found["priority_fit"]) < 0.3 and found["slots_written"] >= 18.5
+    assert found["read_steps"] < 0.5 and found["read_hits"] > 0.75
+    frame = generalisation(pretrained, task, [20], sequences=1000, seed=0)
+    assert float(frame["mean_bit_errors"].iloc[0]) <= PRETRAINED_SORT_BAR
+
+
+def test_what_if_takes_each_ntm_apart_by_how_it_sorts():
+    """The searching NTM is offered the DNC's erase, and every answer comes one place early;
+    the placing NTM is offered the held read heads instead."""
+    from mann.inputs import record, sample_input
+    from mann.whatif import presets, whatif
+
+    pretrained, task, _ = shipped("ntm-pretrained-priority-sort")
+    placing, _, _ = shipped("ntm-priority-sort")
+    batch = sample_input(task, 20, 0)
+    (erase,) = [p.name for p in presets(record(pretrained, batch))]
+    assert erase == "NTM: erase the highest-priority vector before the answers"
+    assert [p.name for p in presets(record(placing, batch)) if "erase" in p.name] == []
+    assert any("hold the read heads" in p.name for p in presets(record(placing, batch)))
+    (preset,) = presets(record(pretrained, batch))
+    result = whatif(pretrained, batch, preset.interventions)
+    outputs = result.intervened.outputs[21:] > 0.5
+    targets = batch.targets[0].numpy()[21:] > 0.5
+    early = [(outputs[j] != targets[j + 1]).sum() <= 2 for j in range(len(targets) - 1)]
+    assert sum(early) >= 13 and result.intervened.metadata["bit_errors"] > 40
 
 
 def test_the_sorting_lessons_sequence_shows_what_its_text_says():

@@ -333,7 +333,7 @@ SORTING = Lesson(
             "Where the NTM loses its bits",
             "Twenty vectors in about eleven slots: vectors of close priority land in one slot "
             "and their bits mix. An answer whose vector has a slot to itself, read from that "
-            "slot, comes out with 0.18 wrong bits of 8; one that shares its slot with one other "
+            "slot, comes out with 0.24 wrong bits of 8; one that shares its slot with one other "
             "vector, 1.87 (200 sequences). The NTM's addressing has no notion of a free slot; "
             "the DNC's allocation is exactly that.",
             View("scrub", "ntm-priority-sort", length=20, seed=5, step=20),
