@@ -7,17 +7,20 @@
    (``mann.analysis.context_reads``, 100 sequences) and the cost above the Bayes-optimal
    predictor (1,000 sequences).
 2. dnc-priority-sort: its read modes and allocation gate on the output steps, and how often
-   its write lands on the slot read at the step before (a selection sort), over 20 sequences.
+   its write lands on the slot read at the step before (a selection sort), over 20 sequences;
+   ntm-pretrained-priority-sort's write on the slot read at the same step.
 3. What if's "NTM: forget the learned initial memory" on ntm-ngrams, on the sidebar's inputs
    (200 bits, seeds 0-3): bit errors as recorded and with it.
-4. ntm-priority-sort against dnc-priority-sort: is an item's write slot fixed by its priority
+4. ntm-priority-sort against ntm-pretrained-priority-sort and dnc-priority-sort: is an item's
+   write slot fixed by its priority
    (the NTM paper's finding), and do the reads walk the slots or jump to each answer
    (``mann.analysis.placement_frame``, 50 sequences)? And the NTM's bit errors per answer by
    how many items share the answered item's slot and whether its read lands there (200
    sequences): what keeps it above the DNC.
 5. What if's priority-sort presets on the sidebar's inputs (20 vectors, seeds 0-5): bit errors
-   as recorded and with each, and for the DNC's how far the answers match the targets one place
-   on (erase) or the first target (keep); for "forget the learned initial memory" the slots
+   as recorded and with each, and for the selection sorts' how far the answers match the
+   targets one place on (erase) or the first target (keep); for "forget the learned initial
+   memory" the slots
    the NTM wrote its 20 vectors to, before and after.
 """
 
@@ -41,6 +44,8 @@ from mann.tasks import make_task  # noqa: E402
 from mann.whatif import presets, whatif  # noqa: E402
 
 CHECKPOINTS = ROOT / "checkpoints"
+# The shipped priority sorters: placing by priority, and two selection sorts.
+SORTERS = ("ntm-priority-sort", "ntm-pretrained-priority-sort", "dnc-priority-sort")
 
 
 def from_constant_memory(model: mann.MemoryAugmentedNetwork) -> mann.MemoryAugmentedNetwork:
@@ -91,6 +96,15 @@ def selection_sort() -> None:
         print(f"| {head} | {back:.2f} | {content:.2f} | {forward:.2f} |")
     print(f"\nallocation gate {np.mean(gates):.3f}; write on the slot read 0 read at the step "
           f"before: {100 * np.mean(rewrites):.1f}% of output steps")
+    # The NTM reads M_{t-1} and then writes, so it crosses off within the step.
+    ntm = mann.load(CHECKPOINTS / "ntm-pretrained-priority-sort").eval()
+    same_step = []
+    for trace in mann.record_traces(ntm, batch):
+        output = np.flatnonzero(trace.mask > 0)
+        written = trace.write_weights[output, 0].argmax(-1)
+        same_step.append(np.mean(written == trace.read_weights[output, 0].argmax(-1)))
+    print(f"ntm-pretrained-priority-sort: write on the slot read 0 reads at the same step: "
+          f"{100 * np.mean(same_step):.1f}% of output steps")
 
 
 def forget_preset() -> None:
@@ -110,7 +124,7 @@ def forget_preset() -> None:
 def priority_placement() -> None:
     batch = make_task("priority_sort").sample(50, torch.Generator().manual_seed(1))
     traces = {name: mann.record_traces(mann.load(CHECKPOINTS / name).eval(), batch)
-              for name in ("ntm-priority-sort", "dnc-priority-sort")}  # fmt: skip
+              for name in SORTERS}  # fmt: skip
     frame = analysis.placement_frame(traces)
     print("\n4. Priority sort: where each item is written and how the answers are read, "
           "50 sequences of 20 items\n")
@@ -152,7 +166,7 @@ def sort_presets() -> None:
     print("| model | preset | seed | bit errors as recorded | with it | answers within 2 bits of "
           "the next target (erase) or the first (keep); slots written (forget) |")
     print("|---|---|---:|---:|---:|---:|")
-    for name in ("ntm-priority-sort", "dnc-priority-sort"):
+    for name in SORTERS:
         model = mann.load(CHECKPOINTS / name).eval()
         for seed in range(6):  # the Learn lesson "Sorting" runs seed 5
             batch = sample_input(task, 20, seed)

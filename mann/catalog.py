@@ -37,7 +37,8 @@ SHIPPED = (
     "ntm-copy", "dnc-copy", "ntm-repeat-copy", "dnc-repeat-copy", "ntm-associative-recall",
     "dnc-associative-recall", "dnc-masked-associative-recall", "ntm-multi-copy",
     "dnc-multi-copy", "sam-copy", "sdnc-copy", "lstm-copy", "ntm-ngrams", "dnc-ngrams",
-    "lstm-ngrams", "ntm-priority-sort", "dnc-priority-sort", "lstm-priority-sort",
+    "lstm-ngrams", "ntm-priority-sort", "ntm-pretrained-priority-sort", "dnc-priority-sort",
+    "lstm-priority-sort",
 )
 # Sizes of the untrained models, per architecture (input and output sizes come from the task).
 UNTRAINED_SIZES: dict[str, dict[str, Any]] = {

@@ -261,14 +261,17 @@ def _sort_presets(trace: Trace, delimiter: int, answered: list[int]) -> list[Pre
             "with the second-highest: every answer comes one place early.",
             (Intervention(delimiter, "memory", 0.0, slot=slot),),
         ))  # fmt: skip
-    if trace.arch == "dnc":
+    if searches:
+        # The DNC closes its write gate; the NTM has none, so its write weightings are zeroed.
+        how, field = (("write gate 0", "write_gate") if trace.arch == "dnc" else
+                      ("no write", "write_weights"))  # fmt: skip
         found.append(Preset(
-            "DNC: keep what it has answered (write gate 0 on the answer steps)",
-            "After each answer the DNC overwrites the slot it has just read, which takes "
-            "that vector out of the next lookup. With the write gate closed nothing is "
-            "overwritten, every lookup finds the highest priority again, and the first "
-            "answer repeats.",
-            (Intervention(answers, "write_gate", 0.0),),
+            f"{name}: keep what it has answered ({how} on the answer steps)",
+            f"After each answer the {name} overwrites the slot it has just read, which takes "
+            "that vector out of the next lookup. With nothing written on the answer steps "
+            "nothing is overwritten, every lookup finds the highest priority again, and the "
+            "first answer repeats.",
+            (Intervention(answers, field, 0.0),),
         ))  # fmt: skip
     return found
 
