@@ -109,14 +109,16 @@ def test_the_trace_records_the_masks_and_explain_shows_them():
     assert figures.explanation(plain_trace, 3, "read 0").content_mask is None
 
 
-def test_the_command_line_trains_it_and_the_checkpoint_keeps_it(tmp_path):
+@pytest.mark.parametrize("switch", ["masked_content", "read_after_write"])
+def test_each_reference_only_ntm_switch_trains_from_the_command_line_and_is_kept(tmp_path, switch):
     from mann.__main__ import main
 
-    code = main(["--threads", "1", "train", "--arch", "ntm", "--masked-content", "--task",
-                 "copy", "--task-option", "bits=3", "--max-length", "3", "--hidden-size", "8",
+    flag = "--" + switch.replace("_", "-")
+    code = main(["--threads", "1", "train", "--arch", "ntm", flag, "--task", "copy",
+                 "--task-option", "bits=3", "--max-length", "3", "--hidden-size", "8",
                  "--memory-size", "8", "--word-size", "4", "--steps", "2", "--quiet", "--out",
                  str(tmp_path / "cli")])  # fmt: skip
     assert code == 0
     loaded = mann.load(tmp_path / "cli")
-    assert loaded.config.masked_content is True and loaded.access.masked_content is True
-    assert "--masked-content" in mann.checkpoint.read_metadata(tmp_path / "cli")["command"]
+    assert getattr(loaded.config, switch) is True and getattr(loaded.access, switch) is True
+    assert flag in mann.checkpoint.read_metadata(tmp_path / "cli")["command"]

@@ -1,6 +1,7 @@
 """The NTM's order within a step (``read_after_write``): by default read heads read M_{t-1}
 and the write makes M_t; with the option the write comes first and read heads address and read
-M_t, as the DNC's do. What it changes, where it runs, and that it trains and saves."""
+M_t, as the DNC's do. What it changes and where it runs (the command line's flag is tested
+with masked content's, in test_ntm_masked_content.py)."""
 
 from __future__ import annotations
 
@@ -107,16 +108,3 @@ def test_it_changes_the_output_and_the_gradient_reaches_every_parameter():
     logits.square().sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert missing == []
-
-
-def test_the_command_line_trains_it_and_the_checkpoint_keeps_it(tmp_path):
-    from mann.__main__ import main
-
-    code = main(["--threads", "1", "train", "--arch", "ntm", "--read-after-write", "--task",
-                 "copy", "--task-option", "bits=3", "--max-length", "3", "--hidden-size", "8",
-                 "--memory-size", "8", "--word-size", "4", "--steps", "2", "--quiet", "--out",
-                 str(tmp_path / "cli")])  # fmt: skip
-    assert code == 0
-    loaded = mann.load(tmp_path / "cli")
-    assert loaded.config.read_after_write is True and loaded.access.read_after_write is True
-    assert "--read-after-write" in mann.checkpoint.read_metadata(tmp_path / "cli")["command"]

@@ -342,8 +342,8 @@ SORTING = Lesson(
         ),
         Step(
             "The same NTM can learn the DNC's way",
-            "ntm-pretrained-priority-sort has ntm-priority-sort's architecture, trained first "
-            "on associative recall of single vectors (find a vector by content, answer the one "
+            "ntm-pretrained-priority-sort is an NTM of the same sizes, trained first on "
+            "associative recall of single vectors (find a vector by content, answer the one "
             "after it), then on priority sort. It writes each vector to a fresh slot in arrival "
             "order, looks each answer up by content and overwrites the slot it has just read: "
             "the DNC's selection sort, with no allocation to hand it free slots. Over 1,000 "
