@@ -27,9 +27,11 @@ METRIC_HELP = {
 
 
 def preferred_models(task_name: str, options: list[str]) -> list[str]:
-    """The shipped models of this task, NTM first, then the sidebar's fitting choice."""
+    """The shipped models of this task, NTMs first (on priority sort both ways to sort), then
+    the sidebar's fitting choice."""
     stem = task_name.replace("_", "-")
-    keys = [f"checkpoint:{arch}-{stem}" for arch in ("ntm", "dnc", "sdnc", "sam")]
+    names = ("ntm", "ntm-pretrained", "dnc", "sdnc", "sam")
+    keys = [f"checkpoint:{name}-{stem}" for name in names]
     default = [key for key in keys if key in options][:4]
     for key in ("untrained:ntm", "untrained:dnc"):
         if len(default) < 2 and key in options and key not in default:
