@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import signal
 import sys
@@ -40,6 +39,7 @@ from mann.devices import DEVICES, resolve_device
 from mann.distributed import World, distributed_training, launcher
 from mann.model import ARCHITECTURES, MEMORY_OPTIONS, ModelConfig, option_owner_label
 from mann.tasks import TASKS, make_task
+from mann.tasks.registry import parse_options
 from mann.train import (
     CURRICULA,
     LR_DECAYS,
@@ -450,22 +450,6 @@ def length_options(
     changed = dataclasses.asdict(task.with_lengths(low, high))
     before = dataclasses.asdict(task)
     return {key: value for key, value in changed.items() if before[key] != value}
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["bits=6", "name=x"]`` -> ``{"bits": 6, "name": "x"}``: values are read as JSON when
-    they can be, else kept as text."""
-    options = {}
-    for pair in pairs:
-        key, separator, text = pair.partition("=")
-        if not separator or not key.strip():
-            raise ValueError(f"--task-option must look like KEY=VALUE, got {pair!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        options[key.strip()] = value
-    return options
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from mann import figures
+from mann import checkpoint, figures
 from mann.background import BackgroundTraining
 from mann.catalog import UNTRAINED_SIZES, available_architectures, checkpoint_name_error
 from mann.model import MEMORY_OPTIONS, ModelConfig, option_owner_label
 from mann.tasks import TASKS, make_task
-from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig
+from mann.tasks.registry import parse_options
+from mann.train import LR_DECAYS, OPTIMIZERS, TrainConfig, load_initial_weights
 from ui import choosing, links, server
 
 server.page_needs_app()
@@ -24,8 +25,16 @@ ABANDON_AFTER = 60.0
 training: BackgroundTraining | None = st.session_state.get("training")
 running = training is not None and training.running
 
+FRESH = "new weights: the model below"
+
 with st.form("train_form"):
     st.subheader("Model")
+    start_from = st.selectbox(
+        "start from", (FRESH, *choosing.checkpoint_names()), key="train_init",
+        help="A checkpoint's weights and model go on training on the task below (the model "
+        "fields are then ignored), as `python -m mann train --init` does: a model fine-tuned "
+        "on another task, such as ntm-pretrained-priority-sort's associative recall first.",
+    )  # fmt: skip
     first, second, third, fourth = st.columns(4)
     arch = first.selectbox("architecture", available_architectures(), key="train_arch")
     controller = second.selectbox("controller", ("lstm", "gru", "feedforward"),
@@ -44,6 +53,11 @@ with st.form("train_form"):
     batch_size = third.number_input("batch size", 1, 256, 16, key="train_batch")
     learning_rate = fourth.number_input("learning rate", 1e-5, 1.0, 1e-2, format="%.4f",
                                         key="train_lr")
+    task_options = st.text_input(
+        "task options", key="train_task_options", placeholder="e.g. bits=8 item_length=1",
+        help="KEY=VALUE pairs, as `--task-option` takes them, separated by spaces or commas; "
+        "docs/tasks.md lists each task's options. Empty: the task's defaults.",
+    )  # fmt: skip
     first, second, third, fourth = st.columns(4)
     optimizer = first.selectbox("optimizer", OPTIMIZERS, index=OPTIMIZERS.index("adam"),
                                 key="train_optimizer")
@@ -61,7 +75,7 @@ with st.form("train_form"):
                "order within a step (read after write), which, like masked content, trains "
                "by the reference.")
     columns = st.columns(2)  # two to a row, so each label fits
-    options = {
+    switches = {
         name: columns[index % 2].checkbox(f"{label} ({option_owner_label(name)})",
                                           key=f"train_{name}", help=what)
         for index, (name, (_, label, what)) in enumerate(MEMORY_OPTIONS.items())
@@ -71,27 +85,34 @@ with st.form("train_form"):
 
 if start:
     try:
-        task = make_task(task_name)
+        task_values = parse_options(task_options.replace(",", " ").split())
+        task = make_task(task_name, **task_values)
         sizes = UNTRAINED_SIZES.get(arch, {})
+        init = None if start_from == FRESH else server.checkpoint_dir() / start_from
         model_config = ModelConfig(
             arch=arch, input_size=task.input_size, output_size=task.output_size,
             controller=controller, hidden_size=int(hidden_size), num_layers=int(num_layers),
             memory_size=int(memory_size), word_size=int(word_size), read_heads=int(read_heads),
             write_heads=int(write_heads) if arch == "ntm" else 1,
             sparse_reads=min(sizes.get("sparse_reads", 4), int(memory_size)),
-            **{name: on for name, on in options.items() if on},
+            **{name: on for name, on in switches.items() if on},
         )
+        if init is not None:
+            model_config = ModelConfig.from_dict(checkpoint.read_metadata(init)["config"])
         train_config = TrainConfig(
-            task=task_name, steps=int(steps), batch_size=int(batch_size),
+            task=task_name, task_options=task_values, steps=int(steps), batch_size=int(batch_size),
             lr=float(learning_rate), lr_decay=lr_decay, optimizer=optimizer,
             curriculum=curriculum, seed=int(seed),
             log_every=max(1, min(10, int(steps) // 20 or 1)),
+            init=None if init is None else str(init),
         )
         # Runs take turns on a shared server; one whose visitor has left (no page showing it
         # for a minute) stops.
-        training = BackgroundTraining(model_config, train_config,
-                                      abandon_after=ABANDON_AFTER).start()
-    except ValueError as error:
+        training = BackgroundTraining(model_config, train_config, abandon_after=ABANDON_AFTER)
+        if init is not None:
+            load_initial_weights(training.model, init)
+        training.start()
+    except (ValueError, checkpoint.CheckpointError) as error:
         st.error(f"Cannot train this: {error}")
     else:
         st.session_state["training"] = training

@@ -401,6 +401,55 @@ def test_train_page_reports_impossible_parameters(checkpoints):
     assert not app.error and app.session_state["training"].wait(timeout=60)
 
 
+@pytest.mark.slow
+def test_train_page_goes_on_training_a_checkpoints_model_and_weights(checkpoints):
+    app = start(server.PAGES["train"])
+    app.selectbox(key="train_init").set_value("dnc-copy")
+    app.selectbox(key="train_task").set_value("priority_sort")  # not copy's widths
+    app.number_input(key="train_steps").set_value(2)
+    app.number_input(key="train_batch").set_value(2)
+    app.button[0].click().run()
+    assert "must be 10 and 8 for task 'priority_sort'" in app.error[0].value
+    assert "training" not in app.session_state
+    app.selectbox(key="train_task").set_value(COPY.name)
+    app.button[0].click().run()
+    assert not app.error, [element.value for element in app.error]
+    training = app.session_state["training"]
+    saved = mann.load(checkpoints / "dnc-copy")
+    assert training.model_config == saved.config  # the form's NTM fields were not used
+    assert training.train_config.init == str(checkpoints / "dnc-copy")
+    assert training.wait(timeout=60) and training.error is None
+    assert "--init" in training.result.command
+    trained, started = training.model.state_dict(), saved.state_dict()
+    assert any(not torch.equal(trained[name], value) for name, value in started.items())
+    # Two Adam steps at lr 1e-2 move a weight by at most about 0.02: it began at the
+    # checkpoint's weights, not at new ones.
+    assert max(float((trained[name] - value).abs().max()) for name, value in started.items()) < 0.05
+
+
+def test_train_page_takes_task_options_and_names_a_bad_one(checkpoints):
+    app = start(server.PAGES["train"])
+    app.selectbox(key="train_task").set_value("associative_recall")
+    for key, value in (("train_hidden", 8), ("train_memory", 8), ("train_steps", 2)):
+        app.number_input(key=key).set_value(value)
+    app.text_input(key="train_task_options").set_value("bits=8 colour=red")
+    app.button[0].click().run()
+    assert "unknown option(s) colour for task 'associative_recall'" in app.error[0].value
+    app.text_input(key="train_task_options").set_value("bits=8, item_length")
+    app.button[0].click().run()
+    assert "a task option must look like KEY=VALUE, got 'item_length'" in app.error[0].value
+    assert "training" not in app.session_state
+    # The first stage of ntm-pretrained-priority-sort's recipe, shortened.
+    app.text_input(key="train_task_options").set_value("bits=8, item_length=1 max_items=4")
+    app.button[0].click().run()
+    assert not app.error, [element.value for element in app.error]
+    training = app.session_state["training"]
+    assert training.train_config.task_options == {"bits": 8, "item_length": 1, "max_items": 4}
+    assert (training.model_config.input_size, training.model_config.output_size) == (10, 8)
+    assert training.wait(timeout=60) and training.error is None
+    assert "--task-option item_length=1" in training.result.command
+
+
 def test_train_page_offers_each_memory_option_to_its_architecture(checkpoints):
     app = start(server.PAGES["train"])
     app.selectbox(key="train_arch").set_value("dnc")

@@ -7,6 +7,7 @@ A task's options round-trip through plain data:
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from mann.tasks.adding import AddingTask
@@ -53,3 +54,20 @@ def make_task(name: str, **options: Any) -> Task:
             f"its options are: {', '.join(allowed)}"
         )
     return task_class(**options)
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["bits=6", "name=x"]`` -> ``{"bits": 6, "name": "x"}`` (the command line's
+    ``--task-option`` and the Train page's task options): values are read as JSON when they can
+    be, else kept as text."""
+    options = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"a task option must look like KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options[key.strip()] = value
+    return options
