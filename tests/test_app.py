@@ -176,6 +176,24 @@ def test_every_page_renders_with_untrained_models_only(no_checkpoints, page):
     assert not app.error, [element.value for element in app.error]
 
 
+def test_the_sidebar_says_when_a_model_started_from_another_runs_weights(checkpoints):
+    save_copy_model(checkpoints, "second-stage", "ntm")
+    metadata = mann.checkpoint.read_metadata(checkpoints / "second-stage")
+    model = mann.load(checkpoints / "second-stage")
+    mann.save(model, checkpoints / "second-stage", overwrite=True, task="copy",
+              task_options=metadata["task_options"], metrics={"bit_errors": 0.5, "step": 40},
+              train_config={"init": "runs/first-stage-best"})  # fmt: skip
+    app = start()
+    app.sidebar.selectbox[0].set_value("checkpoint:second-stage").run()
+    described = [c.value for c in app.sidebar.caption if "trained to" in c.value]
+    assert described and described[0].endswith(
+        "trained to 0.5 bit errors per sequence in 40 steps, after starting from the weights "
+        "of first-stage-best."
+    )
+    app.sidebar.selectbox[0].set_value("checkpoint:ntm-copy").run()
+    assert not any("starting from" in c.value for c in app.sidebar.caption)
+
+
 @pytest.mark.parametrize("task_name", choosing.TASK_NAMES)
 def test_the_sidebar_offers_every_tasks_own_lengths(no_checkpoints, task_name):
     app = start(server.PAGES["inspect"])

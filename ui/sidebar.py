@@ -5,6 +5,7 @@ headings, which fitting a projector's screen shortens to one line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import streamlit as st
 
@@ -120,4 +121,7 @@ def _describe(choice: choosing.Choice) -> str:
         text += f"; trained to {metrics['bit_errors']:.3g} bit errors per sequence"
     if metrics.get("step"):
         text += f" in {metrics['step']} steps"
+    init = (choice.metadata.get("train_config") or {}).get("init")
+    if init:  # a later stage: its steps count from another run's weights
+        text += f", after starting from the weights of {PurePath(init).name}"
     return text + "."
