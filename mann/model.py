@@ -40,30 +40,24 @@ _CSORDAS = "(Csordás & Schmidhuber 2019)"
 MEMORY_OPTIONS = {
     "masked_content": (("dnc", "ntm"), "masked content",
                        f"a learned mask over the word for content lookups {_CSORDAS}"),
-    "deallocation": ("dnc", "de-allocation", f"freed slots' contents wiped {_CSORDAS}"),
-    "link_sharpness": ("dnc", "link sharpness",
+    "deallocation": (("dnc",), "de-allocation", f"freed slots' contents wiped {_CSORDAS}"),
+    "link_sharpness": (("dnc",), "link sharpness",
                        f"forward/backward weightings sharpened {_CSORDAS}"),
-    "learned_memory": ("ntm", "learned initial memory",
+    "learned_memory": (("ntm",), "learned initial memory",
                        "the initial memory (N×W) is learned (Collier & Beel 2018)"),
-    "read_after_write": ("ntm", "read after write",
+    "read_after_write": (("ntm",), "read after write",
                          "read heads address and read M_t, after this step's write (the "
                          "DNC's order)"),
 }  # fmt: skip
 
 
-def option_owners(name: str) -> tuple[str, ...]:
-    """The architectures that have the memory option ``name`` (a ``MEMORY_OPTIONS`` key)."""
-    owners = MEMORY_OPTIONS[name][0]
-    return (owners,) if isinstance(owners, str) else owners
-
-
 def option_owner_label(name: str) -> str:
     """The architectures that have option ``name`` as a user reads them: "NTM", "DNC/NTM"."""
-    return "/".join(owner.upper() for owner in option_owners(name))
+    return "/".join(owner.upper() for owner in MEMORY_OPTIONS[name][0])
 
 
 # Csordás & Schmidhuber's DNC improvements (masked content is one the NTM has too).
-IMPROVEMENTS = tuple(name for name in MEMORY_OPTIONS if "dnc" in option_owners(name))
+IMPROVEMENTS = tuple(name for name, (owners, *_) in MEMORY_OPTIONS.items() if "dnc" in owners)
 
 
 @dataclass
@@ -138,11 +132,10 @@ class ModelConfig:
         clip = self.clip_value
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
             raise ValueError(f"clip_value must be a number > 0, got {self.clip_value!r}")
-        for name in MEMORY_OPTIONS:
+        for name, (owners, _, _) in MEMORY_OPTIONS.items():
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-            owners = option_owners(name)
             if value and self.arch not in owners:
                 article = "an" if owners[0] == "ntm" else "a"  # spoken "en-tee-em", "dee-en-see"
                 raise ValueError(f"{name} is {article} {option_owner_label(name)} option; arch="

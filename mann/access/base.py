@@ -19,6 +19,8 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from mann import addressing
+
 
 class MemoryAccess(Protocol):
     memory_size: int
@@ -88,3 +90,14 @@ class InterfaceLayout:
                              f"{self.total}")  # fmt: skip
         parts = interface.split([size for _, size in self.fields], dim=-1)
         return dict(zip(self.names, parts, strict=True))
+
+
+def content_lookup(
+    memory: torch.Tensor, keys: torch.Tensor, strengths: torch.Tensor, masks: torch.Tensor | None
+) -> torch.Tensor:
+    """A content lookup as a memory has it: ``addressing.content_weights``, or with ``masks``
+    (a memory's ``masked_content`` option) ``addressing.masked_content_weights``. The
+    functions are looked up at each call, so a patched equation takes effect."""
+    if masks is None:
+        return addressing.content_weights(memory, keys, strengths)
+    return addressing.masked_content_weights(memory, keys, strengths, masks)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mann import addressing
-from mann.access.base import InterfaceLayout, require_positive
+from mann.access.base import InterfaceLayout, content_lookup, require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
 
@@ -221,7 +221,7 @@ class DNCAccess(nn.Module):
         if self.deallocation:  # what was freed is wiped before anything looks at it
             retention = addressing.retention(state.read_weights, io.free_gates)
             prev_memory = addressing.deallocate(prev_memory, retention)
-        write_content = self._content(
+        write_content = content_lookup(
             prev_memory, io.write_key, io.write_strength, io.write_mask
         ).squeeze(1)
         write_weights = edit(
@@ -240,7 +240,7 @@ class DNCAccess(nn.Module):
             forward = addressing.sharpen_links(forward, io.forward_sharpness)
             backward = addressing.sharpen_links(backward, io.backward_sharpness)
         precedence = addressing.precedence(state.precedence, written)
-        read_content = self._content(memory, io.read_keys, io.read_strengths, io.read_masks)
+        read_content = content_lookup(memory, io.read_keys, io.read_strengths, io.read_masks)
         read_weights = edit(
             "read_weights",
             addressing.read_weighting(backward, read_content, forward, io.read_modes),
@@ -273,10 +273,3 @@ class DNCAccess(nn.Module):
             backward_sharpness=io.backward_sharpness,
         )
         return read_vectors, new_state, step_record
-
-    @staticmethod
-    def _content(memory, keys, strengths, masks):
-        """Content lookup, masked when the masks are on (Csordás & Schmidhuber 2019, 3.1)."""
-        if masks is None:
-            return addressing.content_weights(memory, keys, strengths)
-        return addressing.masked_content_weights(memory, keys, strengths, masks)

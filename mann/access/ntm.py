@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mann import addressing
-from mann.access.base import InterfaceLayout, require_positive
+from mann.access.base import InterfaceLayout, content_lookup, require_positive
 from mann.intervention import NO_EDITS, StepEdits
 
 # Collier & Beel 2018: a small constant initial memory learns fastest (on copy).
@@ -201,12 +201,8 @@ class NTMAccess(nn.Module):
         masks = torch.sigmoid(head["mask"]) if self.masked_content else None  # m (B,H,W)
 
         def address(memory, heads: slice):  # w^c and w_t of the heads in ``heads``
-            if masks is None:
-                content = addressing.content_weights(memory, key[:, heads], key_strength[:, heads])
-            else:
-                content = addressing.masked_content_weights(
-                    memory, key[:, heads], key_strength[:, heads], masks[:, heads]
-                )
+            head_masks = None if masks is None else masks[:, heads]
+            content = content_lookup(memory, key[:, heads], key_strength[:, heads], head_masks)
             head_gate = interpolation_gate[:, heads]
             gated = addressing.interpolate(content, previous[:, heads], head_gate)
             shifted = addressing.shift(gated, shift[:, heads])
