@@ -12,16 +12,15 @@
 3. What if's "NTM: forget the learned initial memory" on ntm-ngrams, on the sidebar's inputs
    (200 bits, seeds 0-3): bit errors as recorded and with it.
 4. ntm-priority-sort against ntm-pretrained-priority-sort and dnc-priority-sort: is an item's
-   write slot fixed by its priority
-   (the NTM paper's finding), and do the reads walk the slots or jump to each answer
-   (``mann.analysis.placement_frame``, 50 sequences)? And the NTM's bit errors per answer by
+   write slot fixed by its priority (the NTM paper's finding), and do the reads walk the slots
+   or jump to each answer (``mann.analysis.placement_frame``, 50 sequences)? And
+   ntm-priority-sort's bit errors per answer by
    how many items share the answered item's slot and whether its read lands there (200
    sequences): what keeps it above the DNC.
 5. What if's priority-sort presets on the sidebar's inputs (20 vectors, seeds 0-5): bit errors
    as recorded and with each, and for the selection sorts' how far the answers match the
    targets one place on (erase) or the first target (keep); for "forget the learned initial
-   memory" the slots
-   the NTM wrote its 20 vectors to, before and after.
+   memory" the slots the NTM wrote its 20 vectors to, before and after.
 """
 
 from __future__ import annotations

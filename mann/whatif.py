@@ -229,51 +229,48 @@ def presets(trace: Trace) -> list[Preset]:
 def _sort_presets(trace: Trace, delimiter: int, answered: list[int]) -> list[Preset]:
     """Priority sort, by how the model sorts: a model whose reads jump to each answer by
     content (a selection sort: the DNC, and an NTM that learned it) loses its first answer when
-    that vector's slot is erased; an NTM that placed each vector by its priority and walks the
-    slots stops when its read heads are held still."""
+    that vector's slot is erased and repeats it when nothing is written on the answer steps;
+    an NTM that placed each vector by its priority and walks the slots stops when its read
+    heads are held still."""
     answers = range(delimiter + 1, delimiter + 1 + len(answered))
-    name = trace.arch.upper()
-    found = []
-    searches = trace.arch == "dnc"
-    if trace.arch == "ntm" and trace.shift is not None:
-        # The answering read head's moves between answers: a walk, or jumps by content.
-        searches = priority_placement(trace).read_steps < 0.5
-        if not searches:
-            shift = np.zeros(trace.shift.shape[-1])
-            shift[len(shift) // 2] = 1.0  # all weight on offset 0: the head stays put
-            found.append(Preset(
-                "NTM: hold the read heads still during the answers",
-                "The NTM wrote each vector where its priority pointed and answers by walking "
-                "those slots one step at a time. With its read heads' shift forced onto offset "
-                "0 they stay on the first answer's slot, and what it holds comes out again and "
-                "again.",
-                tuple(Intervention(answers, "shift", shift.tolist(), head=head)
-                      for head in range(trace.read_heads)),
-            ))  # fmt: skip
-    if searches:
-        top = answered[0]
-        slot = int(trace.write_weights[top, 0].argmax())
-        found.append(Preset(
+    if trace.arch not in ("dnc", "ntm") or (trace.arch == "ntm" and trace.shift is None):
+        return []
+    # The NTM's answering read head moves between answers: a walk, or jumps by content.
+    if trace.arch == "ntm" and priority_placement(trace).read_steps >= 0.5:
+        shift = np.zeros(trace.shift.shape[-1])
+        shift[len(shift) // 2] = 1.0  # all weight on offset 0: the head stays put
+        return [Preset(
+            "NTM: hold the read heads still during the answers",
+            "The NTM wrote each vector where its priority pointed and answers by walking "
+            "those slots one step at a time. With its read heads' shift forced onto offset 0 "
+            "they stay on the first answer's slot, and what it holds comes out again and "
+            "again.",
+            tuple(Intervention(answers, "shift", shift.tolist(), head=head)
+                  for head in range(trace.read_heads)),
+        )]  # fmt: skip
+    name, top = trace.arch.upper(), answered[0]
+    slot = int(trace.write_weights[top, 0].argmax())
+    # The DNC closes its write gate; the NTM has none, so its write weightings are zeroed.
+    how, field = (("write gate 0", "write_gate") if trace.arch == "dnc" else
+                  ("no write", "write_weights"))  # fmt: skip
+    return [
+        Preset(
             f"{name}: erase the highest-priority vector before the answers",
             f"Slot {slot}, where the vector of highest priority (input step {top}) was "
             f"written, is set to 0 at the delimiter (step {delimiter}). The {name} finds each "
             "answer by a content lookup of the highest priority left, so it now starts "
             "with the second-highest: every answer comes one place early.",
             (Intervention(delimiter, "memory", 0.0, slot=slot),),
-        ))  # fmt: skip
-    if searches:
-        # The DNC closes its write gate; the NTM has none, so its write weightings are zeroed.
-        how, field = (("write gate 0", "write_gate") if trace.arch == "dnc" else
-                      ("no write", "write_weights"))  # fmt: skip
-        found.append(Preset(
+        ),
+        Preset(
             f"{name}: keep what it has answered ({how} on the answer steps)",
             f"After each answer the {name} overwrites the slot it has just read, which takes "
             "that vector out of the next lookup. With nothing written on the answer steps "
             "nothing is overwritten, every lookup finds the highest priority again, and the "
             "first answer repeats.",
             (Intervention(answers, field, 0.0),),
-        ))  # fmt: skip
-    return found
+        ),
+    ]
 
 
 def _learned_memory_presets(trace: Trace) -> list[Preset]:

@@ -87,17 +87,18 @@ if start:
     try:
         task_values = parse_options(task_options.replace(",", " ").split())
         task = make_task(task_name, **task_values)
-        sizes = UNTRAINED_SIZES.get(arch, {})
         init = None if start_from == FRESH else server.checkpoint_dir() / start_from
-        model_config = ModelConfig(
-            arch=arch, input_size=task.input_size, output_size=task.output_size,
-            controller=controller, hidden_size=int(hidden_size), num_layers=int(num_layers),
-            memory_size=int(memory_size), word_size=int(word_size), read_heads=int(read_heads),
-            write_heads=int(write_heads) if arch == "ntm" else 1,
-            sparse_reads=min(sizes.get("sparse_reads", 4), int(memory_size)),
-            **{name: on for name, on in switches.items() if on},
-        )
-        if init is not None:
+        if init is None:
+            sizes = UNTRAINED_SIZES.get(arch, {})
+            model_config = ModelConfig(
+                arch=arch, input_size=task.input_size, output_size=task.output_size,
+                controller=controller, hidden_size=int(hidden_size), num_layers=int(num_layers),
+                memory_size=int(memory_size), word_size=int(word_size),
+                read_heads=int(read_heads), write_heads=int(write_heads) if arch == "ntm" else 1,
+                sparse_reads=min(sizes.get("sparse_reads", 4), int(memory_size)),
+                **{name: on for name, on in switches.items() if on},
+            )
+        else:  # the checkpoint's model; BackgroundTraining checks it fits the task
             model_config = ModelConfig.from_dict(checkpoint.read_metadata(init)["config"])
         train_config = TrainConfig(
             task=task_name, task_options=task_values, steps=int(steps), batch_size=int(batch_size),

@@ -78,12 +78,18 @@ def test_an_all_ones_mask_is_the_plain_lookup():
     torch.testing.assert_close(state.memory, state_plain.memory)
 
 
-def test_only_the_reference_runs_it_and_every_parameter_learns():
-    model = tiny_model("ntm", masked_content=True)
+# The NTM's switches only the reference computes (``NTMAccess.reference_only``).
+REFERENCE_ONLY = ["masked_content", "read_after_write"]
+
+
+@pytest.mark.parametrize("switch", REFERENCE_ONLY)
+def test_only_the_reference_runs_each_switch_and_every_parameter_learns(switch):
+    model = tiny_model("ntm", **{switch: True})
     inputs = torch.randn(2, 6, 5)
     assert mann.backend_for(model, inputs) == "reference"
-    with mann.backend("fused"), pytest.raises(mann.BackendError, match="masked_content"):
+    with mann.backend("fused"), pytest.raises(mann.BackendError, match=switch):
         model(inputs)
+    assert mann.backend_for(tiny_model("ntm"), inputs) == "fused"
     logits, _ = model(inputs)
     logits.square().sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
@@ -109,7 +115,7 @@ def test_the_trace_records_the_masks_and_explain_shows_them():
     assert figures.explanation(plain_trace, 3, "read 0").content_mask is None
 
 
-@pytest.mark.parametrize("switch", ["masked_content", "read_after_write"])
+@pytest.mark.parametrize("switch", REFERENCE_ONLY)
 def test_each_reference_only_ntm_switch_trains_from_the_command_line_and_is_kept(tmp_path, switch):
     from mann.__main__ import main
 

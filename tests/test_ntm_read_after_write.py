@@ -1,7 +1,8 @@
 """The NTM's order within a step (``read_after_write``): by default read heads read M_{t-1}
 and the write makes M_t; with the option the write comes first and read heads address and read
-M_t, as the DNC's do. What it changes and where it runs (the command line's flag is tested
-with masked content's, in test_ntm_masked_content.py)."""
+M_t, as the DNC's do. What it changes; that only the reference runs it, that it trains and
+that the command line keeps it are tested with masked content's, in
+test_ntm_masked_content.py."""
 
 from __future__ import annotations
 
@@ -91,20 +92,7 @@ def test_forced_read_weights_read_the_new_or_the_old_memory():
     assert float(record.content_weights[0, 0, 2]) > 0.99
 
 
-def test_only_the_reference_runs_it():
-    model = tiny_model("ntm", read_after_write=True)
-    inputs = torch.randn(2, 5, 5)
-    assert mann.backend_for(model, inputs) == "reference"
-    with mann.backend("fused"), pytest.raises(mann.BackendError, match="read_after_write"):
-        model(inputs)
-    assert mann.backend_for(tiny_model("ntm"), inputs) == "fused"
-
-
-def test_it_changes_the_output_and_the_gradient_reaches_every_parameter():
+def test_it_changes_the_output():
     inputs = torch.randn(2, 6, 5)
     plain, model = tiny_model("ntm"), tiny_model("ntm", read_after_write=True)
     assert not torch.allclose(model(inputs)[0], plain(inputs)[0])  # same weights, other order
-    logits, _ = model(inputs)
-    logits.square().sum().backward()
-    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert missing == []
