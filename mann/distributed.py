@@ -12,7 +12,6 @@ then rank 0 of 1, and ``distributed_training`` starts nothing.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,9 +126,4 @@ def distributed_training(device: str | torch.device | None) -> Iterator[torch.de
     try:
         yield device
     finally:
-        # DDP's wrapper and reducer sit in reference cycles that hold the process group; left
-        # to the interpreter's exit, their teardown raced gloo's threads and aborted a rank
-        # after its work was saved ("terminate called without an active exception"): 4 of 24
-        # three-step runs of two processes, none of 24 with this collection first.
-        gc.collect()
         dist.destroy_process_group()
